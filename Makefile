@@ -1,0 +1,40 @@
+# `make demo` and `make test` are the whole set-up on a fresh machine: each creates .venv if missing,
+# installs everything into it (torch pinned first), then runs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip -q --disable-pip-version-check
+# Debian packages: sshd for the SSH-device tests, the aarch64 cross compiler for TVM, qemu + mmdebstrap
+# for the emulated arm64 board, chromium to render the HTML report in tests.
+DEBIAN_PKGS := openssh-server openssh-client gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static mmdebstrap chromium
+STAMP := $(VENV)/.edgeopt-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup system demo test test-slow test-emulator lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -c constraints.txt -e '.[all,test]'
+	@touch $(STAMP)
+
+setup: $(STAMP) system
+
+system:
+	@scripts/system-deps.sh $(DEBIAN_PKGS)
+
+demo: setup
+	$(PY) examples/demo.py
+
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check edgeopt tests bench examples device_tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache edgeopt.egg-info

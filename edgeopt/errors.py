@@ -1,0 +1,32 @@
+"""One error type for everything a user can fix.
+
+The CLI prints `EdgeoptError` as a single line (what went wrong, then how to fix it) and exits non-zero;
+any other exception is a bug in edgeopt and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class EdgeoptError(Exception):
+    """A failure caused by input the user controls: a name, a file, a spec, a device."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message} ({hint})" if hint else message)
+
+
+class BundleError(EdgeoptError):
+    """A bundle folder that is missing, incomplete or altered."""
+
+
+class SpecError(EdgeoptError):
+    """A pass pipeline, target or option spec that cannot be parsed."""
+
+
+class CheckpointError(EdgeoptError):
+    """A checkpoint file that is missing, corrupt or for another variant."""
+
+
+class DeviceError(EdgeoptError):
+    """A device that cannot be reached, refuses us, or fails while running."""

@@ -1,0 +1,105 @@
+"""Fidelity of an optimized model against its fp32 reference, per task.
+
+Output-level metrics (cosine of mean-centred outputs, SNR in dB, max abs diff) are always reported:
+they stay meaningful with random weights. Task metrics (top-1 agreement, ...) are only as meaningful as
+the weights they were measured on, which is why every report names those weights.
+numpy only: the device runner uses `output_metrics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64).ravel()
+
+
+def cosine(ref: np.ndarray, out: np.ndarray, centred: bool = True) -> float:
+    """Cosine similarity; centred by default, since raw logits share a large common offset."""
+    r, o = _flat(ref), _flat(out)
+    if centred:
+        r, o = r - r.mean(), o - o.mean()
+    nr, no = np.linalg.norm(r), np.linalg.norm(o)
+    if nr == 0 and no == 0:
+        return 1.0
+    if nr == 0 or no == 0:
+        return 0.0
+    return float(np.dot(r, o) / (nr * no))
+
+
+def snr_db(ref: np.ndarray, out: np.ndarray) -> float:
+    r, o = _flat(ref), _flat(out)
+    noise = np.sum((r - o) ** 2)
+    sig = np.sum(r**2)
+    if noise == 0:
+        return float("inf")
+    return float(10 * np.log10(max(sig, 1e-30) / noise))
+
+
+def output_metrics(refs: Sequence[dict[str, np.ndarray]], outs: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Cosine (min over samples and outputs), SNR (dB, min) and max abs diff over all samples and outputs."""
+    cos, snr, mad = [], [], 0.0
+    for ref, out in zip(refs, outs, strict=True):
+        for name, r in ref.items():
+            if name not in out:
+                continue
+            o = out[name]
+            if np.shape(o) != np.shape(r):
+                raise ValueError(f"output {name!r} has shape {np.shape(o)}, reference {np.shape(r)}")
+            if not np.issubdtype(np.asarray(r).dtype, np.floating):
+                # integer outputs (token ids, indices): exact agreement is the metric
+                same = float(np.mean(np.asarray(r) == np.asarray(o)))
+                cos.append(same)
+                snr.append(float("inf") if same == 1.0 else 0.0)
+                continue
+            cos.append(cosine(r, o))
+            snr.append(snr_db(r, o))
+            mad = max(mad, float(np.max(np.abs(_flat(r) - _flat(o)))) if np.size(r) else 0.0)
+    return {"cosine": float(min(cos)) if cos else 1.0, "snr_db": float(min(snr)) if snr else float("inf"), "max_abs": mad}
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def classification_metrics(ref_logits: Sequence[np.ndarray], logits: Sequence[np.ndarray]) -> dict[str, float]:
+    """Top-1/top-5 agreement with the fp32 model's predictions and mean KL(fp32 || optimized)."""
+    r = np.concatenate([np.asarray(a, np.float64).reshape(-1, np.shape(a)[-1]) for a in ref_logits])
+    o = np.concatenate([np.asarray(a, np.float64).reshape(-1, np.shape(a)[-1]) for a in logits])
+    top1 = float(np.mean(r.argmax(-1) == o.argmax(-1)))
+    k = min(5, r.shape[-1])
+    top5_sets = np.argsort(-o, axis=-1)[:, :k]
+    top5 = float(np.mean([ri in s for ri, s in zip(r.argmax(-1), top5_sets, strict=True)]))
+    pr, po = _softmax(r), _softmax(o)
+    kl = float(np.mean(np.sum(pr * (np.log(pr + 1e-12) - np.log(po + 1e-12)), axis=-1)))
+    return {"top1_agreement": top1, "top5_agreement": top5, "kl": kl}
+
+
+def task_metrics(task: str, refs: Sequence[dict[str, np.ndarray]], outs: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Output metrics plus the task's own metrics where the task defines them."""
+    m = output_metrics(refs, outs)
+    if task == "classification":
+        name = next(iter(refs[0]))
+        m.update(classification_metrics([r[name] for r in refs], [o[name] for o in outs]))
+    else:
+        extra = _TASK_METRICS.get(task)
+        if extra is not None:
+            m.update(extra(refs, outs))
+    return m
+
+
+# Other tasks (clip, detection, light_field, language_model) register their metric functions here.
+_TASK_METRICS: dict = {}
+
+
+def register_task_metric(task: str):
+    def deco(fn):
+        _TASK_METRICS[task] = fn
+        return fn
+
+    return deco

@@ -1,0 +1,1 @@
+"""Harness: devices, the measurement protocol, energy meters, sweeps."""

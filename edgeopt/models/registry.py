@@ -1,0 +1,112 @@
+"""The model registry: one `ModelSpec` per named variant, filled by the family modules themselves.
+
+A family module (one file per family, as in timm) calls `register(ModelSpec(...))` at import time;
+`edgeopt.models` imports every module in this package, so adding a file is all it takes to add a family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeopt._util import closest
+from edgeopt.errors import EdgeoptError
+
+if TYPE_CHECKING:  # torch is imported lazily so `edgeopt models` stays fast
+    import numpy as np
+    import torch
+
+TASKS = ("classification", "clip", "detection", "vlm", "light_field", "language_model", "embedding")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input. `dynamic_axes` maps axis index -> symbolic name (e.g. {0: "batch"})."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    dynamic_axes: Mapping[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PaperFigures:
+    """What the paper (or the official README) reports, to compare with what we count.
+
+    `macs_g` is multiply-accumulates in G; where a paper says FLOPs but means MACs, `note` says so.
+    """
+
+    params_m: float | None = None
+    macs_g: float | None = None
+    resolution: tuple[int, ...] | None = None
+    source: str = ""
+    note: str = ""
+
+
+@dataclass
+class ModelSpec:
+    """Everything edgeopt knows about one named variant.
+
+    builder(**kwargs) returns a randomly initialised torch module (kwargs such as device="meta").
+    sample_inputs(n) returns n real samples, each a dict input-name -> numpy array of the input's shape.
+    load_checkpoint(module, path) loads an official or timm checkpoint into the module (strict, with a
+    clear error on a mismatch); None means the family cannot load checkpoints yet.
+    """
+
+    name: str
+    family: str
+    task: str
+    builder: Callable[..., torch.nn.Module]
+    inputs: tuple[InputSpec, ...]
+    outputs: tuple[str, ...]
+    sample_inputs: Callable[[int], list[dict[str, np.ndarray]]]
+    paper: PaperFigures = field(default_factory=PaperFigures)
+    load_checkpoint: Callable[[torch.nn.Module, Path], None] | None = None
+    description: str = ""
+    # Free-form extras a task needs (class names for classification, prompts for CLIP, ...).
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"{self.name}: unknown task {self.task!r}; known: {', '.join(TASKS)}")
+
+    def build(self, weights: str | Path | None = None, device: str = "cpu", **kwargs: Any) -> torch.nn.Module:
+        """Build the module in eval mode; load `weights` (a local file) when given."""
+        module = self.builder(device=device, **kwargs) if device != "cpu" else self.builder(**kwargs)
+        module.eval()
+        if weights is not None:
+            if self.load_checkpoint is None:
+                raise EdgeoptError(f"{self.name} cannot load checkpoints yet", "build it without --weights")
+            self.load_checkpoint(module, Path(weights))
+        return module
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> ModelSpec:
+    from edgeopt.models import _discover
+
+    _discover()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        near = closest(name, _REGISTRY)
+        hint = f"did you mean {', '.join(near)}?" if near else "run `edgeopt models` for the list"
+        raise EdgeoptError(f"unknown model {name!r}", hint) from None
+
+
+def all_specs() -> list[ModelSpec]:
+    from edgeopt.models import _discover
+
+    _discover()
+    return sorted(_REGISTRY.values(), key=lambda s: (s.family, s.name))

@@ -1,0 +1,61 @@
+"""ONNX Runtime: the embedded default. The artifact is the (possibly quantized) ONNX file itself."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeopt._ort import ort_session
+from edgeopt.errors import EdgeoptError
+from edgeopt.runtimes.base import Backend, CompileInput, CompileResult, Session, register_backend
+
+
+class OrtSession(Session):
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        self._s = ort_session(path, threads)
+        self.input_names = [i.name for i in self._s.get_inputs()]
+        self.output_names = [o.name for o in self._s.get_outputs()]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise EdgeoptError(f"inputs missing: {missing}", f"the model takes {self.input_names}")
+        outs = self._s.run(self.output_names, {n: inputs[n] for n in self.input_names})
+        return dict(zip(self.output_names, outs, strict=True))
+
+
+@register_backend
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    consumes = "onnx"
+    precisions = ("fp32", "fp16", "int8", "int4")
+    targets = ("host", "cpu")
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return False, "onnxruntime is not installed (pip install onnxruntime)"
+        return True, ort.__version__
+
+    def compile(self, inp: CompileInput, out_dir: Path, target: str, options: dict[str, Any]) -> CompileResult:
+        import onnx
+        import onnxruntime as ort
+
+        if inp.onnx_path is None:
+            raise EdgeoptError("onnxruntime needs an ONNX graph and none was exported")
+        shutil.copyfile(inp.onnx_path, out_dir / "model.onnx")
+        precision = options.get("precision", "fp32")
+        return CompileResult(
+            artifact="model.onnx",
+            precision=precision,
+            target=target or "host",
+            tools={"onnxruntime": ort.__version__, "onnx": onnx.__version__},
+        )
+
+    def load(self, bundle_dir: Path, manifest: dict[str, Any], threads: int | None = None) -> Session:
+        return OrtSession(bundle_dir / manifest["artifact"], threads)
