@@ -61,6 +61,17 @@ def load_into(
     sd = read_state_dict(path)
     if key_map is not None:
         sd = key_map(sd)
+    load_state_strict(module, sd, Path(path), ignore_missing, variant)
+
+
+def load_state_strict(
+    module: torch.nn.Module,
+    sd: Mapping[str, torch.Tensor],
+    path: Path,
+    ignore_missing: tuple[str, ...] = (),
+    variant: str = "",
+) -> None:
+    """`load_into` for a state dict already read (e.g. by the restricted unpickler); `path` names it in errors."""
     own = module.state_dict()
     for k, v in sd.items():
         if k in own and tuple(own[k].shape) != tuple(v.shape):
