@@ -70,7 +70,8 @@ class LocalDevice(Device):
         return str(Path(bundle_dir).resolve())
 
     def run_runner(self, remote_bundle: str, args: list[str], timeout: float) -> str:
-        cmd = [self.options.get("python", sys.executable), "-m", "edgeopt.runner", remote_bundle, *args]
+        # `prefix` (e.g. ["taskset", "-c", "0-3"], set by the protocol for CPU pinning) wraps the runner.
+        cmd = [*self.options.get("prefix", []), self.options.get("python", sys.executable), "-m", "edgeopt.runner", remote_bundle, *args]
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:

@@ -1,0 +1,157 @@
+"""Device-side end-to-end runner: image file -> decode, resize, normalize -> model -> post-process.
+
+`python -m edgeopt.harness.e2e_runner BUNDLE --image IMG [--warmup W --runs N --min-seconds S --threads T]`
+prints one JSON object with the model-only latency and the end-to-end latency measured side by side on the
+same session, plus the pre- and post-processing medians. Needs numpy, Pillow and the bundle's runtime
+(never torch). Pre-processing is the timm/ImageNet recipe (resize shorter side to size/0.875, centre
+crop, /255, mean/std) unless the manifest carries a `preprocess` entry with its own mean/std/crop_pct.
+Post-processing: classification -> softmax + top-5; detection -> confidence filter + NMS in numpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def preprocess(path: str, shape: list[int], cfg: dict[str, Any]) -> np.ndarray:
+    """Decode an image file into the model's NCHW float32 input."""
+    from PIL import Image
+
+    if len(shape) != 4 or shape[1] not in (1, 3):
+        raise ValueError(f"end-to-end mode needs an NCHW image input, this model takes {shape}")
+    h, w = int(shape[2]), int(shape[3])
+    crop = float(cfg.get("crop_pct", 0.875))
+    with Image.open(path) as im:
+        im = im.convert("RGB" if shape[1] == 3 else "L")
+        scale = max(h, w) / crop / min(im.size)
+        im = im.resize((max(w, round(im.size[0] * scale)), max(h, round(im.size[1] * scale))), Image.BILINEAR)
+        left, top = (im.size[0] - w) // 2, (im.size[1] - h) // 2
+        im = im.crop((left, top, left + w, top + h))
+        a = np.asarray(im, dtype=np.float32) / 255.0
+    if a.ndim == 2:
+        a = a[..., None]
+    mean = np.asarray(cfg.get("mean", IMAGENET_MEAN), dtype=np.float32)[: a.shape[2]]
+    std = np.asarray(cfg.get("std", IMAGENET_STD), dtype=np.float32)[: a.shape[2]]
+    return np.ascontiguousarray(((a - mean) / std).transpose(2, 0, 1)[None])
+
+
+def softmax_top5(logits: np.ndarray) -> list[tuple[int, float]]:
+    z = logits.reshape(-1).astype(np.float64)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    idx = np.argsort(-p)[:5]
+    return [(int(i), float(p[i])) for i in idx]
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.45) -> list[int]:
+    """Greedy non-maximum suppression on xyxy boxes."""
+    order = np.argsort(-scores)
+    keep: list[int] = []
+    areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        xx1 = np.maximum(boxes[i, 0], boxes[order[1:], 0])
+        yy1 = np.maximum(boxes[i, 1], boxes[order[1:], 1])
+        xx2 = np.minimum(boxes[i, 2], boxes[order[1:], 2])
+        yy2 = np.minimum(boxes[i, 3], boxes[order[1:], 3])
+        inter = (xx2 - xx1).clip(0) * (yy2 - yy1).clip(0)
+        ious = inter / (areas[i] + areas[order[1:]] - inter + 1e-9)
+        order = order[1:][ious <= iou]
+    return keep
+
+
+def detections(out: np.ndarray, conf: float = 0.25, iou: float = 0.45) -> list[dict[str, Any]]:
+    """YOLO-style head output (1, 4+C, N) or (1, N, 4+C), boxes as cx,cy,w,h -> kept boxes after NMS."""
+    a = out[0]
+    if a.shape[0] < a.shape[1]:
+        a = a.T
+    cls = a[:, 4:]
+    score, label = cls.max(1), cls.argmax(1)
+    m = score >= conf
+    b, score, label = a[m, :4], score[m], label[m]
+    xyxy = np.stack([b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2], 1)
+    keep: list[int] = []
+    for c in np.unique(label):
+        idx = np.nonzero(label == c)[0]
+        keep += [int(idx[k]) for k in nms(xyxy[idx], score[idx], iou)]
+    return [{"box": xyxy[k].tolist(), "score": float(score[k]), "label": int(label[k])} for k in keep]
+
+
+def postprocess(task: str, outs: dict[str, np.ndarray]) -> Any:
+    first = next(iter(outs.values()))
+    if task == "detection":
+        return detections(first)
+    if task == "classification":
+        return softmax_top5(first)
+    return {k: list(v.shape) for k, v in outs.items()}
+
+
+def run(path: str, image: str, warmup: int, runs: int, min_seconds: float, threads: int | None) -> dict[str, Any]:
+    from edgeopt.bundle import load_bundle
+    from edgeopt.runner import measure_session, summarize
+    from edgeopt.runtimes.base import get_backend
+
+    bundle = load_bundle(path)
+    spec = bundle.manifest["inputs"][0]
+    task = bundle.manifest["model"].get("task", "classification")
+    cfg = bundle.manifest.get("preprocess", {})
+    session = get_backend(bundle.backend).load(bundle.path, bundle.manifest, threads=threads)
+    pre_ms: list[float] = []
+    post_ms: list[float] = []
+    result: dict[str, Any] = {}
+
+    def e2e() -> None:
+        t0 = time.perf_counter()
+        x = preprocess(image, spec["shape"], cfg)
+        t1 = time.perf_counter()
+        outs = session.run({spec["name"]: x})
+        t2 = time.perf_counter()
+        result["post"] = postprocess(task, outs)
+        pre_ms.append((t1 - t0) * 1e3)
+        post_ms.append((time.perf_counter() - t2) * 1e3)
+
+    x = preprocess(image, spec["shape"], cfg)
+    model_only = summarize(measure_session(lambda: session.run({spec["name"]: x}), warmup, runs, min_seconds))
+    full = summarize(measure_session(e2e, warmup, runs, min_seconds))
+    session.close()
+    return {
+        "bundle_sha256": bundle.sha256,
+        "model_only": model_only,
+        "end_to_end": full,
+        "preprocess_ms_p50": float(np.median(pre_ms)),
+        "postprocess_ms_p50": float(np.median(post_ms)),
+        "task": task,
+        "output": result.get("post"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m edgeopt.harness.e2e_runner")
+    ap.add_argument("bundle")
+    ap.add_argument("--image", required=True)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--min-seconds", type=float, default=0.5)
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args(argv)
+    try:
+        res = run(a.bundle, a.image, a.warmup, a.runs, a.min_seconds, a.threads)
+    except Exception as e:  # noqa: BLE001 - the harness reads this JSON; it must always get one object
+        print(json.dumps({"error": f"{type(e).__name__}: {getattr(e, 'message', None) or e}"}))
+        return 2
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
