@@ -103,3 +103,38 @@ def register_task_metric(task: str):
         return fn
 
     return deco
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    z = np.asarray(x, np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def perplexity(logits: np.ndarray, token_ids: np.ndarray) -> float:
+    """exp(mean NLL) of `token_ids` under `logits` (..., V) predicting them position by position."""
+    lp = log_softmax(np.asarray(logits).reshape(-1, np.shape(logits)[-1]))
+    ids = np.asarray(token_ids).reshape(-1)
+    return float(np.exp(-lp[np.arange(ids.size), ids].mean()))
+
+
+def language_model_metrics(refs: Sequence[dict[str, np.ndarray]], outs: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Next-token (top-1) and top-5 agreement with the fp32 model, KL, and the perplexity change.
+
+    The perplexity is measured on the text every sample has: the fp32 model's own greedy next tokens
+    (fp32's perplexity on them vs the optimized model's); `perplexity()` serves a real text sample."""
+    name = "logits" if "logits" in refs[0] else next(k for k in refs[0] if np.issubdtype(np.asarray(refs[0][k]).dtype, np.floating))
+    m = classification_metrics([r[name] for r in refs], [o[name] for o in outs])
+    r = np.concatenate([np.asarray(a[name], np.float64).reshape(-1, np.shape(a[name])[-1]) for a in refs])
+    o = np.concatenate([np.asarray(a[name], np.float64).reshape(-1, np.shape(a[name])[-1]) for a in outs])
+    tgt = r.argmax(-1)
+    ppl_ref, ppl = perplexity(r, tgt), perplexity(o, tgt)
+    return {
+        "next_token_agreement": m["top1_agreement"], "top5_agreement": m["top5_agreement"], "kl": m["kl"],
+        "greedy_ppl_fp32": ppl_ref, "greedy_ppl": ppl, "ppl_change": ppl / ppl_ref - 1.0,
+    }
+
+
+# A VLM's graph ends in the language model's logits: the same metric applies.
+register_task_metric("language_model")(language_model_metrics)
+register_task_metric("vlm")(language_model_metrics)
