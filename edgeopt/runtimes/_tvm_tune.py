@@ -1,0 +1,218 @@
+"""MetaSchedule tuning for the TVM backend: budgets, a persistent database, and a clean stop.
+
+Why a module of its own: tuning is the slow, stateful part of TVM. It must
+- find tasks at all: `extract_tasks` sees nothing until the graph is legalized and fused, so the module
+  goes through `DecomposeOpsForInference` and the `zero` pipeline first (`prepare()`, shared with the
+  untuned build so that both compile the very same fused functions);
+- respect two budgets, trials and minutes. MetaSchedule only knows trials, so a measure callback
+  terminates every task once the clock runs out (the batch in flight finishes and is recorded);
+- keep what it measured: records go to a JSON database that is appended to after every measured batch,
+  one folder per model x target, reused (and extended) by the next run. A run that is interrupted
+  (Ctrl-C, a killed process) keeps every committed record; a half-written last line is dropped on open.
+- give the builder time: its worker processes import TVM's tensor intrinsics first (~24 s here), which
+  exceeds MetaSchedule's default 30 s build timeout under load.
+Host-side only (imports tvm, never torch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeopt.errors import EdgeoptError
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+BUILDER_TIMEOUT_S = 120.0
+RUNNER_TIMEOUT_S = 60.0
+
+
+def cache_root() -> Path:
+    """Where tuning databases live: $EDGEOPT_CACHE_DIR/tvm, else ~/.cache/edgeopt/tvm."""
+    base = os.environ.get("EDGEOPT_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "edgeopt")
+    return Path(base) / "tvm"
+
+
+def default_db_dir(model: str, target_name: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{model}-{target_name}")
+    return cache_root() / safe
+
+
+def prepare(mod, target):
+    """Decompose inference-only ops, legalize to TIR and fuse: the form both tuning and building use."""
+    import tvm
+    from tvm import relax
+
+    with target:
+        return tvm.transform.Sequential(
+            [
+                relax.transform.DecomposeOpsForInference(),
+                relax.transform.CanonicalizeBindings(),
+                relax.get_pipeline("zero"),
+            ]
+        )(mod)
+
+
+def _repair_jsonl(path: Path) -> int:
+    """Drop a truncated last line (a run killed mid-write) so the database opens; returns lines dropped."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    good = []
+    dropped = 0
+    for ln in lines:
+        if not ln.strip():
+            continue
+        try:
+            json.loads(ln)
+            good.append(ln)
+        except json.JSONDecodeError:
+            dropped += 1
+    if dropped:
+        tmp = path.with_suffix(".repair")
+        tmp.write_text("".join(g + "\n" for g in good))
+        os.replace(tmp, path)
+    return dropped
+
+
+def open_database(db_dir: Path):
+    """Open (creating if needed) the JSON tuning database in db_dir."""
+    from tvm.s_tir import meta_schedule as ms
+
+    db_dir.mkdir(parents=True, exist_ok=True)
+    dropped = sum(_repair_jsonl(db_dir / f) for f in (WORKLOAD_FILE, RECORD_FILE))
+    if dropped:
+        logging.getLogger("edgeopt.tvm").warning("tuning database %s: dropped %d truncated line(s)", db_dir, dropped)
+    return ms.database.JSONDatabase(
+        path_workload=str(db_dir / WORKLOAD_FILE), path_tuning_record=str(db_dir / RECORD_FILE), allow_missing=True
+    )
+
+
+def count_records(db_dir: Path) -> int:
+    p = db_dir / RECORD_FILE
+    if not p.is_file():
+        return 0
+    return sum(1 for ln in p.read_text().splitlines() if ln.strip())
+
+
+@dataclass
+class TuneReport:
+    db_dir: str
+    tasks: int
+    trials_budget: int
+    minutes_budget: float | None
+    records_before: int
+    records_after: int
+    trials_measured: int
+    seconds: float
+    stopped_by: str  # "trials" | "minutes" | "interrupted"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _time_limit_callback(deadline: float, state: dict[str, Any]):
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+    from tvm.s_tir.meta_schedule.utils import derived_object
+
+    @derived_object
+    class StopAtDeadline(PyMeasureCallback):
+        """After each measured batch: past the deadline, terminate every task still running."""
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+            state["measured"] += len(runner_results)
+            if time.monotonic() < deadline:
+                return
+            state["stopped_by"] = "minutes"
+            for i, rec in enumerate(task_scheduler.tasks_):
+                if not rec.is_terminated:
+                    task_scheduler.terminate_task(i)
+
+    return StopAtDeadline()
+
+
+def tune(
+    mod,
+    target,
+    db_dir: Path,
+    trials: int | None,
+    minutes: float | None,
+    num_cores: int,
+    progress=None,
+    seed: int | None = None,
+) -> TuneReport:
+    """Tune every task of a prepared module within the budgets; records accumulate in db_dir."""
+    from tvm.s_tir import meta_schedule as ms
+
+    say = progress or (lambda _m: None)
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    if not tasks:
+        raise EdgeoptError("MetaSchedule found no tasks to tune in this graph", "this is a bug: the graph was not legalized")
+    n = len(tasks)
+    if not trials or trials <= 0:
+        # Only a time budget: make the trial cap large enough never to bind first.
+        trials = 1_000_000
+    per_task = max(1, math.ceil(trials / n))
+    # Small iterations when the budget is small or timed, so every task gets a first round early.
+    per_iter = max(1, min(16, per_task))
+    db = open_database(db_dir)
+    before = count_records(db_dir)
+    state: dict[str, Any] = {"measured": 0, "stopped_by": "trials"}
+    t0 = time.monotonic()
+    callbacks: Any = "default"
+    if minutes:
+        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _time_limit_callback(t0 + 60.0 * minutes, state)]
+    else:
+        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _time_limit_callback(float("inf"), state)]
+    work_dir = db_dir / "logs"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        tasks, work_dir=str(work_dir), num_threads=num_cores, seed=seed
+    )
+    say(f"tuning {n} tasks (budget: {trials if trials < 1_000_000 else 'unlimited'} trials, {minutes or 'no'} minutes)")
+    _quiet_metaschedule()
+    try:
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(work_dir),
+            max_trials_global=trials,
+            max_trials_per_task=per_task,
+            num_trials_per_iter=per_iter,
+            builder=ms.builder.LocalBuilder(timeout_sec=BUILDER_TIMEOUT_S),
+            runner=ms.runner.LocalRunner(timeout_sec=RUNNER_TIMEOUT_S),
+            database=db,
+            measure_callbacks=callbacks,
+        )
+    except KeyboardInterrupt:
+        state["stopped_by"] = "interrupted"
+        raise
+    finally:
+        rep = TuneReport(
+            db_dir=str(db_dir), tasks=n, trials_budget=trials if trials < 1_000_000 else 0, minutes_budget=minutes,
+            records_before=before, records_after=count_records(db_dir), trials_measured=state["measured"],
+            seconds=time.monotonic() - t0, stopped_by=state["stopped_by"],
+        )
+        (db_dir / "last_run.json").write_text(json.dumps(rep.to_dict(), indent=2))
+    return rep
+
+
+def apply_database(mod, target, db_dir: Path):
+    """Replace every tuned function's TIR with its best measured schedule (others stay as they are)."""
+    from tvm import relax
+
+    db = open_database(db_dir)
+    with target, db:
+        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+
+def _quiet_metaschedule() -> None:
+    """MetaSchedule logs every iteration at INFO to stdout; keep its per-task logs in files only."""
+    for name in ("tvm.s_tir.meta_schedule", "tvm.meta_schedule"):
+        logging.getLogger(name).setLevel(logging.WARNING)

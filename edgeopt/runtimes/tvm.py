@@ -1,0 +1,300 @@
+"""Apache TVM (Relax, 0.27): ONNX -> Relax -> fused TIR (optionally MetaSchedule-tuned) -> one .so.
+
+Bundle layout: `model.so` (the Relax VM executable and all kernels, linked for the target; cross-linked
+with aarch64-linux-gnu-gcc for arm boards) + `params.npz` (the weights, in the order `main` takes them,
+after the inputs). Weights stay outside the .so so that one tuned kernel library can be paired with
+retrained weights, and so the device side needs only numpy to read them.
+
+The device side (`load`) needs `tvm.runtime` + `tvm.relax.VirtualMachine` and numpy: never torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeopt.errors import EdgeoptError
+from edgeopt.runtimes.base import Backend, CompileInput, CompileResult, Session, register_backend
+
+ARTIFACT = "model.so"
+PARAMS = "params.npz"
+TUNING_DIR = "tuning"  # copy of the tuning database inside the bundle (option bundle_tuning_db)
+EM_AARCH64 = 183
+EM_X86_64 = 62
+
+
+def import_tvm():
+    """Import tvm without dragging in torch when torch is not loaded yet.
+
+    apache-tvm-ffi 0.1.x runs `import torch` at import time (a work-around for a Windows symbol clash)
+    when torch is installed. That costs seconds and breaks the runner's promise never to load torch, so
+    on the device side we hide torch for the duration of the import; it stays importable afterwards.
+    """
+    if "tvm" in sys.modules or "torch" in sys.modules:
+        return importlib.import_module("tvm")
+    sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` raise ImportError
+    try:
+        return importlib.import_module("tvm")
+    finally:
+        if sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+
+
+class UnsupportedOpError(EdgeoptError):
+    """An ONNX node TVM's Relax frontend cannot convert."""
+
+
+def elf_machine(path: str | Path) -> int:
+    """The e_machine field of an ELF file (62 = x86-64, 183 = AArch64); raises if it is not ELF."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    if head[:4] != b"\x7fELF":
+        raise EdgeoptError(f"{path} is not an ELF file")
+    endian = "<" if head[5] == 1 else ">"
+    return struct.unpack(endian + "H", head[18:20])[0]
+
+
+class TvmSession(Session):
+    """A Relax VM over the bundle's .so, with its weights uploaded once at load."""
+
+    def __init__(self, so_path: Path, params_path: Path, input_names: list[str], output_names: list[str], threads: int | None) -> None:
+        tvm = import_tvm()
+        from tvm import relax
+
+        if threads:
+            cfg = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
+            if cfg is not None:
+                cfg(0, int(threads))
+        self._dev = tvm.cpu(0)
+        self._tensor = tvm.runtime.tensor
+        lib = tvm.runtime.load_module(str(so_path))
+        self._vm = relax.VirtualMachine(lib, self._dev)
+        self._main = self._vm["main"]
+        with np.load(params_path) as z:
+            keys = sorted(z.files)  # p00000, p00001, ...: zero-padded, so sorted order is call order
+            self._params = [self._tensor(np.asarray(z[k], order="C"), self._dev) for k in keys]
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise EdgeoptError(f"inputs missing: {missing}", f"the model takes {self.input_names}")
+        args = [self._tensor(np.asarray(inputs[n], order="C"), self._dev) for n in self.input_names]
+        out = self._main(*args, *self._params)
+        outs = [out] if hasattr(out, "numpy") else list(out)
+        if len(outs) != len(self.output_names):
+            raise EdgeoptError(f"the TVM module returned {len(outs)} outputs, the bundle names {len(self.output_names)}", "recompile the bundle")
+        return {n: o.numpy() for n, o in zip(self.output_names, outs, strict=True)}
+
+    def close(self) -> None:
+        self._params = []
+        self._main = None
+        self._vm = None
+
+
+@contextlib.contextmanager
+def _node_tracker(state: dict[str, Any]):
+    """Remember which ONNX node the Relax importer is converting, so a failure can name it.
+
+    The importer passes the node's name to `_convert_operator` in attr["tvm_custom"]; we wrap that one
+    method (restored on exit) to note the op type and node name before delegating to it.
+    """
+    from tvm.relax.frontend.onnx import onnx_frontend as fe
+
+    cls = fe.ONNXGraphImporter
+    orig = cls._convert_operator
+
+    def tracked(self, op_name, inputs, attrs, opset):
+        state["op"] = op_name
+        state["node"] = (attrs.get("tvm_custom") or {}).get("name")
+        return orig(self, op_name, inputs, attrs, opset)
+
+    cls._convert_operator = tracked
+    try:
+        yield
+    finally:
+        cls._convert_operator = orig
+
+
+def import_onnx(model) -> Any:
+    """ONNX ModelProto -> Relax IRModule with the weights as trailing parameters of `main`.
+
+    Unsupported ops are found before conversion and named with their nodes; a converter that fails
+    part-way is reported with the op and node it was converting.
+    """
+    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    known = set(_get_convert_map()) | {"If", "Constant"}
+    bad: dict[str, list[str]] = {}
+    for i, node in enumerate(model.graph.node):
+        if node.op_type not in known:
+            bad.setdefault(node.op_type, []).append(node.name or f"#{i}")
+    if bad:
+        what = "; ".join(f"{op} (nodes: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" for op, names in bad.items())
+        raise UnsupportedOpError(
+            f"TVM's ONNX frontend cannot convert: {what}",
+            "run this model with --backend onnxruntime, or add a graph pass that rewrites these ops",
+        )
+    state: dict[str, Any] = {}
+    sink = io.StringIO()  # the importer prints whole input lists on failure; keep the message short
+    try:
+        with _node_tracker(state), contextlib.redirect_stdout(sink):
+            return from_onnx(model, keep_params_in_input=True)
+    except EdgeoptError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any converter failure becomes one line naming the node
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise UnsupportedOpError(
+            f"TVM could not convert ONNX op {state.get('op', '?')} (node {state.get('node') or '?'}): {msg[:300]}",
+            "run this model with --backend onnxruntime, or add a graph pass that rewrites this node",
+        ) from e
+
+
+@register_backend
+class TvmBackend(Backend):
+    name = "tvm"
+    consumes = "onnx"
+    precisions = ("fp32", "int8")
+    targets = ("host", "x86-host", "aarch64", "cortex-a76", "cortex-a78ae", "cortex-a72")
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        try:
+            tvm = import_tvm()
+            import tvm_ffi
+        except ImportError as e:
+            return False, f"apache-tvm is not installed ({e.name}); pip install 'edgeopt[tvm]'"
+        except Exception as e:  # noqa: BLE001 - a broken TVM install must not crash backend listing
+            return False, f"apache-tvm failed to import: {type(e).__name__}: {e}"
+        ffi = getattr(tvm_ffi, "__version__", "?")
+        if ffi.startswith("0.1.15"):
+            return False, f"apache-tvm-ffi {ffi} segfaults in save_json; pip install apache-tvm-ffi==0.1.14.post1"
+        return True, tvm.__version__
+
+    # ------------------------------------------------------------------ host side
+    def compile(self, inp: CompileInput, out_dir: Path, target: str, options: dict[str, Any]) -> CompileResult:
+        import onnx
+        import tvm
+        import tvm_ffi
+        from tvm import relax
+
+        from edgeopt.runtimes import _tvm_targets as tt
+        from edgeopt.runtimes import _tvm_tune as tune
+
+        if inp.onnx_path is None:
+            raise EdgeoptError("the TVM backend compiles an ONNX graph and none was exported")
+        opts = dict(options)
+        trials = int(opts.pop("tune_trials", 0) or 0)
+        minutes = float(opts.pop("tune_minutes", 0) or 0) or None
+        info = tt.resolve_target(target, num_cores=opts.pop("num_cores", None))
+        if trials < 0 or (minutes is not None and minutes < 0):
+            raise EdgeoptError("tune_trials and tune_minutes must be >= 0", "e.g. --tune-trials 200 --tune-minutes 10")
+        tuning = trials > 0 or minutes is not None
+        if tuning and info.host_runnable() is not True:
+            raise EdgeoptError(
+                f"cannot tune for {info.name} on this host: MetaSchedule must run each candidate on the target CPU",
+                "tune on the board itself (edgeopt compile there with --target host), or pass tuning_db=DIR from such a run",
+            )
+        tgt = tvm.target.Target(info.target)
+        say = opts.pop("progress", None) or (lambda _m: None)
+
+        t0 = time.perf_counter()
+        model = onnx.load(str(inp.onnx_path))
+        graph_inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+        graph_outputs = [o.name for o in model.graph.output]
+        mod = import_onnx(model)
+        mod, params = relax.frontend.detach_params(mod)
+        weights = [p.numpy() for p in params.get("main", [])]
+        import_s = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        mod = tune.prepare(mod, tgt)
+        pipeline = ["DecomposeOpsForInference", "CanonicalizeBindings", "zero(LegalizeOps,AnnotateTIROpPattern,FoldConstant,FuseOps,FuseTIR)"]
+        details: dict[str, Any] = {}
+        db_dir: Path | None = None
+        if tuning:
+            db_dir = Path(opts.pop("tune_dir", None) or tune.default_db_dir(inp.model_name, info.name))
+            rep = tune.tune(mod, tgt, db_dir, trials, minutes, int(tgt.attrs.get("num-cores", 1) or 1), progress=say)
+            details["tuning"] = rep.to_dict()
+        elif opts.get("tuning_db"):
+            db_dir = Path(opts.pop("tuning_db"))
+            if not (db_dir / tune.RECORD_FILE).is_file():
+                raise EdgeoptError(f"tuning_db {db_dir} holds no {tune.RECORD_FILE}", "pass the folder a tuned compile wrote (see backend_details.tuning.db_dir)")
+        if db_dir is not None:
+            mod = tune.apply_database(mod, tgt, db_dir)
+            pipeline.append(f"MetaScheduleApplyDatabase({db_dir})")
+            if opts.pop("bundle_tuning_db", False):
+                import shutil
+
+                shutil.copytree(db_dir, out_dir / TUNING_DIR, ignore=shutil.ignore_patterns("logs", "*.repair"))
+        pipeline.append("tvm.compile default build pipeline (opt_level 3)")
+        with tvm.transform.PassContext(opt_level=3):
+            ex = tvm.compile(mod, target=tgt)
+        build_s = time.perf_counter() - t0
+
+        so = out_dir / ARTIFACT
+        tmp = out_dir / f".{ARTIFACT}.tmp.so"
+        if info.cross_cc:
+            from tvm.support.cc import cross_compiler
+
+            cc_path = tt.check_toolchain(info)
+            ex.export_library(str(tmp), fcompile=cross_compiler(cc_path))
+        else:
+            ex.export_library(str(tmp))
+        tmp.replace(so)
+        want = EM_AARCH64 if info.arch == "aarch64" else EM_X86_64
+        got = elf_machine(so)
+        if got != want:
+            raise EdgeoptError(f"linked {so.name} for ELF machine {got}, expected {want} ({info.arch})", "check the cross compiler (CC) in use")
+        np.savez(out_dir / PARAMS, **{f"p{i:05d}": w for i, w in enumerate(weights)})
+
+        details.update(
+            {
+                "target_name": info.name,
+                "target": info.target,
+                "arch": info.arch,
+                "host_runnable": info.host_runnable(),
+                "linker": info.cross_cc or "host cc",
+                "pipeline": pipeline,
+                "tuned": db_dir is not None,
+                "tune_trials": trials,
+                "tune_minutes": minutes,
+                "params_file": PARAMS,
+                "num_params": len(weights),
+                "io": {"inputs": graph_inputs, "outputs": graph_outputs},
+                "seconds": {"import": import_s, "build": build_s},
+            }
+        )
+        precision = options.get("precision", "fp32")
+        if precision != "fp32":
+            details["precision_note"] = "QDQ nodes are imported as quantize/dequantize ops; kernels compute in float"
+        return CompileResult(
+            artifact=ARTIFACT,
+            precision=precision,
+            target=info.name,
+            tools={"apache-tvm": tvm.__version__, "apache-tvm-ffi": getattr(tvm_ffi, "__version__", "?"), "onnx": onnx.__version__},
+            details=details,
+        )
+
+    # ---------------------------------------------------------------- device side
+    def load(self, bundle_dir: Path, manifest: dict[str, Any], threads: int | None = None) -> Session:
+        bundle_dir = Path(bundle_dir)
+        details = manifest.get("backend_details", {})
+        io_names = details.get("io") or {}
+        inputs = io_names.get("inputs") or [i["name"] for i in manifest.get("inputs", [])]
+        outputs = io_names.get("outputs") or [o["name"] for o in manifest.get("outputs", [])]
+        so = bundle_dir / manifest["artifact"]
+        params = bundle_dir / details.get("params_file", PARAMS)
+        if not so.is_file() or not params.is_file():
+            raise EdgeoptError(f"TVM bundle {bundle_dir} lacks {so.name} or {params.name}", "recompile the bundle")
+        return TvmSession(so, params, inputs, outputs, threads)

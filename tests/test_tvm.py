@@ -1,0 +1,221 @@
+"""Apache TVM backend: compile a small CNN for this machine and for aarch64, run it through the runner.
+
+The tiny model (conv -> BN -> GELU -> depthwise conv -> pool -> linear) covers the op kinds the zoo's
+models lower to, and compiles in seconds; efficientformer-sized runs live in bench/tvm.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+from edgeopt.bundle import load_bundle, write_bundle  # noqa: E402
+from edgeopt.errors import EdgeoptError, SpecError  # noqa: E402
+from edgeopt.fidelity import output_metrics  # noqa: E402
+from edgeopt.runtimes import CompileInput, get_backend  # noqa: E402
+from edgeopt.runtimes import _tvm_targets as tt  # noqa: E402
+from edgeopt.runtimes import _tvm_tune as tune  # noqa: E402
+from edgeopt.runtimes.tvm import EM_AARCH64, EM_X86_64, UnsupportedOpError, elf_machine  # noqa: E402
+
+PY = sys.executable
+REPO = Path(__file__).resolve().parents[1]
+HW = 32
+
+
+def _tiny_module():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.GELU())
+            self.dw = nn.Conv2d(16, 16, 3, 1, 1, groups=16)
+            self.pw = nn.Conv2d(16, 32, 1)
+            self.head = nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = self.stem(x)
+            x = x + self.dw(x)
+            x = torch.relu(self.pw(x))
+            return self.head(x.mean((2, 3)))
+
+    m = Tiny().eval()
+    with torch.no_grad():  # non-trivial BN statistics, so folding mistakes would show
+        m.stem[1].running_mean.uniform_(-0.5, 0.5)
+        m.stem[1].running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def _samples(n: int = 2) -> list[dict[str, np.ndarray]]:
+    """Real pixels: crops of skimage's astronaut, normalised like ImageNet inputs."""
+    from skimage import data
+    from skimage.transform import resize
+
+    img = data.astronaut().astype(np.float32) / 255.0
+    out = []
+    for i in range(n):
+        crop = img[100 * i : 100 * i + 256, 80 * i : 80 * i + 256]
+        x = resize(crop, (HW, HW), anti_aliasing=True).transpose(2, 0, 1)
+        x = (x - 0.45) / 0.25
+        out.append({"image": x[None].astype(np.float32)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny model exported to ONNX, with its samples and torch reference outputs."""
+    from edgeopt.export import export_onnx, torch_outputs
+
+    d = tmp_path_factory.mktemp("tvm-tiny")
+    m = _tiny_module()
+    samples = _samples()
+    path = d / "tiny.onnx"
+    export_onnx(m, samples[0], ["image"], ["logits"], path)
+    refs = [torch_outputs(m, s, ["image"], ["logits"]) for s in samples]
+    return {"onnx": path, "samples": samples, "refs": refs, "dir": d}
+
+
+def _bundle(tiny, out: Path, target: str, options: dict | None = None) -> Path:
+    """Compile through the backend into a real bundle (what api.compile does after the passes)."""
+    be = get_backend("tvm")
+    inp = CompileInput(
+        model_name="tiny_cnn", task="classification", input_names=["image"], output_names=["logits"],
+        samples=tiny["samples"], onnx_path=tiny["onnx"],
+    )
+    with write_bundle(out, overwrite=True) as w:
+        res = be.compile(inp, w.root, target, {"precision": "fp32", **(options or {})})
+        w.write_reference(tiny["samples"][0], tiny["refs"][0])
+        w.finish(
+            {
+                "model": {"name": "tiny_cnn", "family": "test", "task": "classification"},
+                "backend": "tvm", "target": res.target, "precision": res.precision, "artifact": res.artifact,
+                "inputs": [{"name": "image", "shape": [1, 3, HW, HW], "dtype": "float32"}],
+                "outputs": [{"name": "logits", "shape": [1, 10], "dtype": "float32"}],
+                "backend_details": res.details, "tools": res.tools, "check": {"cosine_min": 0.9999},
+            }
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def host_bundle(tiny):
+    return _bundle(tiny, tiny["dir"] / "host.bundle", "x86-host" if tt._host_arch() == "x86_64" else "host")
+
+
+def test_available_reports_version():
+    ok, why = get_backend("tvm").available()
+    assert ok, why
+    assert why.startswith("0.")
+
+
+def test_host_bundle_matches_torch_in_process(tiny, host_bundle):
+    b = load_bundle(host_bundle)
+    assert b.manifest["backend_details"]["host_runnable"] is True
+    assert b.manifest["backend_details"]["target"]["mcpu"]  # detected, not generic
+    assert elf_machine(b.artifact) == (EM_X86_64 if tt._host_arch() == "x86_64" else EM_AARCH64)
+    s = get_backend("tvm").load(b.path, b.manifest)
+    outs = [s.run(x) for x in tiny["samples"]]
+    m = output_metrics(tiny["refs"], outs)
+    assert m["cosine"] > 0.99999, m
+    np.testing.assert_allclose(outs[0]["logits"], tiny["refs"][0]["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_runner_runs_tvm_bundle_without_torch(host_bundle):
+    r = subprocess.run(
+        [PY, "-m", "edgeopt.runner", str(host_bundle), "--runs", "5", "--min-seconds", "0", "--warmup", "1"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["backend"] == "tvm"
+    assert res["outputs_match"] is True, res["check"]
+    assert res["torch_loaded"] is False
+    assert res["runs"] >= 5 and res["latency_ms"]["p50"] > 0
+
+
+def test_cross_compile_aarch64_is_arm_elf(tiny):
+    if tt.shutil.which(tt.CROSS_CC) is None:
+        pytest.skip(f"{tt.CROSS_CC} missing: install {tt.CROSS_PKG}")
+    out = _bundle(tiny, tiny["dir"] / "a72.bundle", "cortex-a72")
+    b = load_bundle(out)
+    assert elf_machine(b.artifact) == EM_AARCH64
+    d = b.manifest["backend_details"]
+    assert d["arch"] == "aarch64" and d["target"]["mcpu"] == "cortex-a72"
+    if tt._host_arch() != "aarch64":
+        assert isinstance(d["host_runnable"], str) and "aarch64" in d["host_runnable"]
+
+
+def test_unknown_target_lists_known_ones(tiny, tmp_path):
+    with pytest.raises(SpecError) as e:
+        tt.resolve_target("cortex-a99")
+    assert "cortex-a78ae" in str(e.value) and "x86-host" in str(e.value)
+    with pytest.raises(SpecError):
+        _bundle(tiny, tmp_path / "bad.bundle", "cortex-a99")
+    assert not (tmp_path / "bad.bundle").exists()
+
+
+def test_missing_cross_compiler_names_debian_package(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(EdgeoptError) as e:
+        tt.resolve_target("cortex-a76")
+    assert tt.CROSS_PKG in str(e.value)
+
+
+def test_unsupported_op_names_op_and_node(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeopt.runtimes.tvm import import_onnx
+
+    # A contrib-domain op TVM's frontend has no converter for.
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu0"),
+        helper.make_node("FancyMix", ["r"], ["y"], name="mix_block_3", domain="com.example"),
+    ]
+    g = helper.make_graph(nodes, "g", [x], [y])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)])
+    with pytest.raises(UnsupportedOpError) as e:
+        import_onnx(model)
+    assert "FancyMix" in str(e.value) and "mix_block_3" in str(e.value)
+    # A known op whose converter rejects this instance: the node is still named.
+    c = helper.make_node("CumSum", ["x", "ax"], ["y"], name="cumsum_dyn")
+    ax = helper.make_tensor_value_info("ax", TensorProto.INT64, [])
+    g2 = helper.make_graph([c], "g2", [x, ax], [y])
+    with pytest.raises(UnsupportedOpError) as e2:
+        import_onnx(helper.make_model(g2, opset_imports=[helper.make_opsetid("", 18)]))
+    assert "CumSum" in str(e2.value) and "cumsum_dyn" in str(e2.value)
+    onnx.checker.check_model(model, full_check=False)
+
+
+def test_truncated_database_line_is_dropped(tmp_path):
+    rec = tmp_path / tune.RECORD_FILE
+    rec.write_text('[0, [[["a"], 1]]]\n[1, [[["b"], 2' )
+    assert tune._repair_jsonl(rec) == 1
+    assert rec.read_text() == '[0, [[["a"], 1]]]\n'
+
+
+@pytest.mark.slow
+def test_tuning_writes_reusable_database(tiny, tmp_path):
+    """A few trials: records land in the database, the tuned bundle still matches, a rerun extends it."""
+    db = tmp_path / "db"
+    b1 = load_bundle(_bundle(tiny, tmp_path / "t1.bundle", "host", {"tune_trials": 8, "tune_dir": str(db)}))
+    t1 = b1.manifest["backend_details"]["tuning"]
+    assert t1["records_after"] > 0 and t1["trials_measured"] > 0
+    s = get_backend("tvm").load(b1.path, b1.manifest)
+    assert output_metrics(tiny["refs"][:1], [s.run(tiny["samples"][0])])["cosine"] > 0.9999
+    b2 = load_bundle(_bundle(tiny, tmp_path / "t2.bundle", "host", {"tune_trials": 8, "tune_dir": str(db), "bundle_tuning_db": True}))
+    t2 = b2.manifest["backend_details"]["tuning"]
+    assert t2["records_before"] == t1["records_after"] and t2["records_after"] >= t2["records_before"]
+    assert (b2.path / "tuning" / tune.RECORD_FILE).is_file()
