@@ -25,6 +25,8 @@ _state = {"debug": False}
 
 # Sub-apps that live in their own modules: (command name, "module:attribute"). One line each.
 _SUBAPPS: list[tuple[str, str]] = [
+    ("devices", "edgeopt.harness.cli:devices_app"),
+    ("bench", "edgeopt.harness.cli:bench_app"),
 ]
 
 
@@ -192,7 +194,7 @@ def report(
             from edgeopt.report.html import write_html
         except ImportError:
             raise EdgeoptError("the HTML report is not part of this edgeopt build") from None
-        write_html(rows, html)
+        write_html(rows, html, db=db)
         console.print(f"wrote {html}")
         return
     if as_json:

@@ -9,9 +9,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, UniqueConstraint, create_engine, event, select
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -76,6 +87,42 @@ class MeasurementRow(Base):
     result: Mapped[dict] = mapped_column(JSON, default=dict)
 
 
+class RunRow(Base):
+    """One invocation of a sweep (or a profile session): when, what config, how it ended."""
+
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String, default="")
+    started: Mapped[str] = mapped_column(String)
+    finished: Mapped[str | None] = mapped_column(String, nullable=True)
+    status: Mapped[str] = mapped_column(String, default="running")  # running | done | interrupted
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class JobRow(Base):
+    """One sweep job (model x pipeline x backend x precision x device x protocol), ok or failed with its reason.
+
+    Keyed by the job's spec so a failed compile (which has no bundle sha256 yet) is remembered too; a
+    re-run retries exactly the failed and missing jobs."""
+
+    __tablename__ = "jobs"
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True, index=True)
+    model: Mapped[str] = mapped_column(String)
+    passes: Mapped[str] = mapped_column(String, default="")
+    backend: Mapped[str] = mapped_column(String)
+    precision: Mapped[str | None] = mapped_column(String, nullable=True)
+    device_id: Mapped[str] = mapped_column(String, index=True)
+    protocol_key: Mapped[str] = mapped_column(String(16))
+    bundle_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String)  # ok | failed
+    stage: Mapped[str | None] = mapped_column(String, nullable=True)  # compile | push | measure
+    error: Mapped[str | None] = mapped_column(String, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    measurement_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated: Mapped[str] = mapped_column(String)
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -92,6 +139,8 @@ class Store:
             Base.metadata.create_all(self.engine)
         except SQLAlchemyError as e:
             raise EdgeoptError(f"cannot open results database {self.url}: {str(e).splitlines()[0]}", "check --db / EDGEOPT_DB") from None
+        except ModuleNotFoundError as e:
+            raise EdgeoptError(f"no database driver for {self.url}: {e.name} is not installed", "for PostgreSQL: pip install 'psycopg[binary]' and use postgresql+psycopg://user@host/db") from None
 
     def has(self, bundle_sha256: str, device_id: str, protocol_key: str, status: str = "ok") -> bool:
         with Session(self.engine) as s:
@@ -131,7 +180,9 @@ class Store:
                     )
                 s.delete(old)
                 s.flush()
-            s.merge(DeviceRow(id=device_id, info=dev, updated=_now()))
+            known = s.get(DeviceRow, device_id)
+            if known is None or set(dev) - {"uri", "emulated"}:  # a failed job's bare {"uri"} keeps the last snapshot
+                s.merge(DeviceRow(id=device_id, info=dev, updated=_now()))
             s.merge(
                 BundleRow(
                     sha256=manifest["bundle_sha256"],
@@ -195,9 +246,106 @@ class Store:
                         "cv": m.cv, "runs": m.runs, "init_ms": m.init_ms, "peak_rss_mb": m.peak_rss_mb,
                         "energy_j": m.energy_j, "energy_meter": m.energy_meter,
                         "outputs_match": None if m.outputs_match is None else bool(m.outputs_match),
+                        "latency_ms": (m.result or {}).get("latency_ms"), "threads": (m.protocol or {}).get("threads"),
+                        "throttled": (m.result or {}).get("throttled"), "energy_reason": (m.result or {}).get("energy_reason"),
+                        "e2e_p50_ms": (((m.result or {}).get("e2e") or {}).get("end_to_end") or {}).get("latency_ms", {}).get("p50"),
                     }
                 )
             return rows
+
+    # -- sweeps: runs and jobs ------------------------------------------------------------------------
+    def start_run(self, name: str, config: dict[str, Any]) -> int:
+        with Session(self.engine) as s, s.begin():
+            row = RunRow(name=name, started=_now(), config=json.loads(json.dumps(config, default=str)))
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def finish_run(self, run_id: int, status: str = "done") -> None:
+        with Session(self.engine) as s, s.begin():
+            row = s.get(RunRow, run_id)
+            if row is not None:
+                row.finished, row.status = _now(), status
+
+    def runs(self) -> list[dict[str, Any]]:
+        with Session(self.engine) as s:
+            return [
+                {"id": r.id, "name": r.name, "started": r.started, "finished": r.finished, "status": r.status}
+                for r in s.execute(select(RunRow).order_by(RunRow.id)).scalars()
+            ]
+
+    def job(self, key: str) -> dict[str, Any] | None:
+        with Session(self.engine) as s:
+            r = s.get(JobRow, key)
+            return None if r is None else _job_dict(r)
+
+    def jobs(self, status: str | None = None) -> list[dict[str, Any]]:
+        with Session(self.engine) as s:
+            q = select(JobRow).order_by(JobRow.updated)
+            if status:
+                q = q.where(JobRow.status == status)
+            return [_job_dict(r) for r in s.execute(q).scalars()]
+
+    def record_job(self, key: str, spec: dict[str, Any], status: str, **fields: Any) -> None:
+        """Insert or update one job's outcome (attempts counted) in one transaction."""
+        with Session(self.engine) as s, s.begin():
+            r = s.get(JobRow, key)
+            if r is None:
+                r = JobRow(key=key, attempts=0, **{k: spec.get(k) for k in ("model", "passes", "backend", "precision", "device_id", "protocol_key")})
+                s.add(r)
+            r.status, r.updated, r.attempts = status, _now(), (r.attempts or 0) + 1
+            for k in ("run_id", "bundle_sha256", "stage", "error", "measurement_id"):
+                if k in fields:
+                    setattr(r, k, fields[k])
+
+    def devices(self) -> dict[str, dict[str, Any]]:
+        """Device id -> its last stored snapshot."""
+        with Session(self.engine) as s:
+            return {d.id: d.info for d in s.execute(select(DeviceRow)).scalars()}
+
+    # -- export ---------------------------------------------------------------------------------------
+    def export(self, path: str | os.PathLike, table: str = "measurements") -> int:
+        """Write measurements (flattened, with bundle and device columns) or jobs to CSV or Parquet by suffix.
+
+        Written to a temporary file and renamed, so an interrupted export leaves nothing half-written."""
+        import pandas as pd
+
+        from edgeopt._util import atomic_write_bytes
+
+        p = Path(path)
+        if table == "measurements":
+            rows = self.measurements(status=None)
+            devs = self.devices()
+            for r in rows:
+                for k, v in (r.pop("fidelity") or {}).items():
+                    r[f"fidelity_{k}"] = v
+                for k, v in (r.pop("latency_ms") or {}).items():
+                    r[f"latency_{k}_ms"] = v
+                d = devs.get(r["device"], {})
+                for k in ("arch", "cpu_model", "cores", "memory_mb", "os"):
+                    r[f"device_{k}"] = d.get(k)
+        elif table == "jobs":
+            rows = self.jobs()
+        else:
+            raise EdgeoptError(f"unknown table {table!r}", "export measurements or jobs")
+        df = pd.DataFrame(rows)
+        suffix = p.suffix.lower()
+        if suffix == ".csv":
+            data = df.to_csv(index=False).encode()
+        elif suffix in (".parquet", ".pq"):
+            import io
+
+            buf = io.BytesIO()
+            df.to_parquet(buf, index=False)
+            data = buf.getvalue()
+        else:
+            raise EdgeoptError(f"cannot export to {p.name}: unknown format", "use a .csv or .parquet file name")
+        atomic_write_bytes(p, data)
+        return len(df)
+
+
+def _job_dict(r: JobRow) -> dict[str, Any]:
+    return {c.name: getattr(r, c.name) for c in JobRow.__table__.columns}
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -44,6 +44,20 @@ class FileAccess:
         return sorted(_glob.glob(pattern))
 
 
+class RootedFiles(FileAccess):
+    """Absolute sysfs paths read under another root: a copied /sys tree (fixtures, a board's snapshot)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = str(Path(root).resolve())
+
+    def read_many(self, paths: list[str]) -> list[str | None]:
+        return super().read_many([self.root + p for p in paths])
+
+    def glob(self, pattern: str) -> list[str]:
+        n = len(self.root)
+        return [p[n:] for p in super().glob(self.root + pattern)]
+
+
 LOCAL_FILES = FileAccess()
 
 

@@ -1,0 +1,92 @@
+"""CLI sub-apps of the harness: `edgeopt devices [list|info URI]` and `edgeopt bench SWEEP.yaml`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+devices_app = typer.Typer(no_args_is_help=False, invoke_without_command=True, help="Configured devices (devices.yaml) and their snapshots.")
+bench_app = typer.Typer(help="Run a sweep: models x pipelines x backends x precisions x devices x threads (resumable).")
+console = Console()
+
+
+@devices_app.callback(invoke_without_command=True)
+def _devices_default(ctx: typer.Context, file: Annotated[Path | None, typer.Option("--file", "-f", help="devices.yaml to read")] = None) -> None:
+    if ctx.invoked_subcommand is None:
+        list_devices(file)
+
+
+@devices_app.command("list")
+def list_devices(file: Annotated[Path | None, typer.Option("--file", "-f", help="devices.yaml to read")] = None) -> None:
+    """List the devices in devices.yaml (plus `local`, always there)."""
+    from edgeopt.harness.devices.profiles import load_profiles, profiles_path
+
+    profs = load_profiles(file)
+    src = profiles_path(file)
+    t = Table(title=f"devices ({src or 'no devices.yaml found'})")
+    for c in ("name", "uri", "options"):
+        t.add_column(c, overflow="fold")
+    if not any(p["uri"] == "local" for p in profs.values()):
+        t.add_row("local", "local", "")
+    for name, p in profs.items():
+        opts = {k: v for k, v in p.items() if k != "uri"}
+        t.add_row(name, p["uri"], json.dumps(opts) if opts else "")
+    console.print(t)
+
+
+@devices_app.command("info")
+def info(
+    uri: Annotated[str, typer.Argument(help="a URI (local, ssh://user@host[:port], adb://SERIAL, tvm-rpc://host:port/key) or a devices.yaml name")],
+    trust_new_host: Annotated[bool, typer.Option("--trust-new-host", help="accept an unknown SSH host key once")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Print the device snapshot: arch, CPU model, cores, frequencies and governor, memory, OS, runtimes."""
+    from edgeopt.harness.devices import get_device
+    from edgeopt.harness.devices.profiles import resolve_device
+
+    u, opts = resolve_device(uri)
+    if trust_new_host:
+        opts["trust_new_host"] = True
+    dev = get_device(u, **opts)
+    try:
+        snap = dev.info()
+    finally:
+        dev.close()
+    if as_json:
+        print(json.dumps(snap, indent=2, default=str))
+        return
+    t = Table(title=dev.id, show_header=False)
+    for k, v in snap.items():
+        t.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+    console.print(t)
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench(
+    sweep: Annotated[Path, typer.Argument(help="sweep YAML (see examples/sweep.yaml, docs/sweeps.md)")],
+    db: Annotated[str | None, typer.Option("--db", help="results database URL (default: the sweep's db, then EDGEOPT_DB)")] = None,
+    trust_new_host: Annotated[bool, typer.Option("--trust-new-host", help="accept unknown SSH host keys once")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the jobs still to run and stop")] = False,
+    export: Annotated[Path | None, typer.Option("--export", help="also write all measurements to this .csv or .parquet")] = None,
+) -> None:
+    """Run or resume a sweep; failed and missing jobs are (re)tried, stored ones skipped."""
+    from edgeopt.harness.sweep import load_sweep, run_sweep
+    from edgeopt.store import Store
+
+    cfg = load_sweep(sweep)
+    s = run_sweep(cfg, db=db, trust_new_host=trust_new_host, dry_run=dry_run)
+    if dry_run:
+        return
+    console.print(f"sweep {cfg.name}: {s.total} jobs, {s.skipped} already stored, {s.ok} measured, {s.failed} failed")
+    for label, why in s.failures[:20]:
+        console.print(f"  [red]failed[/red] {label}: {why}")
+    if export is not None:
+        n = Store(db or cfg.db).export(export)
+        console.print(f"wrote {n} rows to {export}")
+    if s.failed:
+        raise typer.Exit(1)

@@ -1,0 +1,119 @@
+"""Device `qemu-arm64`: the emulated arm64 board (see harness/board.py).
+
+The runner runs as `qemu-aarch64-static -cpu cortex-a72 -L ROOT ROOT/usr/bin/python3 -m edgeopt.runner ...`
+on Debian's arm64 python with aarch64 wheels, so its outputs prove an artifact right on arm64. Its latency is
+~350x native: the device says `emulated = True`, the protocol stores that with every measurement, and such
+figures must never be compared with a real board's.
+
+Options (from a devices.yaml profile or `--device-option`): `board` (a board folder to use as is),
+`tvm` (include TVM when building, default true), `cpu` (qemu -cpu model, default cortex-a72),
+`qemu` (path of qemu-aarch64-static), `cache` (boards folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from edgeopt.bundle import MANIFEST
+from edgeopt.errors import DeviceError
+from edgeopt.harness.board import (
+    BOARD_JSON,
+    BUNDLES_IN_ROOT,
+    DEFAULT_CPU,
+    QEMU,
+    Board,
+    _exit_text,
+    _tail,
+    copy_tree_linked,
+    default_spec,
+    ensure_board,
+    qemu_version,
+    sync_runner,
+    tool,
+)
+from edgeopt.harness.devices.base import Device, register_device
+from edgeopt.harness.devices.local import linux_cpu_info
+
+# dist name in the board -> edgeopt backend name
+_RUNTIME_DISTS = {"onnxruntime": "onnxruntime", "ai-edge-litert": "ai-edge-litert", "apache-tvm": "apache-tvm"}
+
+
+def _truthy(v: Any) -> bool:
+    return v if isinstance(v, bool) else str(v).strip().lower() not in ("0", "false", "no", "off", "")
+
+
+@register_device
+class QemuArm64Device(Device):
+    scheme = "qemu-arm64"
+    emulated = True
+
+    def __init__(self, uri: str, **options: Any) -> None:
+        super().__init__(uri, **options)
+        self.cpu = str(options.get("cpu", DEFAULT_CPU))
+        self.qemu = str(options["qemu"]) if options.get("qemu") else tool(QEMU)  # fail early, naming the package
+        self._board: Board | None = None
+
+    @property
+    def board(self) -> Board:
+        """The board, built (or taken from the cache) on first use."""
+        if self._board is None:
+            given = self.options.get("board")
+            if given:
+                folder = Path(given).expanduser()
+                meta_path = folder / BOARD_JSON
+                if not meta_path.is_file():
+                    raise DeviceError(f"{folder} is not a complete board (no {BOARD_JSON})", "run `edgeopt board create qemu-arm64` or drop the board option")
+                board = Board(folder, json.loads(meta_path.read_text()))
+                board.meta["runner_hash"] = sync_runner(board)
+            else:
+                spec = default_spec(tvm=_truthy(self.options.get("tvm", True)))
+                board = ensure_board(spec, cache=self.options.get("cache"), progress=self.options.get("progress"))
+            self._board = board
+        return self._board
+
+    def info(self) -> dict[str, Any]:
+        b = self.board
+        host = linux_cpu_info()
+        return {
+            "uri": self.uri,
+            "arch": "aarch64",
+            "cpu_model": f"{self.cpu} (emulated by qemu-user {qemu_version(self.qemu)})",
+            "host_cpu": host.get("cpu_model"),
+            "host_arch": platform.machine(),
+            "os": f"Debian {b.meta.get('spec', {}).get('suite', '?')} arm64 under qemu-user",
+            "cores": os.cpu_count(),
+            "python": b.meta.get("debian_python3"),
+            "runtimes": {d: v for d, v in b.runtimes().items() if d in _RUNTIME_DISTS},
+            "board": {"key": b.meta.get("key"), "path": str(b.path), "runner_hash": b.meta.get("runner_hash")},
+            "emulated": True,
+        }
+
+    def push(self, bundle_dir: Path, sha256: str) -> str:
+        """Copy the bundle into the board's storage once per hash (hard links where possible)."""
+        from edgeopt._util import atomic_dir
+
+        rel = f"{BUNDLES_IN_ROOT}/{sha256}"
+        dest = self.board.root / rel
+        if not (dest / MANIFEST).is_file():
+            with atomic_dir(dest, overwrite=True) as tmp:
+                copy_tree_linked(Path(bundle_dir), tmp)
+        return "/" + rel  # the path as the emulated process sees it (qemu's -L maps it into ROOT)
+
+    def run_runner(self, remote_bundle: str, args: list[str], timeout: float) -> str:
+        try:
+            p = self.board.run_python(["-m", "edgeopt.runner", remote_bundle, *args], timeout=timeout, cpu=self.cpu, qemu=self.qemu)
+        except subprocess.TimeoutExpired:
+            raise DeviceError(
+                f"runner on {self.uri} did not finish within {timeout:.0f} s (emulation is ~350x slower than native)",
+                "raise --timeout or lower --runs/--warmup",
+            ) from None
+        if p.returncode < 0:
+            raise DeviceError(f"runner on {self.uri} crashed under emulation: {_exit_text(p.returncode)}", _tail(p.stderr))
+        if p.returncode != 0 and not any(ln.lstrip().startswith("{") for ln in p.stdout.splitlines()):
+            raise DeviceError(f"runner on {self.uri} failed ({_exit_text(p.returncode)})", _tail(p.stderr or p.stdout))
+        return p.stdout

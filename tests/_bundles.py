@@ -1,0 +1,42 @@
+"""Tiny real ONNX Runtime bundles for harness tests (a Gemm + Relu graph; reference outputs from numpy).
+
+They go through the same BundleWriter as `edgeopt compile`, so the runner, the sha256 checks and the store
+treat them exactly like a compiled model; they just take milliseconds instead of a minute to make.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeopt.bundle import Bundle, load_bundle, write_bundle
+
+
+def tiny_bundle(path: Path, seed: int = 0, n: int = 64, model: str = "tiny_mlp", broken: bool = False, passes: list | None = None, cosine: float = 1.0) -> Bundle:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32)
+    b = (rng.standard_normal(n) * 0.1).astype(np.float32)
+    x = rng.standard_normal((1, n)).astype(np.float32)
+    y = np.maximum(x @ w + b, 0)
+    g = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    with write_bundle(path, overwrite=True) as wr:
+        (wr.root / "model.onnx").write_bytes(b"not an onnx file" if broken else m.SerializeToString())
+        wr.write_reference({"x": x}, {"y": y})
+        wr.finish({
+            "model": {"name": model, "family": "tiny", "task": "classification"}, "weights": {"kind": "random"},
+            "backend": "onnxruntime", "target": "host", "precision": "fp32", "artifact": "model.onnx",
+            "inputs": [{"name": "x", "shape": [1, n], "dtype": "float32"}], "outputs": [{"name": "y", "shape": [1, n], "dtype": "float32"}],
+            "passes": passes or [], "fidelity": {"cosine": cosine}, "check": {"cosine_min": 0.999},
+            "onnx_ir": onnx.IR_VERSION,
+        })
+    return load_bundle(path)
