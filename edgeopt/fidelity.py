@@ -105,6 +105,35 @@ def register_task_metric(task: str):
     return deco
 
 
+@register_task_metric("detection")
+def detection_metrics(refs: Sequence[dict[str, np.ndarray]], outs: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
+    """mAP@0.5 of the optimized model's detections, taking the fp32 model's detections as ground truth.
+
+    Ground truth per image: fp32 detections scoring > 0.25 (after NMS); with none (random weights) its
+    10 best detections instead, so the figure still compares the two models' rankings."""
+    from edgeopt.postprocess import map50, postprocess
+
+    gts, preds, fallback = [], [], 0
+    for r, o in zip(refs, outs, strict=True):
+        g, conf = postprocess(r, conf=0.25), 0.001
+        if len(g) == 0:
+            g, conf, fallback = postprocess(r, conf=0.0, max_det=10), 0.0, fallback + 1
+        gts.append(g)
+        preds.append(postprocess({k: o[k] for k in r}, conf=conf))
+    return {"map50": map50(gts, preds), "gt_boxes": float(sum(len(g) for g in gts)), "gt_fallback_images": float(fallback)}
+
+
+@register_task_metric("light_field")
+def light_field_metrics(refs: Sequence[dict[str, np.ndarray]], outs: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
+    """PSNR (dB) and SSIM of each render against the fp32 render (images in [0, 1]); min PSNR, mean SSIM."""
+    from edgeopt.postprocess import psnr, ssim
+
+    name = next(iter(refs[0]))
+    ps = [psnr(r[name], o[name]) for r, o in zip(refs, outs, strict=True)]
+    ss = [ssim(r[name], o[name]) for r, o in zip(refs, outs, strict=True)]
+    return {"psnr_db": float(min(ps)), "psnr_db_mean": float(np.mean(ps)), "ssim": float(np.mean(ss))}
+
+
 def log_softmax(x: np.ndarray) -> np.ndarray:
     z = np.asarray(x, np.float64)
     z = z - z.max(axis=-1, keepdims=True)

@@ -16,6 +16,7 @@ them with plain pickle would run whatever code the file names. This reader takes
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import pickle
@@ -116,6 +117,10 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         import torch
 
+        # protocol-2 pickles name Python 2 modules (__builtin__.set, copy_reg...): map them as pickle does
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         full = f"{module}.{name}"
         if module == "collections" and name == "OrderedDict":
             return collections.OrderedDict
