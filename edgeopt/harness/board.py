@@ -143,10 +143,11 @@ class Board:
     def runtimes(self) -> dict[str, str]:
         return dict(self.meta.get("installed", {}))
 
-    def command(self, args: list[str], cpu: str = DEFAULT_CPU, qemu: str | None = None) -> list[str]:
-        """argv that runs the board's python3 with `args` under qemu-user (no shell involved)."""
+    def command(self, args: list[str], cpu: str = DEFAULT_CPU, qemu: str | None = None, prefix: list[str] | None = None) -> list[str]:
+        """argv that runs the board's python3 with `args` under qemu-user (no shell involved);
+        `prefix` (e.g. ["taskset", "-c", "0"]) goes in front of qemu."""
         # -s: no user site; -P: no cwd on sys.path, so the host tree never shadows ROOT/opt/edgeopt.
-        return [qemu or tool(QEMU), "-cpu", cpu, "-L", str(self.root), str(self.python), "-s", "-P", *args]
+        return [*(prefix or []), qemu or tool(QEMU), "-cpu", cpu, "-L", str(self.root), str(self.python), "-s", "-P", *args]
 
     def env(self) -> dict[str, str]:
         """A clean environment for the emulated process. Absolute paths are resolved inside ROOT by
@@ -164,10 +165,12 @@ class Board:
                 env[k] = os.environ[k]
         return env
 
-    def run_python(self, args: list[str], timeout: float, cpu: str = DEFAULT_CPU, qemu: str | None = None) -> subprocess.CompletedProcess:
+    def run_python(
+        self, args: list[str], timeout: float, cpu: str = DEFAULT_CPU, qemu: str | None = None, prefix: list[str] | None = None
+    ) -> subprocess.CompletedProcess:
         """Run the board's python3 under qemu; core dumps of a crashing runner are suppressed."""
         return subprocess.run(
-            self.command(args, cpu=cpu, qemu=qemu), env=self.env(), cwd=self.root / "tmp",
+            self.command(args, cpu=cpu, qemu=qemu, prefix=prefix), env=self.env(), cwd=self.root / "tmp",
             capture_output=True, text=True, timeout=timeout, check=False, preexec_fn=_no_core_dumps,
         )
 

@@ -106,7 +106,10 @@ class QemuArm64Device(Device):
 
     def run_runner(self, remote_bundle: str, args: list[str], timeout: float) -> str:
         try:
-            p = self.board.run_python(["-m", "edgeopt.runner", remote_bundle, *args], timeout=timeout, cpu=self.cpu, qemu=self.qemu)
+            p = self.board.run_python(
+                ["-m", "edgeopt.runner", remote_bundle, *args], timeout=timeout, cpu=self.cpu, qemu=self.qemu,
+                prefix=list(self.options.get("prefix") or []),
+            )
         except subprocess.TimeoutExpired:
             raise DeviceError(
                 f"runner on {self.uri} did not finish within {timeout:.0f} s (emulation is ~350x slower than native)",
