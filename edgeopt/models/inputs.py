@@ -6,7 +6,7 @@ is checked on these photographs (no network: these files are inside the scikit-i
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -18,7 +18,7 @@ CLIP_MEAN = (0.0, 0.0, 0.0)
 CLIP_STD = (1.0, 1.0, 1.0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def photo(name: str) -> np.ndarray:
     """One bundled photograph as HxWx3 uint8 RGB."""
     from skimage import data

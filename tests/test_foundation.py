@@ -1,0 +1,165 @@
+"""The one real path: efficientformer_l1 -> ONNX (checked) -> bundle -> runner -> store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgeopt
+from edgeopt.bundle import load_bundle, write_bundle
+from edgeopt.errors import BundleError, EdgeoptError, SpecError
+from edgeopt.passes.pipeline import parse_pipeline
+from edgeopt.store import Store
+
+
+def test_manifest_records_export_parity_and_fidelity(l1_bundle):
+    m = load_bundle(l1_bundle).manifest
+    assert m["export"]["exporter"] in ("dynamo", "torchscript")
+    if m["export"]["exporter"] == "torchscript":
+        assert m["export"]["fallback_reason"]
+    assert m["export"]["parity"]["cosine"] > 0.9999
+    assert m["export"]["parity"]["max_abs"] < 1e-3
+    assert m["fidelity"]["cosine"] > 0.9999 and m["precision"] == "fp32"
+    assert m["weights"]["kind"] == "random"
+    ref_in = load_bundle(l1_bundle).reference_inputs()
+    assert list(ref_in) == ["image"] and ref_in["image"].shape == (1, 3, 224, 224)
+    # reference inputs are real photographs, normalised: not constant, not uniform noise
+    x = ref_in["image"]
+    assert 0.3 < float(x.std()) < 3.0 and abs(float(x.mean())) < 2.0
+    for rel, sha in m["files"].items():
+        assert len(sha) == 64 and (l1_bundle / rel).is_file()
+
+
+def test_int8_is_smaller_and_close(l1_bundle, l1_int8_bundle):
+    fp32, q = load_bundle(l1_bundle), load_bundle(l1_int8_bundle)
+    assert q.manifest["precision"] == "int8"
+    assert q.size_bytes() < 0.4 * fp32.size_bytes()
+    assert 0.98 < q.manifest["fidelity"]["cosine"] < 1.0
+    assert q.manifest["passes"][0]["name"] == "quantize"
+    assert "QuantizeLinear" in (q.artifact).read_bytes().decode("latin1")
+
+
+def test_runner_never_imports_torch_and_checks_outputs(l1_int8_bundle):
+    p = subprocess.run(
+        [sys.executable, "-m", "edgeopt.runner", str(l1_int8_bundle), "--warmup", "1", "--runs", "3", "--min-seconds", "0"],
+        capture_output=True, text=True, check=True,
+    )
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["torch_loaded"] is False
+    assert res["outputs_match"] is True and res["runs"] >= 3
+    for k in ("p50", "p90", "p99", "mean", "std"):
+        assert res["latency_ms"][k] > 0
+    assert res["peak_rss_mb"] > 10 and res["init_ms"] > 0
+
+
+def test_runner_module_imports_no_torch():
+    code = "import sys, edgeopt.runner, edgeopt.bundle, edgeopt.runtimes.onnxruntime; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+
+
+def test_tampered_bundle_is_refused(l1_bundle, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(l1_bundle, copy)
+    with open(copy / "model.onnx", "r+b") as f:
+        f.seek(1000)
+        b = f.read(1)
+        f.seek(1000)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(BundleError, match="sha256 of model.onnx"):
+        load_bundle(copy)
+    p = subprocess.run([sys.executable, "-m", "edgeopt.runner", str(copy)], capture_output=True, text=True)
+    assert p.returncode == 2 and "sha256" in json.loads(p.stdout)["error"]
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="no manifest.json"):
+        load_bundle(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(tmp_path)
+    with pytest.raises(BundleError, match="not a folder"):
+        load_bundle(tmp_path / "missing")
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    final = tmp_path / "out.bundle"
+    with pytest.raises(RuntimeError, match="boom"), write_bundle(final) as w:
+        (w.root / "model.onnx").write_bytes(b"partial")
+        raise RuntimeError("boom")
+    assert not final.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_budget_broken_writes_no_bundle(tmp_path):
+    out = tmp_path / "q.bundle"
+    with pytest.raises(EdgeoptError, match="fidelity budget"):
+        edgeopt.compile("efficientformer_l1", passes="quantize:int8", output=out, fidelity=0.999999, samples=2)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("quantize:int8", [("quantize", {"__shorthand__": "int8"})]),
+        ("reparam,quantize:mode=int8,calibration=percentile", [("reparam", {}), ("quantize", {"mode": "int8", "calibration": "percentile"})]),
+        ("reparam,prune:ratio=0.3,quantize:int8", [("reparam", {}), ("prune", {"ratio": 0.3}), ("quantize", {"__shorthand__": "int8"})]),
+        ([{"prune": {"ratio": 0.5}}, "quantize:int8"], [("prune", {"ratio": 0.5}), ("quantize", {"__shorthand__": "int8"})]),
+        (None, []),
+    ],
+)
+def test_parse_pipeline(spec, expected):
+    assert parse_pipeline(spec) == expected
+
+
+@pytest.mark.parametrize("bad,msg", [("calibration=minmax", "before any pass"), ("quantize,,x", "empty item")])
+def test_parse_pipeline_errors(bad, msg):
+    with pytest.raises(SpecError, match=msg):
+        parse_pipeline(bad)
+
+
+def test_profile_stores_one_row_per_key(l1_bundle, db_url):
+    r1 = edgeopt.profile(l1_bundle, runs=3, warmup=1, min_seconds=0, db=db_url)
+    assert r1["energy"] is None and "no energy meter" in r1["energy_reason"]
+    assert r1["device"]["arch"] and r1["device"]["cores"] >= 1
+    edgeopt.profile(l1_bundle, runs=3, warmup=1, min_seconds=0, db=db_url)  # same key: replaces
+    rows = Store(db_url).measurements()
+    assert len(rows) == 1 and rows[0]["model"] == "efficientformer_l1" and rows[0]["outputs_match"] is True
+    edgeopt.profile(l1_bundle, runs=4, warmup=1, min_seconds=0, db=db_url)  # another protocol: a new row
+    assert len(Store(db_url).measurements()) == 2
+
+
+def test_store_refuses_duplicate_and_keeps_db_intact(l1_bundle, db_url):
+    res = edgeopt.profile(l1_bundle, runs=2, warmup=0, min_seconds=0, db=db_url)
+    st = Store(db_url)
+    with pytest.raises(EdgeoptError, match="already stored"):
+        st.add_measurement(load_bundle(l1_bundle).manifest, res)
+    assert len(st.measurements()) == 1
+    assert st.has(load_bundle(l1_bundle).sha256, res["device"]["uri"], res["protocol_key"])
+
+
+def test_min_seconds_is_honoured(l1_int8_bundle):
+    from edgeopt.runner import run_bundle
+
+    res = run_bundle(str(l1_int8_bundle), warmup=0, runs=1, min_seconds=0.5)
+    assert sum([res["latency_ms"]["mean"]] * res["runs"]) >= 450
+
+
+def test_summarize_percentiles():
+    from edgeopt.runner import summarize
+
+    s = summarize([float(i) for i in range(1, 101)])
+    assert s["latency_ms"]["p50"] == pytest.approx(50.5)
+    assert s["latency_ms"]["p99"] == pytest.approx(99.01)
+    assert s["cv"] == pytest.approx(np.std(np.arange(1, 101), ddof=1) / 50.5)
+
+
+def test_public_api_lists_models():
+    assert "efficientformer_l1" in edgeopt.list_models()
+    assert Path(edgeopt.load_bundle.__code__.co_filename).name == "bundle.py"
