@@ -5,12 +5,11 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from pathlib import Path
 
 import pytest
-
 from _bundles import tiny_bundle
 from _sshd import sshd_missing, start_sshd
+
 from edgeopt.errors import DeviceError, EdgeoptError
 from edgeopt.harness.devices import get_device
 from edgeopt.harness.devices.ssh import device_side_zip, parse_ssh_uri
@@ -133,12 +132,12 @@ def test_end_to_end_over_ssh(sshd, tmp_path):
     """Image file -> pre-processing -> model -> post-processing on the board, beside the model-only time."""
     pytest.importorskip("PIL")
     import numpy as np
-    from PIL import Image
-
-    from edgeopt.bundle import write_bundle
 
     # a bundle with an image input: 1x3x16x16 -> global average -> 3 logits (a real ONNX graph)
     from onnx import TensorProto, helper
+    from PIL import Image
+
+    from edgeopt.bundle import write_bundle
 
     g = helper.make_graph([helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["y"])], "gap",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])

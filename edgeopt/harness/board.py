@@ -314,7 +314,8 @@ def build_board(spec: BoardSpec, folder: Path, say: Callable[[str], None]) -> Bo
             "debian_python3": deb_py,
             "installed": installed,
             "site_files": _count_files(site),
-            "sentinels": ["usr/bin/python3", "proc/cpuinfo", "lib/ld-linux-aarch64.so.1"]
+            "sentinels": ["proc/cpuinfo", "lib/ld-linux-aarch64.so.1"]
+            + (["usr/bin/python3"] if "python3" in spec.debs else [])
             + [f"{SITE_IN_ROOT}/{WHEEL_MODULE[w.split('==')[0]]}" for w in spec.wheels if w.split("==")[0] in WHEEL_MODULE],
             "cpus_in_cpuinfo": ncpu,
         }

@@ -135,8 +135,9 @@ def compile_unit(unit: CompileUnit, folder: str, samples: int, weights: str | No
     try:
         if Path(folder).is_dir():
             try:
-                load_bundle(folder)
-                return folder, None
+                b = load_bundle(folder)
+                if b.model == unit.model and b.backend == unit.backend:
+                    return folder, None
             except EdgeoptError:
                 pass  # incomplete or altered: compile again
         from edgeopt.api import compile as ecompile
