@@ -167,3 +167,43 @@ def language_model_metrics(refs: Sequence[dict[str, np.ndarray]], outs: Sequence
 # A VLM's graph ends in the language model's logits: the same metric applies.
 register_task_metric("language_model")(language_model_metrics)
 register_task_metric("vlm")(language_model_metrics)
+
+
+@register_task_metric("clip")
+def clip_metrics(refs: Sequence[dict[str, np.ndarray]], outs: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
+    """CLIP graphs (whole model or one encoder): embedding cosine with fp32 and zero-shot agreement.
+
+    `embed_cosine_min`: the smallest plain cosine between an fp32 and an optimized embedding row (image
+    and text embeddings alike; they are L2-normalised, so this is what a retrieval score sees).
+    Where the graph also yields `logits_per_image` (image x prompts): `zeroshot_top1_agreement` (same best
+    prompt) and `zeroshot_rank_agreement` (mean Spearman correlation of the prompts' ranking per image).
+    """
+    cos: list[float] = []
+    for ref, out in zip(refs, outs, strict=True):
+        for name in ("image_embeds", "text_embeds"):
+            if name in ref and name in out:
+                r = np.asarray(ref[name], np.float64).reshape(-1, np.shape(ref[name])[-1])
+                o = np.asarray(out[name], np.float64).reshape(-1, np.shape(out[name])[-1])
+                num = np.sum(r * o, axis=-1)
+                den = np.linalg.norm(r, axis=-1) * np.linalg.norm(o, axis=-1)
+                cos.extend(np.where(den > 0, num / np.maximum(den, 1e-30), 0.0).tolist())
+    m: dict[str, float] = {}
+    if cos:
+        m["embed_cosine_min"] = float(min(cos))
+        m["embed_cosine_mean"] = float(np.mean(cos))
+    if all("logits_per_image" in r for r in refs) and all("logits_per_image" in o for o in outs):
+        r = np.concatenate([np.asarray(a["logits_per_image"], np.float64).reshape(-1, np.shape(a["logits_per_image"])[-1]) for a in refs])
+        o = np.concatenate([np.asarray(a["logits_per_image"], np.float64).reshape(-1, np.shape(a["logits_per_image"])[-1]) for a in outs])
+        m["zeroshot_top1_agreement"] = float(np.mean(r.argmax(-1) == o.argmax(-1)))
+        m["zeroshot_rank_agreement"] = float(np.mean([_spearman(a, b) for a, b in zip(r, o, strict=True)]))
+    return m
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two score vectors (1.0 when both are constant or of length 1)."""
+    if a.size < 2:
+        return 1.0
+    ra, rb = np.argsort(np.argsort(a)).astype(np.float64), np.argsort(np.argsort(b)).astype(np.float64)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = np.linalg.norm(ra) * np.linalg.norm(rb)
+    return float(np.dot(ra, rb) / den) if den > 0 else 1.0
