@@ -64,6 +64,9 @@ def latency_vs_fidelity(rows: list[Row]) -> bytes | None:
         sc = ax.scatter(*zip(*xy, strict=True), label=dev, alpha=0.8)
         front = pareto_front(xy)
         ax.plot(*zip(*front, strict=True), "--", color=sc.get_facecolor()[0], linewidth=1)
+        for r, (x, y) in zip(rs, xy, strict=True):
+            if (x, y) in front:
+                ax.annotate(f"{r['model']} {r.get('passes') or 'fp32'}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("latency p50 (ms)")
     ax.set_ylabel("fidelity: output cosine vs fp32 torch")
     ax.set_title("Latency vs fidelity (dashed: Pareto front per device)")
