@@ -27,6 +27,7 @@ _state = {"debug": False}
 _SUBAPPS: list[tuple[str, str]] = [
     ("devices", "edgeopt.harness.cli:devices_app"),
     ("bench", "edgeopt.harness.cli:bench_app"),
+    ("board", "edgeopt.harness.board_cli:board_app"),
 ]
 
 

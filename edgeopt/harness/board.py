@@ -131,6 +131,7 @@ class Board:
 
     path: Path
     meta: dict[str, Any]
+    built_now: bool = False  # True when this call built it, False when it came from the cache
 
     @property
     def root(self) -> Path:
@@ -404,6 +405,7 @@ def ensure_board(
         else:
             say(f"building {spec.name} board ({why})")
             board = build_board(spec, folder, say)
+            board.built_now = True
         board.meta["runner_hash"] = sync_runner(board)
     return board
 
