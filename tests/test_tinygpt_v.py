@@ -232,3 +232,12 @@ def test_registry_lists_the_family():
     for n in ("tinygpt_v", TINY, *(f"{TINY}_{p}" for p in PARTS)):
         assert n in names
     assert Path(get_spec(TINY).extras["components"]["decode"]) == Path(f"{TINY}_decode")
+
+
+def test_parts_hold_only_their_own_weights(tiny):
+    from edgeopt.models._tinygpt_v_net import component_params
+
+    c = component_params(tiny)
+    n = {p: sum(x.numel() for x in build(f"{TINY}_{p}").parameters()) for p in PARTS}
+    assert n["vision"] == c["vision_encoder"] + c["qformer"] + c["projections"]
+    assert n["prefill"] == n["decode"] == c["llm"]

@@ -229,7 +229,8 @@ class TinyGPTV(nn.Module):
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """image (B,3,H,W) -> (B, 32, llm_hidden) soft tokens, as TinyGPT-V's encode_img."""
         feats = self.ln_vision(self.visual_encoder.forward_features(image))
-        q = self.query_tokens.expand(feats.shape[0], -1, -1)
+        # repeat, not expand: a view of a Parameter under no_grad still requires grad, which trips FlopCounterMode
+        q = self.query_tokens.repeat(feats.shape[0], 1, 1)
         out = self.qformer(query_embeds=q, encoder_hidden_states=feats, return_dict=True).last_hidden_state
         return self.llama_proj2(self.llama_proj(out))
 
@@ -238,7 +239,8 @@ class TinyGPTV(nn.Module):
 
     def prefill(self, image_embeds: torch.Tensor, prefix_ids: torch.Tensor, suffix_ids: torch.Tensor):
         """[prompt before <ImageHere>, image tokens, prompt after] -> (last logits, presents)."""
-        x = torch.cat((self.embed(prefix_ids), image_embeds.to(self.embed(prefix_ids).dtype), self.embed(suffix_ids)), dim=1)
+        pre = self.embed(prefix_ids)
+        x = torch.cat((pre, image_embeds.to(pre.dtype), self.embed(suffix_ids)), dim=1)
         logits, presents = self.llama_model(x)
         return logits[:, -1], presents
 
@@ -268,42 +270,51 @@ class TinyGPTV(nn.Module):
 
 
 # -- the split graphs: each a module with plain tensor inputs and outputs, as ONNX wants them --------------
-class VisionPart(nn.Module):
+class _Part(nn.Module):
+    """Holds only the submodules its graph uses (so its parameter count is its own), under the whole model's
+    names so TinyGPTV's methods run on it unchanged; `full` (not a submodule) is where checkpoints load."""
+
+    USES: tuple[str, ...] = ()
+    embed = TinyGPTV.embed
+
+    def __init__(self, full: TinyGPTV) -> None:
+        super().__init__()
+        self.__dict__["full"] = full
+        self.config = full.config
+        for name in self.USES:
+            setattr(self, name, getattr(full, name))
+
+
+class VisionPart(_Part):
     """(a) vision encoder + ln_vision + Q-Former + both projections."""
 
-    def __init__(self, full: TinyGPTV) -> None:
-        super().__init__()
-        self.full = full
+    USES = ("visual_encoder", "ln_vision", "query_tokens", "qformer", "llama_proj", "llama_proj2")
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.full.encode_image(image)
+        return TinyGPTV.encode_image(self, image)
 
 
-class PrefillPart(nn.Module):
+class PrefillPart(_Part):
     """(b) LLM prefill over [prefix text, image tokens, suffix text]: first-token logits + the KV cache."""
 
-    def __init__(self, full: TinyGPTV) -> None:
-        super().__init__()
-        self.full = full
+    USES = ("llama_model",)
 
     def forward(self, image_embeds, prefix_ids, suffix_ids):
-        logits, presents = self.full.prefill(image_embeds, prefix_ids, suffix_ids)
+        logits, presents = TinyGPTV.prefill(self, image_embeds, prefix_ids, suffix_ids)
         return (logits, *[t for kv in presents for t in kv])
 
 
-class DecodePart(nn.Module):
+class DecodePart(_Part):
     """(c) one decode step: a token and the past K/V of every layer in, logits and the grown K/V out.
 
-    forward's signature names every input (`input_ids, past_0_key, past_0_value, ...`): torch.export matches
-    per-input dynamic shapes against the signature, which a bare `*past` would hide."""
+    Build it with `make_decode_part`: its forward signature names every input (`input_ids, past_0_key, ...`);
+    torch.export matches per-input dynamic shapes against the signature, which a bare `*past` would hide."""
 
-    def __init__(self, full: TinyGPTV) -> None:
-        super().__init__()
-        self.full = full
+    USES = ("llama_model",)
 
     def forward(self, input_ids, *past_flat):
         past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(len(past_flat) // 2)]
-        logits, presents = self.full.decode_step(input_ids, past)
+        logits, presents = TinyGPTV.decode_step(self, input_ids, past)
         return (logits, *[t for kv in presents for t in kv])
 
 
