@@ -30,6 +30,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+# The emulated arm64 board (built from Debian's mirror on a fresh machine, then cached), its tests, and the
+# device suite on it: every family on onnxruntime + efficientformer on every backend (tflite, tvm cross-compiled).
+test-emulator: setup
+	$(PY) -m pytest tests -m emulator $(PYTEST_ARGS)
+	$(PY) -m pytest device_tests --device qemu-arm64 --matrix ci --report out/device_tests-qemu-arm64.md $(PYTEST_ARGS)
+
 test-slow: setup
 	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
 
