@@ -365,6 +365,7 @@ for _v, _cfg in VARIANTS.items():
             extras={
                 "strides": STRIDES, "reg_max": REG_MAX, "num_classes": NUM_CLASSES, "params_exact": _cfg["params"],
                 "paper_gflops": dict(_cfg["gflops"]), "letterbox": {"size": _size, "pad_value": PAD_VALUE},
+                "postprocess": "edgeopt.postprocess:postprocess",  # numpy, device-side capable
             },
         )
     )

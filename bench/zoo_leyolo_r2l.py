@@ -1,0 +1,97 @@
+"""LeYOLO and MobileR2L variants: counted vs paper figures, ONNX export time, ORT fp32 latency, parity.
+
+    .venv/bin/python bench/zoo_leyolo_r2l.py [--runs 10] [--only leyolo_nano,...]
+
+Prints a table and writes it to docs/models-leyolo-mobile_r2l.md. Params and MACs are counted on the
+`meta` device; for LeYOLO the paper's GFLOPs (ultralytics/thop, 2 x MACs, BN counted at 4 ops per
+element) are compared both with FlopCounterMode's conv MACs and with that convention. Latency: median
+of `--runs` ORT CPU runs (default threads) of one real sample, after warm-up, all in this one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+NAMES = ["leyolo_nano", "leyolo_small", "leyolo_medium", "leyolo_large", "mobile_r2l_blender", "mobile_r2l_llff"]
+
+
+def measure(name: str, runs: int) -> dict:
+    import torch
+
+    from edgeopt._ort import ort_latency_ms, ort_run_all
+    from edgeopt.export import export_onnx, torch_outputs
+    from edgeopt.models import get_spec
+    from edgeopt.models.counting import count_macs, count_params
+
+    spec = get_spec(name)
+    meta = spec.build(device="meta")
+    params = count_params(meta)
+    shape = spec.inputs[0].shape
+    row = {"name": name, "input": "x".join(map(str, shape[1:])), "params_m": params / 1e6, "paper_params_m": spec.paper.params_m}
+    if spec.family == "leyolo":
+        from edgeopt.models.leyolo import ultralytics_macs
+
+        conv, ul = ultralytics_macs(meta, shape[-1])
+        row.update(macs_g=conv / 1e9, macs_ul_g=ul / 1e9, paper_macs_g=spec.paper.macs_g)
+    else:
+        row.update(macs_g=count_macs(meta, (torch.empty(shape, device="meta"),)) / 1e9, macs_ul_g=None, paper_macs_g=None)
+    module = spec.build()
+    sample = spec.sample_inputs(1)[0]
+    names, outs = [i.name for i in spec.inputs], list(spec.outputs)
+    ref = torch_outputs(module, sample, names, outs)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "m.onnx"
+        info = export_onnx(module, sample, names, outs, path)
+        got = ort_run_all(path, [sample])[0]
+        row["export_s"] = info.seconds
+        row["max_abs"] = max(float(np.max(np.abs(ref[k] - got[k]))) for k in outs)
+        row["ort_ms"] = ort_latency_ms(path, sample, runs=runs, warmup=2)
+    return row
+
+
+def fmt(v, spec=".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "models-leyolo-mobile_r2l.md"))
+    a = ap.parse_args()
+    names = [n for n in a.only.split(",") if n] or NAMES
+    from rich.console import Console
+
+    con = Console(stderr=True)
+    rows = []
+    for n in names:
+        with con.status(f"{n}: count, export, ORT"):
+            rows.append(measure(n, a.runs))
+    head = ["model", "input", "params M (paper)", "GMACs conv (FlopCounterMode)", "GMACs ultralytics conv. (paper)",
+            "export s", "ORT fp32 ms (median)", "max abs diff vs torch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["name"], r["input"], f"{r['params_m']:.4f} ({fmt(r['paper_params_m'])})", fmt(r["macs_g"], ".3f"),
+            f"{fmt(r['macs_ul_g'], '.3f')} ({fmt(r['paper_macs_g'], '.3f')})", f"{r['export_s']:.1f}", f"{r['ort_ms']:.1f}",
+            f"{r['max_abs']:.2e}",
+        ]) + " |")
+    table = "\n".join(lines)
+    print(table)
+    note = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()} "
+            f"({platform.processor() or 'cpu'}), random weights, one real sample, `{Path(__file__).name} --runs {a.runs}`. "
+            "Paper GFLOPs are halved to MACs. Latency figures from a shared, busy machine are indicative only.\n")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(a.out).with_suffix(".tmp")
+    tmp.write_text("# LeYOLO and MobileR2L: counted vs paper, export, ORT latency\n\n" + note + "\n" + table + "\n")
+    tmp.replace(a.out)
+
+
+if __name__ == "__main__":
+    main()
