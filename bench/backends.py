@@ -1,0 +1,261 @@
+"""Backends side by side at batch 1 on this machine: ORT fp32/int8, LiteRT fp32/dynamic/static int8,
+TVM untuned/tuned, each with p50 latency, artifact size and fidelity; plus Core ML artifact sizes per
+compression. Writes docs/backends.md.
+
+    python bench/backends.py                                   # efficientformer_l1 and shvit_s1
+    python bench/backends.py --models efficientformer_l1 --tune-minutes 5 --rounds 5
+    python bench/backends.py --reuse                           # keep bundles compiled by an earlier run
+
+Phase 1 compiles every bundle with `edgeopt.compile` (cells from edgeopt/capabilities.py; TVM tuned adds
+`tune_minutes`) into --work (default bench/.work, reused with --reuse). Phase 2 loads every artifact through its
+own backend's device-side loader in this one process and times them interleaved: R rounds, each running every
+row for at least --seconds, so that drift and other load hit every row alike; the figure is the median over all
+timed calls. Fidelity is the bundle's own record (artifact vs fp32 torch on the real sample images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from edgeopt.bundle import load_bundle  # noqa: E402
+from edgeopt.capabilities import how  # noqa: E402
+
+DOC = REPO / "docs" / "backends.md"
+ROWS = [  # (label, backend, precision, extra options)
+    ("ORT fp32", "onnxruntime", "fp32", {}),
+    ("ORT int8 (static QDQ)", "onnxruntime", "int8", {}),
+    ("LiteRT fp32", "tflite", "fp32", {}),
+    ("LiteRT dynamic int8", "tflite", "dynamic", {}),
+    ("LiteRT static int8", "tflite", "int8", {}),
+    ("TVM untuned", "tvm", "fp32", {}),
+    ("TVM tuned", "tvm", "fp32", {"tune": True}),
+]
+COREML = ["fp32", "fp16", "w8", "pal6", "pal4", "prune50"]
+
+
+def load_avg() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical cores"
+
+
+def compile_rows(model: str, work: Path, reuse: bool, tune_minutes: float, samples: int, log) -> dict[str, dict]:
+    import edgeopt
+
+    out: dict[str, dict] = {}
+    for label, backend, precision, extra in ROWS:
+        path = work / model / label.replace(" ", "_").replace("(", "").replace(")", "")
+        kw = how(backend, precision)
+        if extra.get("tune"):
+            kw["options"] = {**kw["options"], "tune_minutes": tune_minutes, "tune_trials": 100000}
+        t0 = time.perf_counter()
+        try:
+            if reuse and (path / "manifest.json").is_file():
+                b = load_bundle(path)
+            else:
+                log(f"compile {model} {label}")
+                b = edgeopt.compile(model, output=path, samples=samples, overwrite=True, **kw)
+        except Exception as e:  # noqa: BLE001 - a row that fails is reported with its reason
+            out[label] = {"error": f"{type(e).__name__}: {getattr(e, 'message', None) or e}"[:300]}
+            log(f"  failed: {out[label]['error']}")
+            continue
+        m = b.manifest
+        out[label] = {
+            "path": str(b.path), "backend": backend, "size": b.size_bytes(),
+            "cosine": m.get("fidelity", {}).get("cosine"), "top1": m.get("fidelity", {}).get("top1_agreement"),
+            "compile_s": (m.get("compile_seconds") or {}).get("total") or time.perf_counter() - t0,
+            "tuning": (m.get("backend_details") or {}).get("tuning"),
+        }
+    return out
+
+
+def time_rows(rows: dict[str, dict], rounds: int, seconds: float, threads: int | None, log) -> None:
+    from edgeopt.runtimes import get_backend
+
+    sessions = {}
+    for label, r in rows.items():
+        if "error" in r:
+            continue
+        b = load_bundle(r["path"])
+        sess = get_backend(r["backend"]).load(b.path, b.manifest, threads=threads)
+        x = b.reference_inputs()
+        for _ in range(2):  # warm-up
+            sess.run(x)
+        sessions[label] = (sess, x)
+        r["times"] = []
+    for i in range(rounds):
+        order = list(sessions) if i % 2 == 0 else list(reversed(sessions))
+        for label in order:
+            sess, x = sessions[label]
+            t_end = time.perf_counter() + seconds
+            n = 0
+            while n < 3 or time.perf_counter() < t_end:
+                t0 = time.perf_counter()
+                sess.run(x)
+                rows[label]["times"].append((time.perf_counter() - t0) * 1e3)
+                n += 1
+        log(f"round {i + 1}/{rounds} done (load {load_avg()})")
+    for label, (sess, _) in sessions.items():
+        sess.close()
+        t = rows[label]["times"]
+        rows[label]["p50"] = float(np.median(t))
+        rows[label]["n"] = len(t)
+
+
+def coreml_sizes(model: str, work: Path, reuse: bool, log) -> list[dict]:
+    import edgeopt
+
+    out = []
+    for prec in COREML:
+        path = work / model / f"coreml_{prec}"
+        opts = {"precision": "fp16"} if prec != "fp32" else {}
+        if prec in ("w8", "pal6", "pal4", "prune50"):
+            opts["compression"] = prec
+        try:
+            if reuse and (path / "manifest.json").is_file():
+                b = load_bundle(path)
+            else:
+                log(f"compile {model} coreml {prec}")
+                b = edgeopt.compile(model, backend="coreml", options=opts, output=path, samples=1, overwrite=True)
+        except Exception as e:  # noqa: BLE001
+            out.append({"precision": prec, "error": f"{type(e).__name__}: {getattr(e, 'message', None) or e}"[:300]})
+            continue
+        d = b.manifest["backend_details"]
+        out.append({"precision": prec, "package": d["package_bytes"], "weights": d["weights_bytes"],
+                    "convert_s": d["convert_seconds"], "compress_s": d["compress_seconds"],
+                    "constexpr": ", ".join(d.get("compressed_weight_ops", {})) or "-"})
+    return out
+
+
+def mb(n: int | None) -> str:
+    return f"{n / 1e6:.1f} MB" if n else "-"
+
+
+def render(results: dict, coreml: dict, meta: dict) -> str:
+    lines = [
+        "# Backends side by side",
+        "",
+        f"Batch 1 on {meta['machine']}; {meta['threads']} threads per runtime; generated {meta['date']} by",
+        f"`{meta['command']}`. Latency: median over all timed calls of {meta['rounds']} interleaved rounds of >= "
+        f"{meta['seconds']} s per row (one process, each artifact loaded by its own device-side loader, no torch in the "
+        "timed path). Fidelity: cosine of the artifact's outputs vs the fp32 torch model on the real sample images "
+        "(min over samples), and top-1 agreement. Random-init weights (no checkpoints are downloaded here).",
+        "",
+        f"Machine load average (1/5/15 min) when timing started: {meta['load_start']}; at the end: {meta['load_end']}. "
+        "This machine is shared by parallel builds: absolute figures are noisy, the side-by-side ratios less so.",
+        "",
+    ]
+    for model, rows in results.items():
+        lines += [f"## {model}", "", "| backend / precision | p50 ms | vs ORT fp32 | size | cosine | top-1 agree | compile s | note |",
+                  "|---|---|---|---|---|---|---|---|"]
+        base = rows.get("ORT fp32", {}).get("p50")
+        for label, r in rows.items():
+            if "error" in r:
+                lines.append(f"| {label} | - | - | - | - | - | - | failed: {r['error']} |")
+                continue
+            note = ""
+            if r.get("tuning"):
+                t = r["tuning"]
+                note = f"tuned {t.get('seconds', 0) / 60:.1f} min, {t.get('trials_measured', t.get('trials', '?'))} trials"
+            ratio = f"{r['p50'] / base:.2f}×" if base and r.get("p50") else "-"
+            cos = f"{r['cosine']:.5f}" if r.get("cosine") is not None else "-"
+            top1 = f"{r['top1']:.2f}" if r.get("top1") is not None else "-"
+            lines.append(f"| {label} | {r.get('p50', float('nan')):.2f} | {ratio} | {mb(r['size'])} | {cos} | {top1} | {r['compile_s']:.0f} | {note} |")
+        lines.append("")
+    if coreml:
+        lines += ["## Core ML artifact sizes per compression", "",
+                  "Converted and validated on Linux (Core ML runs only on macOS/iOS, so no latency or fidelity here).", ""]
+        for model, rows in coreml.items():
+            lines += [f"### {model}", "", "| compression | package | weight.bin | convert s | compress s | weight ops |", "|---|---|---|---|---|---|"]
+            for r in rows:
+                if "error" in r:
+                    lines.append(f"| {r['precision']} | failed: {r['error']} | | | | |")
+                else:
+                    lines.append(f"| {r['precision']} | {mb(r['package'])} | {mb(r['weights'])} | {r['convert_s']:.0f} | {r['compress_s']:.0f} | {r['constexpr']} |")
+            lines.append("")
+    for n in meta.get("notes", []):
+        lines.append(f"- {n}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="efficientformer_l1,shvit_s1")
+    ap.add_argument("--coreml-models", default=None, help="default: same as --models; 'none' to skip")
+    ap.add_argument("--tune-minutes", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--work", type=Path, default=REPO / "bench" / ".work")
+    ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--compile-only", action="store_true")
+    ap.add_argument("--out", type=Path, default=DOC)
+    a = ap.parse_args(argv)
+    con = Console(stderr=True)
+    log = con.log
+    from edgeopt.models import list_models
+
+    known = set(list_models())
+    notes = []
+    models = []
+    for m in a.models.split(","):
+        if m in known:
+            models.append(m)
+        else:
+            notes.append(f"{m}: not registered in this build, skipped.")
+    results = {m: compile_rows(m, a.work, a.reuse, a.tune_minutes, a.samples, log) for m in models}
+    cm_models = models if a.coreml_models is None else [m for m in a.coreml_models.split(",") if m in known]
+    coreml = {m: coreml_sizes(m, a.work, a.reuse, log) for m in cm_models}
+    (a.work / "compiled.json").write_text(json.dumps({"results": results, "coreml": coreml}, indent=1, default=str))
+    if a.compile_only:
+        return 0
+    meta = {"machine": machine(), "threads": a.threads, "rounds": a.rounds, "seconds": a.seconds,
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": "python bench/backends.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "load_start": load_avg(), "notes": notes}
+    for m in models:
+        log(f"timing {m}")
+        time_rows(results[m], a.rounds, a.seconds, a.threads, log)
+    meta["load_end"] = load_avg()
+    text = render(results, coreml, meta)
+    tmp = a.out.with_suffix(".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(text)
+    tmp.replace(a.out)
+    print(text)
+    if not a.reuse:
+        shutil.rmtree(a.work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
