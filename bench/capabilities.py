@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--readme", type=Path, default=REPO / "README.md")
     ap.add_argument("--resume", action="store_true", help="keep results already in docs/capabilities.json")
     ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--cells", help="comma list of backend/precision to run, in this order (default: the whole table)")
+    ap.add_argument("--breadth-first", action="store_true", help="each cell for every family, then the next cell")
     a = ap.parse_args(argv)
 
     from rich.console import Console
@@ -95,25 +97,29 @@ def main(argv: list[str] | None = None) -> int:
     cells = [c for c in cap.CELLS
              if (not a.backends or c.backend in a.backends.split(","))
              and (not a.precisions or c.precision in a.precisions.split(","))]
+    if a.cells:  # explicit cells, in the order given
+        cells = [cap.get_cell(*k.split("/", 1)) for k in a.cells.split(",")]
     # ORT fp32 first for each model: every ratio needs it
     cells.sort(key=lambda c: (c.backend, c.precision) != ("onnxruntime", "fp32"))
     done = {r.key for r in results}
+    models = [overrides.get(fam) or cap.representative(fam) for fam in fams]
+    # --breadth-first: each cell for every family before the next cell, so a run cut short still covers
+    # every family (cells in table order, ORT fp32 first); default: family by family.
+    jobs = [(m, c) for c in cells for m in models] if a.breadth_first else [(m, c) for m in models for c in cells]
     work = Path(tempfile.mkdtemp(prefix="edgeopt-caps-"))
     try:
-        for fam in fams:
-            model = overrides.get(fam) or cap.representative(fam)
-            for c in cells:
-                key = f"{model}:{c.key}"
-                if key in done:
-                    continue
-                con.log(f"[bold]{model}[/] {c.key} ...")
-                r = cap.try_cell(model, c, work / "b", samples=a.samples, runs=a.runs, min_seconds=a.min_seconds)
-                shutil.rmtree(work / "b", ignore_errors=True)
-                results = [x for x in results if x.key != r.key] + [r]
-                fig = f"{r.p50_ms:.2f} ms" if r.p50_ms else ""
-                cos = f"cos {r.cosine:.5f}" if r.cosine is not None else ""
-                con.log(f"  {r.status} {fig} {cos} {r.reason[:160]}")
-                write_docs(results, meta, a.docs, a.readme)
+        for model, c in jobs:
+            key = f"{model}:{c.key}"
+            if key in done:
+                continue
+            con.log(f"[bold]{model}[/] {c.key} ...")
+            r = cap.try_cell(model, c, work / "b", samples=a.samples, runs=a.runs, min_seconds=a.min_seconds)
+            shutil.rmtree(work / "b", ignore_errors=True)
+            results = [x for x in results if x.key != r.key] + [r]
+            fig = f"{r.p50_ms:.2f} ms" if r.p50_ms else ""
+            cos = f"cos {r.cosine:.5f}" if r.cosine is not None else ""
+            con.log(f"  {r.status} {fig} {cos} {r.reason[:160]}")
+            write_docs(results, meta, a.docs, a.readme)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     write_docs(results, meta, a.docs, a.readme)
