@@ -29,8 +29,11 @@ from edgeopt.errors import EdgeoptError
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
-BUILDER_TIMEOUT_S = 120.0
-RUNNER_TIMEOUT_S = 60.0
+# Seconds per build/run. The first build in each worker includes importing TVM's tensor intrinsics:
+# ~24 s on an idle 2-core machine, over 2 minutes when it is shared; a build that times out kills its
+# worker, whose replacement imports again, so this must exceed the import even under load.
+BUILDER_TIMEOUT_S = float(os.environ.get("EDGEOPT_TVM_BUILDER_TIMEOUT", 600))
+RUNNER_TIMEOUT_S = 120.0
 
 
 def cache_root() -> Path:
@@ -118,8 +121,8 @@ class TuneReport:
 
 
 def _time_limit_callback(deadline: float, state: dict[str, Any]):
+    from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
-    from tvm.s_tir.meta_schedule.utils import derived_object
 
     @derived_object
     class StopAtDeadline(PyMeasureCallback):
@@ -154,6 +157,7 @@ def tune(
     tasks = ms.relax_integration.extract_tasks(mod, target)
     if not tasks:
         raise EdgeoptError("MetaSchedule found no tasks to tune in this graph", "this is a bug: the graph was not legalized")
+    tasks = _by_cost(tasks)
     n = len(tasks)
     if not trials or trials <= 0:
         # Only a time budget: make the trial cap large enough never to bind first.
@@ -173,7 +177,7 @@ def tune(
     work_dir = db_dir / "logs"
     work_dir.mkdir(parents=True, exist_ok=True)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        tasks, work_dir=str(work_dir), num_threads=num_cores, seed=seed
+        tasks, work_dir=str(work_dir), num_threads=num_cores, seed=seed, strategy=_strategy(per_task, minutes)
     )
     say(f"tuning {n} tasks (budget: {trials if trials < 1_000_000 else 'unlimited'} trials, {minutes or 'no'} minutes)")
     _quiet_metaschedule()
@@ -201,6 +205,31 @@ def tune(
         )
         (db_dir / "last_run.json").write_text(json.dumps(rep.to_dict(), indent=2))
     return rep
+
+
+def _by_cost(tasks):
+    """Heaviest tasks first (FLOPs x occurrences): the scheduler's first round goes in task order, so a
+    time budget that ends mid-round has been spent on the kernels that dominate latency."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    def cost(t) -> float:
+        try:
+            return float(estimate_tir_flops(t.dispatched[0])) * t.weight
+        except Exception:  # noqa: BLE001 - an op the estimator does not know costs "unknown", goes last
+            return 0.0
+
+    return sorted(tasks, key=cost, reverse=True)
+
+
+def _strategy(per_task: int, minutes: float | None):
+    """Evolutionary search sized to the budget: the default (population 512, 4 generations) costs tens
+    of seconds per round on 2 cores before anything is measured, which a budget of a few trials per task
+    cannot repay; small budgets (few trials per task, or under an hour) search a smaller population."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if per_task >= 64 and not (minutes and minutes < 60):
+        return "evolutionary"
+    return ms.search_strategy.EvolutionarySearch(population_size=128, init_min_unmeasured=16, genetic_num_iters=2)
 
 
 def apply_database(mod, target, db_dir: Path):
