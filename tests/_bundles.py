@@ -40,3 +40,26 @@ def tiny_bundle(path: Path, seed: int = 0, n: int = 64, model: str = "tiny_mlp",
             "onnx_ir": onnx.IR_VERSION,
         })
     return load_bundle(path)
+
+
+def tiny_tvm_bundle(path: Path, seed: int = 0, n: int = 32) -> Bundle:
+    """The same Gemm + Relu graph compiled by edgeopt's real TVM backend (Relax -> .so) into a bundle."""
+    import tempfile
+
+    from edgeopt.runtimes.base import CompileInput, get_backend
+
+    src = tiny_bundle(Path(tempfile.mkdtemp(prefix="tiny-onnx-")) / "b", seed=seed, n=n)
+    x, y = src.reference_inputs(), src.reference_outputs()
+    be = get_backend("tvm")
+    with tempfile.TemporaryDirectory() as work, write_bundle(path, overwrite=True) as wr:
+        inp = CompileInput(model_name="tiny_mlp", task="classification", input_names=["x"], output_names=["y"], samples=[x],
+                           onnx_path=src.artifact, workdir=Path(work))
+        res = be.compile(inp, wr.root, "host", {"precision": "fp32"})
+        wr.write_reference(x, y)
+        wr.finish({
+            "model": {"name": "tiny_mlp", "family": "tiny", "task": "classification"}, "weights": {"kind": "random"},
+            "backend": "tvm", "target": res.target, "precision": res.precision, "artifact": res.artifact,
+            "inputs": [{"name": "x", "shape": [1, n], "dtype": "float32"}], "outputs": [{"name": "y", "shape": [1, n], "dtype": "float32"}],
+            "passes": [], "backend_details": res.details, "fidelity": {"cosine": 1.0}, "check": {"cosine_min": 0.999},
+        })
+    return load_bundle(path)

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 devices_app = typer.Typer(no_args_is_help=False, invoke_without_command=True, help="Configured devices (devices.yaml) and their snapshots.")
-bench_app = typer.Typer(help="Run a sweep: models x pipelines x backends x precisions x devices x threads (resumable).")
+bench_app = typer.Typer(context_settings={"allow_interspersed_args": True}, help="Run a sweep: models x pipelines x backends x precisions x devices x threads (resumable).")
 console = Console()
 
 

@@ -1,0 +1,227 @@
+"""Harness figures, written to docs/harness.md (each mode replaces its own section).
+
+    python bench/harness.py overhead   # harness overhead vs a bare loop over the same session (median, %)
+    python bench/harness.py cv         # CV of 10 repeated measurements of efficientformer_l1 on `local`
+    python bench/harness.py sweep      # 3 models x 3 pipelines x 2 backends over local + loopback ssh://,
+                                       # killed half way (SIGKILL) and resumed: counts, duplicates; report PNG
+
+Medians are measured side by side in one run on this machine; the machine, its load and the date are
+printed with each table, because on a shared 2-core VM they matter more than anything edgeopt does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "harness.md"
+WORK = Path(os.environ.get("EDGEOPT_BENCH_DIR", "/tmp/edgeopt-bench-harness"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def machine() -> str:
+    import psutil
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.processor())
+    return f"{cpu}, {psutil.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or add) the section `## name` of docs/harness.md, keeping the others."""
+    head = "# Harness figures\n\nWritten by `bench/harness.py`; rerun a mode to refresh its section.\n"
+    text = DOC.read_text() if DOC.exists() else head
+    pat = re.compile(rf"\n## {re.escape(name)}\n.*?(?=\n## |\Z)", re.S)
+    sec = f"\n## {name}\n{body.rstrip()}\n"
+    text = pat.sub(lambda _m: sec, text) if pat.search(text) else text.rstrip() + "\n" + sec
+    DOC.write_text(text)
+
+
+def bundle(model: str, passes: str | None = None, backend: str = "onnxruntime") -> Path:
+    import edgeopt
+    from edgeopt.bundle import load_bundle
+    from edgeopt.errors import EdgeoptError
+
+    out = WORK / f"{model}-{backend}-{passes or 'fp32'}.bundle".replace(":", "_")
+    try:
+        load_bundle(out)
+    except EdgeoptError:
+        edgeopt.compile(model, backend=backend, passes=passes, output=out, samples=2, overwrite=True)
+    return out
+
+
+def overhead(model: str = "efficientformer_l1", reps: int = 5) -> None:
+    """Harness p50 (runner in its own process via the protocol) vs a bare loop over one in-process session."""
+    import numpy as np
+
+    from edgeopt.bundle import load_bundle
+    from edgeopt.harness.devices import get_device
+    from edgeopt.harness.protocol import Protocol, measure
+    from edgeopt.runtimes.base import get_backend
+
+    b = load_bundle(bundle(model))
+    sess = get_backend(b.backend).load(b.path, b.manifest)
+    x = b.reference_inputs()
+    dev = get_device("local")
+    info = dev.info()
+    bare, harn, wall = [], [], []
+    runs = 30
+    for _ in range(reps):  # interleaved, so drift in machine load hits both alike
+        for _ in range(3):
+            sess.run(x)
+        lat = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            sess.run(x)
+            lat.append((time.perf_counter() - t0) * 1e3)
+        bare.append(float(np.median(lat)))
+        t0 = time.perf_counter()
+        r = measure(dev, b.path, Protocol(warmup=3, runs=runs, min_seconds=0.0, cooldown=False), device_info=info)
+        wall.append(time.perf_counter() - t0)
+        harn.append(r["latency_ms"]["p50"])
+    sess.close()
+    mb, mh = statistics.median(bare), statistics.median(harn)
+    model_s = statistics.median(harn) * (runs + 3) / 1e3
+    rows = [
+        "| | median p50 (ms) | per-rep p50s (ms) |", "|---|---|---|",
+        f"| bare loop, same process, same session | {mb:.2f} | {', '.join(f'{v:.1f}' for v in bare)} |",
+        f"| harness (protocol -> runner process) | {mh:.2f} | {', '.join(f'{v:.1f}' for v in harn)} |",
+    ]
+    body = (
+        f"{model}, ONNX Runtime fp32, {runs} timed runs per rep, {reps} reps interleaved. Machine: {machine()}.\n\n"
+        + "\n".join(rows)
+        + f"\n\nPer-inference overhead of the harness: **{mh - mb:+.2f} ms ({(mh - mb) / mb * 100:+.1f} %)** on the median p50."
+        f" Whole-measurement wall time (new process, bundle verify, model load, warm-up) was {statistics.median(wall):.1f} s"
+        f" for about {model_s:.1f} s of timed inference.\n\nCommand: `python bench/harness.py overhead`\n"
+    )
+    write_section("Harness overhead vs a bare loop", body)
+    print(body)
+
+
+def cv(model: str = "efficientformer_l1", n: int = 10) -> None:
+    from edgeopt.harness.devices import get_device
+    from edgeopt.harness.protocol import Protocol, measure
+
+    b = bundle(model)
+    dev = get_device("local")
+    info = dev.info()
+    p50 = []
+    for i in range(n):
+        r = measure(dev, b, Protocol(warmup=5, runs=20, min_seconds=1.0, cooldown=False), device_info=info)
+        p50.append(r["latency_ms"]["p50"])
+        print(f"{i + 1}/{n}: p50 {p50[-1]:.2f} ms (within-run CV {r['cv']:.3f})", flush=True)
+    m = statistics.mean(p50)
+    s = statistics.stdev(p50)
+    body = (
+        f"{model}, ONNX Runtime fp32 on `local`, default protocol (warm-up 5, >= 20 runs and >= 1 s), {n} measurements"
+        f" one after another, each in a fresh runner process. Machine: {machine()}.\n\n"
+        f"p50 of each (ms): {', '.join(f'{v:.1f}' for v in p50)}\n\n"
+        f"Mean {m:.2f} ms, std {s:.2f} ms: **CV of the 10 p50s = {s / m:.3f}** (median {statistics.median(p50):.2f} ms,"
+        f" min {min(p50):.2f}, max {max(p50):.2f}).\n\nCommand: `python bench/harness.py cv`\n"
+    )
+    write_section("CV of 10 repeated measurements", body)
+    print(body)
+
+
+def _count(db: Path) -> tuple[int, int, int]:
+    con = sqlite3.connect(db)
+    try:
+        ok = con.execute("SELECT COUNT(*) FROM measurements WHERE status='ok'").fetchone()[0]
+        failed = con.execute("SELECT COUNT(*) FROM jobs WHERE status='failed'").fetchone()[0]
+        dup = con.execute(
+            "SELECT COUNT(*) FROM (SELECT bundle_sha256, device_id, protocol_key, COUNT(*) c FROM measurements GROUP BY 1,2,3 HAVING c > 1)"
+        ).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0, 0, 0
+    finally:
+        con.close()
+    return ok, failed, dup
+
+
+def sweep() -> None:
+    import yaml
+    from _sshd import start_sshd
+
+    from edgeopt.report.html import write_html
+    from edgeopt.store import Store
+
+    work = WORK / "sweep"
+    work.mkdir(parents=True, exist_ok=True)
+    db = work / "sweep.db"
+    for p in (db, Path(str(db) + "-wal"), Path(str(db) + "-shm")):
+        p.unlink(missing_ok=True)
+    sshd = start_sshd(work / f"sshd-{os.getpid()}")
+    models = ["shvit_s1", "efficientformerv2_s0", "efficientformer_l1"]
+    pipelines = ["", "reparam", "quantize:int8"]
+    cfg = {
+        "name": "harness-figure", "models": models, "pipelines": pipelines, "backends": ["onnxruntime", "tvm"],
+        "devices": ["local", {"uri": sshd.uri, "identity": str(sshd.identity), "known_hosts": str(sshd.known_hosts), "python": sys.executable,
+                              "remote_dir": str(work / "board")}],
+        "threads": [2], "protocol": {"warmup": 3, "runs": 10, "min_seconds": 0.5, "timeout": 300},
+        "compile": {"workers": 2, "samples": 2, "out": str(work / "bundles")}, "db": f"sqlite:///{db}",
+        "serial_devices": True, "compile_first": True,
+    }
+    (work / "sweep.yaml").write_text(yaml.safe_dump(cfg))
+    total = len(models) * len(pipelines) * 2 * 2
+    cmd = [sys.executable, "-m", "edgeopt.cli", "bench", str(work / "sweep.yaml"), "--trust-new-host"]
+    t0 = time.time()
+    with open(work / "run1.log", "w") as log:
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        while p.poll() is None:
+            ok, failed, _ = _count(db)
+            if ok + failed >= total // 2:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+                break
+            time.sleep(0.5)
+    killed = p.returncode == -signal.SIGKILL
+    before = _count(db)
+    t1 = time.time()
+    r = subprocess.run([*cmd], capture_output=True, text=True)
+    (work / "run2.log").write_text(r.stdout + r.stderr)
+    after = _count(db)
+    t2 = time.time()
+    st = Store(f"sqlite:///{db}")
+    fails = st.jobs(status="failed")
+    rows = st.measurements()
+    report = write_html(rows, work / "report.html", title="edgeopt sweep: 3 models x 3 pipelines x 2 backends x 2 devices", db=f"sqlite:///{db}")
+    shot = ROOT / "docs" / "report.png"
+    chromium = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", f"--user-data-dir={work / 'chromium'}", "--window-size=1280,3600", "--hide-scrollbars",
+         f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=180, check=False)
+    sshd.stop()
+    freasons = "\n".join(f"| {j['model']} | {j['passes'] or '-'} | {j['backend']} | {j['device_id']} | {j['stage']} | {(j['error'] or '')[:160]} |" for j in fails)
+    body = (
+        f"{len(models)} models ({', '.join(models)}) x {len(pipelines)} pipelines (none, reparam, quantize:int8) x 2 backends (onnxruntime, tvm)"
+        f" x 2 devices (`local`, loopback `ssh://` to a real sshd on 127.0.0.1) = {total} jobs. Machine: {machine()}.\n\n"
+        f"| | measurements ok | failed jobs | duplicates |\n|---|---|---|---|\n"
+        f"| after SIGKILL half way (run 1, {t1 - t0:.0f} s{'' if killed else ', NOT killed: finished first'}) | {before[0]} | {before[1]} | {before[2]} |\n"
+        f"| after the re-run (run 2, {t2 - t1:.0f} s, exit {r.returncode}) | {after[0]} | {after[1]} | {after[2]} |\n\n"
+        f"Run 2 said: `{(r.stdout.strip().splitlines() or [''])[-1 if not fails else 0][:200]}`\n\n"
+        + (f"Failed jobs (recorded with their reasons, retried by every re-run):\n\n| model | passes | backend | device | stage | reason |\n|---|---|---|---|---|---|\n{freasons}\n\n" if fails else "")
+        + f"Report screenshot: [docs/report.png](report.png) (chromium exit {chromium.returncode}).\n\nCommand: `python bench/harness.py sweep`\n"
+    )
+    write_section("Sweep killed half way and resumed", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    WORK.mkdir(parents=True, exist_ok=True)
+    modes = {"overhead": overhead, "cv": cv, "sweep": sweep}
+    todo = sys.argv[1:] or list(modes)
+    for m in todo:
+        if m not in modes:
+            sys.exit(f"unknown mode {m!r}: choose from {', '.join(modes)}")
+    for m in todo:
+        modes[m]()
+    print(json.dumps({"written": str(DOC)}))
