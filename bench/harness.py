@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "harness.md"
 WORK = Path(os.environ.get("EDGEOPT_BENCH_DIR", "/tmp/edgeopt-bench-harness"))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
 
 def machine() -> str:
