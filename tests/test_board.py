@@ -120,8 +120,9 @@ def test_board_has_arm64_python_wheels_and_runner(board) -> None:
     assert (board.root / "proc" / "cpuinfo").read_text().count("CPU part\t: 0xd08") >= 1
     for dist in ("numpy", "onnxruntime", "ai-edge-litert", "apache-tvm"):
         assert dist in board.runtimes(), board.runtimes()
-    stamp = board.root / "opt" / "edgeopt" / ".edgeopt-runner-hash"
-    assert stamp.read_text().strip() == runner_hash() == board.meta["runner_hash"]
+    h = runner_hash()
+    assert board.meta["runner_hash"] == h
+    assert (board.root / "opt" / "edgeopt-runners" / h / ".complete").read_text().strip() == h
     p = board.run_python(
         ["-c", "import platform, edgeopt.runner, onnxruntime; print(platform.machine(), edgeopt.runner.__file__, onnxruntime.get_device())"],
         timeout=300,
@@ -130,7 +131,7 @@ def test_board_has_arm64_python_wheels_and_runner(board) -> None:
     machine, runner_file, dev = p.stdout.split()
     assert machine == "aarch64" and dev == "CPU"
     # The runner imported is the copy inside the board, never the host's tree.
-    assert runner_file.startswith("/opt/edgeopt/"), runner_file
+    assert runner_file == f"/opt/edgeopt-runners/{h}/edgeopt/runner.py", runner_file
     folder, why = find_board(default_spec())
     assert folder == board.path and why is None
 

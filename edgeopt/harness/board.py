@@ -15,8 +15,8 @@ Cache: `$XDG_CACHE_HOME/edgeopt/boards/qemu-arm64-<key>` (or `$EDGEOPT_BOARDS/..
 package list (Debian suite and packages, wheels pinned to the host's versions, platform tags, cpuinfo).
 `board.json` is written last; a folder without it (an interrupted build) or whose recorded package list or
 files disagree is rebuilt, never used. The edgeopt runner files are not baked into that hash: they change
-with every commit, so they are synced into ROOT/opt/edgeopt (keyed by their own hash, a sub-second copy)
-each time the board is opened, and a cached board stays valid across edits of the runner.
+with every commit, so they are synced into the board (keyed by their own hash, a sub-second copy)
+each time the board is opened (ROOT/opt/edgeopt-runners/<runner hash>), and a cached board stays valid across edits.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ QEMU = "qemu-aarch64-static"
 DEFAULT_CPU = "cortex-a72"
 # Where pushed bundles live inside the board's file system (the "device storage").
 BUNDLES_IN_ROOT = "var/lib/edgeopt/bundles"
-RUNNER_IN_ROOT = "opt/edgeopt"
+RUNNER_IN_ROOT = "opt/edgeopt-runners"  # + /<runner hash>: one folder per version of the runner files
+KEEP_RUNNERS = 4  # older runner folders are pruned (a board is shared by every checkout on the machine)
 SITE_IN_ROOT = "opt/site"
 
 # Which Debian package provides each tool we call (named in the error when it is missing).
@@ -147,15 +148,21 @@ class Board:
     def command(self, args: list[str], cpu: str = DEFAULT_CPU, qemu: str | None = None, prefix: list[str] | None = None) -> list[str]:
         """argv that runs the board's python3 with `args` under qemu-user (no shell involved);
         `prefix` (e.g. ["taskset", "-c", "0"]) goes in front of qemu."""
-        # -s: no user site; -P: no cwd on sys.path, so the host tree never shadows ROOT/opt/edgeopt.
+        # -s: no user site; -P: no cwd on sys.path, so the host tree never shadows the board's runner.
         return [*(prefix or []), qemu or tool(QEMU), "-cpu", cpu, "-L", str(self.root), str(self.python), "-s", "-P", *args]
+
+    def runner_hash(self) -> str:
+        """The runner folder this board object runs (synced on first use)."""
+        if not self.meta.get("runner_hash"):
+            self.meta["runner_hash"] = sync_runner(self)
+        return str(self.meta["runner_hash"])
 
     def env(self) -> dict[str, str]:
         """A clean environment for the emulated process. Absolute paths are resolved inside ROOT by
         qemu's -L prefix first, so /opt/site means ROOT/opt/site."""
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "PYTHONPATH": f"/{RUNNER_IN_ROOT}:/{SITE_IN_ROOT}",
+            "PYTHONPATH": f"/{RUNNER_IN_ROOT}/{self.runner_hash()}:/{SITE_IN_ROOT}",
             "PYTHONNOUSERSITE": "1",
             "LANG": "C.UTF-8",
             "HOME": "/root",
@@ -368,19 +375,25 @@ def runner_hash(files: dict[str, Path] | None = None) -> str:
 
 
 def sync_runner(board: Board) -> str:
-    """Put this edgeopt's package files into ROOT/opt/edgeopt unless the same ones are there already."""
+    """Put this edgeopt's package files into ROOT/opt/edgeopt-runners/<hash> unless they are there already.
+
+    One folder per hash, never rewritten in place, so a runner started from another checkout (another
+    hash) keeps its files while this one syncs; the oldest folders beyond KEEP_RUNNERS are pruned."""
     files = runner_files()
     want = runner_hash(files)
-    dest = board.root / RUNNER_IN_ROOT
-    stamp = dest / ".edgeopt-runner-hash"
-    if stamp.is_file() and stamp.read_text().strip() == want:
-        return want
-    with atomic_dir(dest, overwrite=True) as tmp:
-        for rel, src in files.items():
-            out = tmp / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, out)
-        (tmp / ".edgeopt-runner-hash").write_text(want + "\n")
+    base = board.root / RUNNER_IN_ROOT
+    dest = base / want
+    if not (dest / ".complete").is_file():
+        with atomic_dir(dest, overwrite=True) as tmp:
+            for rel, src in files.items():
+                out = tmp / rel
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, out)
+            (tmp / ".complete").write_text(want + "\n")
+    os.utime(dest)  # mark as recently used
+    others = sorted((p for p in base.iterdir() if p.is_dir() and p.name != want and not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
+    for old in others[: max(0, len(others) - (KEEP_RUNNERS - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
     return want
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +13,7 @@ from rich.console import Console
 
 from edgeopt.harness.board import (
     BOARD_JSON,
+    BUNDLES_IN_ROOT,
     check_board_name,
     default_spec,
     ensure_board,
@@ -61,8 +63,22 @@ def info(name: _Name = "qemu-arm64", no_tvm: _NoTvm = False, cache: _Cache = Non
 
 
 @board_app.command("clean")
-def clean(name: _Name = "qemu-arm64", no_tvm: _NoTvm = False, cache: _Cache = None) -> None:
+def clean(
+    name: _Name = "qemu-arm64",
+    no_tvm: _NoTvm = False,
+    bundles: Annotated[bool, typer.Option("--bundles", help="also delete the bundles pushed to the current board")] = False,
+    cache: _Cache = None,
+) -> None:
     """Delete boards built for any other package list than this one (and leftovers of interrupted builds)."""
     check_board_name(name)
-    removed = remove_stale_boards(default_spec(tvm=not no_tvm), cache)
+    spec = default_spec(tvm=not no_tvm)
+    removed = remove_stale_boards(spec, cache)
     console.print(f"removed {len(removed)} stale board(s)" + "".join(f"\n  {p}" for p in removed))
+    if bundles:
+        folder, _why = find_board(spec, cache)
+        pushed = folder / "root" / BUNDLES_IN_ROOT
+        n = 0
+        for p in pushed.glob("*") if pushed.is_dir() else []:
+            shutil.rmtree(p, ignore_errors=True)
+            n += 1
+        console.print(f"removed {n} pushed bundle(s) from {pushed}")

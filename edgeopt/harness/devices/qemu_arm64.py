@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,11 @@ from edgeopt.harness.devices.local import linux_cpu_info
 
 # dist name in the board -> edgeopt backend name
 _RUNTIME_DISTS = {"onnxruntime": "onnxruntime", "ai-edge-litert": "ai-edge-litert", "apache-tvm": "apache-tvm"}
+
+
+def _say(msg: str) -> None:
+    """Building a board takes minutes the first time: say what is happening (stderr, never stdout)."""
+    print(f"edgeopt: {msg}", file=sys.stderr, flush=True)
 
 
 def _truthy(v: Any) -> bool:
@@ -72,7 +78,7 @@ class QemuArm64Device(Device):
                 board.meta["runner_hash"] = sync_runner(board)
             else:
                 spec = default_spec(tvm=_truthy(self.options.get("tvm", True)))
-                board = ensure_board(spec, cache=self.options.get("cache"), progress=self.options.get("progress"))
+                board = ensure_board(spec, cache=self.options.get("cache"), progress=self.options.get("progress") or _say)
             self._board = board
         return self._board
 
