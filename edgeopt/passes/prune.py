@@ -1,0 +1,242 @@
+"""prune: structured channel pruning with torch-pruning's dependency graph (torch).
+
+Channels are removed from whole coupled groups (a conv, its BN, the residual adds it feeds and every
+consumer), so the result is a smaller dense model that every backend runs. Defaults follow the issue:
+L2 magnitude importance (Taylor on the calibration samples as an option), a ratio applied per layer
+or globally, channel counts kept multiples of 8 (SIMD-friendly), attention blocks and output layers
+protected. There is no training here, so BatchNorm statistics are re-estimated on the calibration
+samples afterwards (when reparam ran first there is no BN left: it was folded, and the note says so).
+
+Output layers are found on the dependency graph itself: a conv/linear from which the model output is
+reached without passing another conv/linear. Taylor importance needs a loss without labels: for
+classification the cross-entropy against the model's own top-1, otherwise half the squared output norm.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from typing import Any, Literal
+
+from edgeopt.errors import EdgeoptError
+from edgeopt.passes._measure import fill_graph_figures, params_macs, run_torch, torch_inputs
+from edgeopt.passes.base import Pass, PassConfig, PassContext, PassReport, register_pass
+
+_ATTENTION = re.compile(r"attention|attn|multihead", re.I)
+
+
+class PruneConfig(PassConfig):
+    ratio: float = 0.3  # share of channels removed (per prunable group, or over the model when global)
+    scope: Literal["layer", "global"] = "layer"
+    importance: Literal["l2", "taylor"] = "l2"
+    round_to: int = 8
+    max_layer_ratio: float = 0.8  # global scope: no group loses more than this share
+    protect_attention: bool = True
+    protect_outputs: bool = True
+    ignore: list[str] = []  # module-name prefixes never pruned
+    calibration_samples: int = 8
+    recalibrate_bn: bool = True
+    measure_latency: bool = True
+
+
+class _Tracker:
+    """Forward pre-hooks naming the innermost module entered last: which layer stopped a trace or a run."""
+
+    def __init__(self, model: Any) -> None:
+        self.last = "<model input>"
+        self.hooks = [m.register_forward_pre_hook(self._hook(n)) for n, m in model.named_modules() if n]
+
+    def _hook(self, name: str):
+        def hook(mod, args):
+            self.last = f"{name} ({type(mod).__name__})"
+        return hook
+
+    def close(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+def _batch(ctx: PassContext, n: int) -> tuple:
+    import torch
+
+    per = [torch_inputs(ctx, i) for i in range(min(n, len(ctx.samples)))]
+    return tuple(torch.cat([p[j] for p in per]) for j in range(len(per[0])))
+
+
+def output_layers(dg: Any) -> list[Any]:
+    """Conv/linear modules from which a graph output is reached without another conv/linear."""
+    from torch import nn
+
+    params = (nn.modules.conv._ConvNd, nn.Linear)
+    out = []
+    for mod, node in dg.module2node.items():
+        if not isinstance(mod, params):
+            continue
+        stack, seen, reaches_end = list(node.outputs), set(), not node.outputs
+        while stack and not reaches_end:
+            nxt = stack.pop()
+            if id(nxt) in seen:
+                continue
+            seen.add(id(nxt))
+            if isinstance(nxt.module, params):
+                continue
+            if not nxt.outputs:
+                reaches_end = True
+            stack.extend(nxt.outputs)
+        if reaches_end:
+            out.append(mod)
+    return out
+
+
+def recalibrate_bn(model: Any, ctx: PassContext, n: int) -> int:
+    """Reset BN running statistics and re-estimate them on n real samples (cumulative average)."""
+    import torch
+    from torch import nn
+
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    saved = {m: m.momentum for m in bns}
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        with torch.no_grad():
+            model(*_batch(ctx, n))
+    finally:
+        for m in bns:
+            m.momentum = saved[m]
+        model.eval()
+    return len(bns)
+
+
+@register_pass
+class PrunePass(Pass):
+    name = "prune"
+    works_on = "torch"
+    Config = PruneConfig
+    shorthand_key = "ratio"
+    description = "structured channel pruning (torch-pruning dependency graph), BN re-estimated on real samples"
+
+    def applies_to(self, model: Any, ctx: PassContext) -> tuple[bool, str]:
+        import torch
+
+        cfg: PruneConfig = self.config  # type: ignore[assignment]
+        if not isinstance(model, torch.nn.Module):
+            return False, "prune works on a torch module"
+        if not 0.0 < cfg.ratio < 1.0:
+            return False, f"ratio {cfg.ratio} must lie strictly between 0 and 1"
+        if cfg.round_to < 1:
+            return False, "round_to must be at least 1"
+        return True, ""
+
+    def _importance(self, cfg: PruneConfig):
+        import torch_pruning as tp
+
+        if cfg.importance == "taylor":
+            return tp.importance.GroupTaylorImportance()
+        return tp.importance.GroupMagnitudeImportance(p=2)
+
+    def _taylor_grads(self, model: Any, ctx: PassContext, cfg: PruneConfig) -> None:
+        import torch.nn.functional as F
+
+        model.zero_grad()
+        for i in range(min(cfg.calibration_samples, len(ctx.samples))):
+            model.train()
+            model.eval()  # timm's train() drops eval-time caches (attention biases) that hold an old graph
+            out = model(*torch_inputs(ctx, i))
+            out = out[0] if isinstance(out, (tuple, list)) else next(iter(out.values())) if isinstance(out, dict) else out
+            if ctx.task == "classification":
+                logits = out.reshape(-1, out.shape[-1])
+                loss = F.cross_entropy(logits, logits.argmax(-1).detach())
+            else:
+                loss = 0.5 * (out.float() ** 2).mean()
+            loss.backward()
+
+    def run(self, model: Any, ctx: PassContext) -> tuple[Any, PassReport]:
+        import torch
+        import torch_pruning as tp
+
+        cfg: PruneConfig = self.config  # type: ignore[assignment]
+        rep = self.new_report()
+        t0 = time.perf_counter()
+        rep.params_before, rep.macs_before = params_macs(model, ctx)
+        ref_shapes = {k: v.shape for k, v in run_torch(model, ctx, 1)[0].items()}
+        work = copy.deepcopy(model).eval()  # the input model is never touched, whatever happens below
+        example = torch_inputs(ctx)
+        tracker = _Tracker(work)
+        try:
+            with torch.enable_grad():
+                dg = tp.DependencyGraph().build_dependency(work, example_inputs=example)
+        except Exception as e:  # noqa: BLE001 - any trace failure is reported with the layer it reached
+            raise EdgeoptError(
+                f"prune cannot trace {ctx.model_name}: stopped at {tracker.last}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
+                "the model was left untouched; add that module to prune:ignore or drop the prune pass",
+            ) from None
+        finally:
+            tracker.close()
+
+        ignored: list[Any] = []
+        reasons: dict[str, int] = {}
+        names = {m: n for n, m in work.named_modules()}
+        if cfg.protect_outputs:
+            outs = output_layers(dg)
+            ignored += outs
+            reasons["output layers"] = len(outs)
+        for n, m in work.named_modules():
+            if cfg.protect_attention and (_ATTENTION.search(type(m).__name__) or isinstance(m, torch.nn.MultiheadAttention)):
+                sub = [c for c in m.modules() if isinstance(c, (torch.nn.Linear, torch.nn.modules.conv._ConvNd, torch.nn.MultiheadAttention))]
+                ignored += sub
+                reasons["attention layers"] = reasons.get("attention layers", 0) + len(sub)
+            if any(n == p or n.startswith(p + ".") for p in cfg.ignore):
+                ignored.append(m)
+                reasons["ignored by option"] = reasons.get("ignored by option", 0) + 1
+        ignored = list({id(m): m for m in ignored}.values())
+
+        pruner = tp.pruner.MetaPruner(
+            work, example, importance=self._importance(cfg), global_pruning=cfg.scope == "global",
+            pruning_ratio=cfg.ratio, max_pruning_ratio=cfg.max_layer_ratio, ignored_layers=ignored,
+            round_to=cfg.round_to,
+        )
+        if cfg.importance == "taylor":
+            with torch.enable_grad():
+                self._taylor_grads(work, ctx, cfg)
+        before = {names[m]: (m.weight.shape[0] if hasattr(m, "weight") and m.weight is not None else None) for m in names if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))}
+        tracker = _Tracker(work)
+        try:
+            pruner.step()
+            work.zero_grad(set_to_none=True)
+            work.train()
+            work.eval()  # drops eval-time caches built from the unpruned weights
+            got = run_torch(work, ctx, 1)[0]
+        except Exception as e:  # noqa: BLE001
+            raise EdgeoptError(
+                f"prune broke {ctx.model_name} at {tracker.last}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
+                "the model was left untouched; add that module to prune:ignore or drop the prune pass",
+            ) from None
+        finally:
+            tracker.close()
+        bad = {k: (tuple(got[k].shape), tuple(s)) for k, s in ref_shapes.items() if tuple(got[k].shape) != tuple(s)}
+        if bad:
+            raise EdgeoptError(f"prune changed output shapes of {ctx.model_name}: {bad}", "protect the output layers (prune:protect_outputs=true)")
+        for p in work.parameters():
+            p.requires_grad_(False)
+        n_bn = recalibrate_bn(work, ctx, cfg.calibration_samples) if cfg.recalibrate_bn else 0
+        for n, m in work.named_modules():
+            if n in before and hasattr(m, "weight") and m.weight is not None and m.weight.shape[0] != before[n]:
+                rep.changes.append({"module": n, "type": type(m).__name__, "out_channels": [before[n], int(m.weight.shape[0])]})
+        rep.params_after, rep.macs_after = params_macs(work, ctx)
+        rep.notes.append(
+            f"{cfg.scope} {cfg.importance} pruning at ratio {cfg.ratio}, channels rounded to {cfg.round_to}; "
+            f"{len(rep.changes)} layers narrowed; protected: " + (", ".join(f"{v} {k}" for k, v in reasons.items()) or "none")
+        )
+        rep.notes.append(
+            f"BatchNorm statistics re-estimated on {min(cfg.calibration_samples, len(ctx.samples))} real samples ({n_bn} layers)" if n_bn
+            else "no BatchNorm to re-estimate" + (" (folded by reparam)" if cfg.recalibrate_bn else " (recalibrate_bn off)")
+        )
+        rep.seconds = time.perf_counter() - t0
+        if cfg.measure_latency:
+            fill_graph_figures(rep, model, work, ctx)
+        return work, rep
