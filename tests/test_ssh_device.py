@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from _bundles import tiny_bundle
@@ -162,3 +163,40 @@ def test_end_to_end_over_ssh(sshd, tmp_path):
     assert e2e["output"][0][0] == 0  # red channel wins after ImageNet normalisation
     assert Protocol(end_to_end=str(img)).key() != Protocol().key()
     shutil.rmtree(tmp_path / "board", ignore_errors=True)
+
+
+def test_energy_through_a_board_meter(sshd, tmp_path):
+    """A RAPL-layout counter on the 'board' (read over ssh) that rises at exactly 100 W: the protocol's idle
+    baseline, window integration and per-inference figures must come out of it."""
+    import threading
+
+    root = tmp_path / "sysroot"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "meters" / "rapl", root, symlinks=True)
+    pc = root / "sys/class/powercap"
+    (pc / "intel-rapl:1").rename(tmp_path / "unused-zone")  # one package
+    stop = threading.Event()
+    t0 = time.monotonic()
+
+    def write_counter() -> None:
+        while not stop.is_set():
+            e = int((time.monotonic() - t0) * 100.0 * 1e6)  # µJ at 100 W
+            (pc / "intel-rapl:0/energy_uj.tmp").write_text(f"{e}\n")
+            (pc / "intel-rapl:0/energy_uj.tmp").rename(pc / "intel-rapl:0/energy_uj")
+            time.sleep(0.002)
+
+    th = threading.Thread(target=write_counter, daemon=True)
+    th.start()
+    b = tiny_bundle(tmp_path / "e.bundle")
+    d = _dev(sshd, tmp_path, meters=[{"name": "rapl", "root": str(pc)}])
+    try:
+        res = measure(d, b.path, Protocol(warmup=1, runs=20, min_seconds=1.0, idle_seconds=1.0, cooldown=False))
+    finally:
+        stop.set()
+        th.join()
+        d.close()
+    e = res["energy"]
+    assert e["meter"] == "rapl" and e["samples"] >= 3 and res["energy_reason"] is None
+    assert e["idle_watts"] == pytest.approx(100.0, rel=0.1)
+    assert e["joules_window"] == pytest.approx(100.0 * e["window_s"], rel=0.1)
+    assert e["joules_per_inference_gross"] == pytest.approx(100.0 * res["latency_ms"]["mean"] / 1e3, rel=0.1)
+    assert abs(e["joules_per_inference"]) < 0.1 * e["joules_per_inference_gross"]  # same power idle and busy: ~0 net

@@ -202,6 +202,8 @@ def measure(device: Device, bundle_path: str | Path, protocol: Protocol, device_
     else:
         res["energy"] = None
         res["energy_reason"] = why_none or no_meter_reason()
+    for m in meters:
+        m.close()  # streaming meters (tegrastats) end their process here
     if reader is not None and before is not None:
         from edgeopt.harness.thermal import throttle_check
 
