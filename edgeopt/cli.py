@@ -104,8 +104,17 @@ def compile_cmd(
     option: Annotated[list[str] | None, typer.Option("--option", "-O", help="backend option key=value (repeatable)")] = None,
     samples: Annotated[int, typer.Option("--samples", help="real sample inputs for calibration and fidelity")] = 8,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    auto: Annotated[bool, typer.Option("--auto", help="search passes x backends x precisions for the fastest artifact within --fidelity")] = False,
+    device: Annotated[str, typer.Option("--device", "-d", help="--auto: device to measure candidates on")] = "local",
+    budget_minutes: Annotated[float | None, typer.Option("--budget-minutes", help="--auto: stop searching after this long")] = None,
+    backends: Annotated[str | None, typer.Option("--backends", help="--auto: comma list to consider (default: all available)")] = None,
+    precisions: Annotated[str | None, typer.Option("--precisions", help="--auto: comma list, e.g. fp32,int8,dynamic,fp16")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="--auto: results database URL")] = None,
 ) -> None:
-    """Compile MODEL through the pass pipeline into a bundle for a backend."""
+    """Compile MODEL through the pass pipeline into a bundle for a backend (or --auto: search for the fastest)."""
+    if auto:
+        _auto(model, output, device, fidelity if fidelity is not None else 0.999, budget_minutes, backends, precisions, weights, db, overwrite)
+        return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from edgeopt.api import compile as do_compile
@@ -135,6 +144,37 @@ def compile_cmd(
     t.add_row("fidelity", ", ".join(f"{k} {v:.4g}" for k, v in f.items()) or m.get("fidelity_note", "-"))
     t.add_row("sha256", m["bundle_sha256"][:16])
     console.print(t)
+
+
+def _auto(model, output, device, fidelity, budget_minutes, backends, precisions, weights, db, overwrite) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgeopt.auto import auto_compile
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                  console=err_console, transient=True) as prog:
+        task = prog.add_task(f"auto {model}", total=None)
+        res = auto_compile(
+            model, output, device=device, fidelity=fidelity, budget_minutes=budget_minutes,
+            backends=backends.split(",") if backends else None, precisions=precisions.split(",") if precisions else None,
+            weights=weights, db=db, overwrite=overwrite,
+            progress=lambda label, i, n: prog.update(task, description=f"{model}: {label}", completed=i, total=n),
+        )
+    t = Table(title=f"{model} on {device}: {len(res.candidates)} candidates in {res.seconds:.0f} s, budget cosine >= {fidelity}")
+    for c in ("candidate", "status", "p50 ms", "cosine", "top-1 agr.", "size MB", "front", "reason"):
+        t.add_column(c, overflow="fold")
+    for c in sorted(res.candidates, key=lambda c: (c.latency_ms is None, c.latency_ms or 0)):
+        t.add_row(c.label, c.status, "-" if c.latency_ms is None else f"{c.latency_ms:.2f}",
+                  "-" if c.cosine is None else f"{c.cosine:.5f}", "-" if c.top1 is None else f"{c.top1:.2f}",
+                  "-" if c.size_bytes is None else f"{c.size_bytes / 1e6:.1f}", "*" if c in res.front else "", c.reason or "")
+    console.print(t)
+    for n in res.notes:
+        console.print(f"[dim]{n}[/]")
+    if res.winner is None:
+        near = "; ".join(f"{c.label} cosine {c.cosine:.6f} (missed by {fidelity - c.cosine:.2e})" for c in res.closest())
+        raise EdgeoptError(f"no candidate meets cosine >= {fidelity}" + (f"; closest: {near}" if near else ""),
+                           "relax --fidelity or allow more backends/precisions; measured candidates are stored")
+    console.print(f"[bold green]winner[/] {res.winner.label}: {res.winner.latency_ms:.2f} ms p50, cosine {res.winner.cosine:.5f} -> {output}")
 
 
 @app.command()

@@ -132,6 +132,8 @@ class Store:
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url or default_url()
+        if self.url.startswith("sqlite:///") and ":memory:" not in self.url:
+            Path(self.url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         try:
             self.engine: Engine = create_engine(self.url, future=True)
             if self.engine.dialect.name == "sqlite":
@@ -266,6 +268,18 @@ class Store:
             row = s.get(RunRow, run_id)
             if row is not None:
                 row.finished, row.status = _now(), status
+
+    def set_run_result(self, run_id: int, result: dict[str, Any]) -> None:
+        """Attach a run's outcome (e.g. an --auto search's Pareto front) to its config, in one transaction."""
+        with Session(self.engine) as s, s.begin():
+            row = s.get(RunRow, run_id)
+            if row is not None:
+                row.config = {**(row.config or {}), "result": json.loads(json.dumps(result, default=str))}
+
+    def run_config(self, run_id: int) -> dict[str, Any]:
+        with Session(self.engine) as s:
+            row = s.get(RunRow, run_id)
+            return dict(row.config or {}) if row is not None else {}
 
     def runs(self) -> list[dict[str, Any]]:
         with Session(self.engine) as s:

@@ -1,0 +1,283 @@
+"""`edgeopt compile MODEL --auto`: the fastest artifact within a fidelity budget, across passes,
+backends and precisions, measured on the target device.
+
+Search: exhaustive over a small, explicit grid, with pruning (documented in docs/auto.md). Why not a
+black-box optimiser: the grid is a few dozen discrete points, most of the cost is compiling, and two
+facts prune it hard: (1) fidelity is known at compile time, before any measurement, so a candidate that
+breaks the budget is never measured; (2) torch-level passes (reparam, prune, low-rank) only change the
+graph a backend sees, so they are tried only on the (backend, precision) pairs that were not dominated
+in the first stage. Every measured candidate is stored (jobs of one run in the results database); the
+Pareto front (latency, fidelity, size, energy where measured) goes into the run and the winner's manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeopt._util import atomic_dir
+from edgeopt.errors import DeviceError, EdgeoptError
+
+# Precision -> the quantize pass that gives it (the same spec works on every backend).
+PRECISION_PASSES: dict[str, str | None] = {
+    "fp32": None,
+    "fp16": "quantize:fp16",
+    "dynamic": "quantize:dynamic",
+    "int8": "quantize:int8",
+}
+# Per backend, the precisions worth trying (what each backend supports well on a CPU).
+BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("fp32", "int8", "dynamic", "fp16"),
+    "tflite": ("fp32", "dynamic", "int8", "fp16"),
+    "tvm": ("fp32",),
+}
+# Torch-level prefixes tried in stage 2 on the non-dominated (backend, precision) pairs.
+STAGE2_PREFIXES: tuple[str, ...] = ("reparam", "reparam,prune:ratio=0.3", "reparam,lowrank")
+# A stage-1 pair slower than this factor times the best feasible pair is dominated: stage 2 skips it.
+DOMINATED_FACTOR = 1.5
+
+
+@dataclass
+class Candidate:
+    backend: str
+    precision: str
+    prefix: str = ""  # torch-level passes, e.g. "reparam,prune:ratio=0.3"
+    status: str = "pending"  # pending | infeasible | measured | failed | skipped
+    reason: str | None = None
+    bundle: str | None = None
+    bundle_sha256: str | None = None
+    latency_ms: float | None = None
+    cosine: float | None = None
+    top1: float | None = None
+    size_bytes: int | None = None
+    energy_j: float | None = None
+    compile_s: float | None = None
+    measurement_id: int | None = None
+
+    @property
+    def passes(self) -> str:
+        parts = [p for p in (self.prefix, PRECISION_PASSES[self.precision]) if p]
+        return ",".join(parts)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}/{self.precision}" + (f" + {self.prefix}" if self.prefix else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["passes"] = self.passes
+        d["label"] = self.label
+        return d
+
+
+@dataclass
+class AutoResult:
+    winner: Candidate | None
+    front: list[Candidate]
+    candidates: list[Candidate]
+    budget: float
+    device: str
+    seconds: float
+    run_id: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def closest(self, n: int = 3) -> list[Candidate]:
+        """The candidates nearest the budget among those that missed it."""
+        missed = [c for c in self.candidates if c.cosine is not None and c.cosine < self.budget]
+        return sorted(missed, key=lambda c: self.budget - (c.cosine or 0))[:n]
+
+
+def pareto_front(cands: list[Candidate]) -> list[Candidate]:
+    """Non-dominated measured candidates: lower latency, higher cosine, smaller size (and energy)."""
+    pts = [c for c in cands if c.status == "measured"]
+
+    def obj(c: Candidate) -> tuple[float, ...]:
+        o = (c.latency_ms or float("inf"), -(c.cosine or 0.0), float(c.size_bytes or 0))
+        return o + ((c.energy_j,) if all(x.energy_j is not None for x in pts) else ())
+
+    front = []
+    for c in pts:
+        oc = obj(c)
+        if not any(all(a <= b for a, b in zip(obj(d), oc, strict=True)) and obj(d) != oc for d in pts if d is not c):
+            front.append(c)
+    return sorted(front, key=lambda c: c.latency_ms or 0)
+
+
+def available_backends(device_info: dict[str, Any], requested: list[str] | None) -> list[str]:
+    """Backends that can compile here and run on the device (by the runtimes the device reports)."""
+    from edgeopt.runtimes.base import get_backend
+
+    runtime_of = {"onnxruntime": "onnxruntime", "tflite": ("ai-edge-litert", "tflite-runtime"), "tvm": "apache-tvm"}
+    present = set(device_info.get("runtimes", {}))
+    out = []
+    for name in requested or list(BACKEND_PRECISIONS):
+        need = runtime_of.get(name, name)
+        need = need if isinstance(need, tuple) else (need,)
+        if present and not any(n in present for n in need):
+            continue
+        ok, _why = get_backend(name).available()
+        if ok:
+            out.append(name)
+    return out
+
+
+def _reusable(folder: Path, model: str, wlabel: dict[str, Any]):
+    """A candidate bundle left by an earlier (interrupted) search, if it is intact and for the same
+    model and weights; otherwise None and the candidate is compiled again."""
+    from edgeopt.bundle import load_bundle
+
+    if not (folder / "manifest.json").exists():
+        return None
+    try:
+        b = load_bundle(folder)
+    except EdgeoptError:
+        return None
+    same = b.manifest["model"]["name"] == model and b.manifest.get("weights", {}).get("sha256") == wlabel.get("sha256")
+    return b if same and b.manifest.get("weights", {}).get("kind") == wlabel["kind"] else None
+
+
+def auto_compile(
+    model: str,
+    output: str | Path,
+    device: str = "local",
+    fidelity: float = 0.999,
+    budget_minutes: float | None = None,
+    backends: list[str] | None = None,
+    precisions: list[str] | None = None,
+    stage2: bool = True,
+    weights: str | Path | None = None,
+    runs: int = 20,
+    warmup: int = 5,
+    min_seconds: float = 1.0,
+    threads: int | None = None,
+    db: str | None = None,
+    workdir: str | Path | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> AutoResult:
+    """Search candidates, measure the feasible ones on `device`, write the fastest to `output`."""
+    from edgeopt.api import compile as compile_bundle
+    from edgeopt.api import weights_label
+    from edgeopt.bundle import load_bundle
+    from edgeopt.harness.devices import get_device
+    from edgeopt.harness.protocol import Protocol, measure
+    from edgeopt.models import get_spec
+    from edgeopt.store import Store
+
+    get_spec(model)  # an unknown name fails before any work
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise EdgeoptError(f"{output} already exists", "choose another -o folder or pass --overwrite")
+    st = Store(db)
+    dev = get_device(device)
+    info = dev.info()
+    names = available_backends(info, backends)
+    if not names:
+        raise EdgeoptError(f"no backend can run on {device}", f"device runtimes: {sorted(info.get('runtimes', {}))}")
+    protocol = Protocol(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads)
+    work = Path(workdir) if workdir else output.parent / f".{output.name}.candidates"
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    deadline = t_start + budget_minutes * 60 if budget_minutes else None
+    run_id = st.start_run(f"auto {model} on {device}", {"model": model, "device": device, "budget": fidelity, "backends": names})
+    cands = [Candidate(b, p) for b in names for p in BACKEND_PRECISIONS[b] if not precisions or p in precisions]
+    notes: list[str] = []
+    consecutive_device_failures = 0
+    wlabel = weights_label(weights)
+
+    def evaluate(c: Candidate, i: int, n: int) -> None:
+        nonlocal consecutive_device_failures
+        if progress:
+            progress(c.label, i, n)
+        key = f"auto:{model}:{c.backend}:{c.passes}:{device}:{protocol.key()}"
+        job = {"model": model, "passes": c.passes, "backend": c.backend, "precision": c.precision, "device_id": dev.id, "protocol_key": protocol.key()}
+        folder = work / f"{c.backend}-{c.precision}-{c.prefix.replace(',', '+').replace(':', '').replace('=', '') or 'plain'}.bundle"
+        t0 = time.perf_counter()
+        try:
+            b = _reusable(folder, model, wlabel) or compile_bundle(
+                model, backend=c.backend, passes=c.passes or None, weights=weights, output=folder, overwrite=True)
+        except EdgeoptError as e:
+            c.status, c.reason = "failed", f"compile: {e.message}"
+            st.record_job(key, job, "failed", run_id=run_id, stage="compile", error=c.reason)
+            return
+        except Exception as e:  # noqa: BLE001 - a converter crash fails this candidate, not the search
+            c.status, c.reason = "failed", f"compile: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            st.record_job(key, job, "failed", run_id=run_id, stage="compile", error=c.reason)
+            return
+        c.compile_s = time.perf_counter() - t0
+        c.bundle, c.bundle_sha256 = str(b.path), b.sha256
+        f = b.manifest.get("fidelity", {})
+        c.cosine, c.top1, c.size_bytes = f.get("cosine"), f.get("top1_agreement"), b.size_bytes()
+        if c.cosine is None or c.cosine < fidelity:
+            c.status = "infeasible"
+            c.reason = f"cosine {c.cosine:.6f} < budget {fidelity} (missed by {fidelity - c.cosine:.2e})" if c.cosine is not None else "fidelity not measured on the host"
+            st.record_job(key, job, "failed", run_id=run_id, stage="fidelity", error=c.reason, bundle_sha256=b.sha256)
+            return
+        try:
+            res = measure(dev, b.path, protocol, device_info=info)
+        except (DeviceError, EdgeoptError) as e:
+            consecutive_device_failures += 1
+            c.status, c.reason = "failed", f"measure: {e.message}"
+            st.record_job(key, job, "failed", run_id=run_id, stage="measure", error=c.reason, bundle_sha256=b.sha256)
+            return
+        consecutive_device_failures = 0
+        c.latency_ms = res["latency_ms"]["p50"]
+        e = res.get("energy") or {}
+        c.energy_j = e.get("joules_per_inference") if isinstance(e, dict) else None
+        c.measurement_id = st.add_measurement(b.manifest, res, replace=True)
+        c.status = "measured"
+        st.record_job(key, job, "ok", run_id=run_id, stage="measure", bundle_sha256=b.sha256, measurement_id=c.measurement_id, error=None)
+
+    def run_stage(todo: list[Candidate], base: int, total: int) -> bool:
+        for i, c in enumerate(todo):
+            if deadline and time.perf_counter() > deadline:
+                for rest in todo[i:]:
+                    rest.status, rest.reason = "skipped", "search time budget spent"
+                notes.append(f"time budget of {budget_minutes} min spent after {base + i} candidates")
+                return False
+            if consecutive_device_failures >= 3:
+                for rest in todo[i:]:
+                    rest.status, rest.reason = "skipped", "device failed 3 times in a row"
+                notes.append(f"device {device} failed 3 times in a row; kept the {sum(x.status == 'measured' for x in cands)} measured candidates")
+                return False
+            evaluate(c, base + i, total)
+        return True
+
+    try:
+        go_on = run_stage(cands, 0, len(cands))
+        feasible = [c for c in cands if c.status == "measured"]
+        if go_on and stage2 and feasible:
+            best = min(c.latency_ms for c in feasible if c.latency_ms)
+            keep = [c for c in feasible if c.latency_ms <= DOMINATED_FACTOR * best]
+            for c in feasible:
+                if c not in keep:
+                    notes.append(f"{c.label}: dominated in stage 1 ({c.latency_ms:.2f} ms > {DOMINATED_FACTOR} x {best:.2f} ms), no stage 2")
+            extra = [Candidate(c.backend, c.precision, prefix) for c in keep for prefix in STAGE2_PREFIXES]
+            cands.extend(extra)
+            run_stage(extra, len(cands) - len(extra), len(cands))
+    finally:
+        dev.close()
+    feasible = [c for c in cands if c.status == "measured"]
+    front = pareto_front(feasible)
+    winner = min(feasible, key=lambda c: c.latency_ms) if feasible else None
+    result = AutoResult(winner, front, cands, fidelity, device, time.perf_counter() - t_start, run_id, notes)
+    summary = {"winner": winner.to_dict() if winner else None, "front": [c.to_dict() for c in front],
+               "candidates": [c.to_dict() for c in cands], "seconds": result.seconds, "notes": notes,
+               "search": "exhaustive grid with compile-time fidelity pruning and stage-1 dominance pruning"}
+    st.finish_run(run_id, "done" if winner else "no-feasible-candidate")
+    st.set_run_result(run_id, summary)
+    if winner is None:
+        return result
+    with atomic_dir(output, overwrite=overwrite) as tmp:
+        shutil.copytree(winner.bundle, tmp, dirs_exist_ok=True)
+        mpath = tmp / "manifest.json"
+        m = json.loads(mpath.read_text())
+        m["auto"] = {"budget": fidelity, "device": device, **summary}
+        mpath.write_text(json.dumps(m, indent=2))
+    load_bundle(output)  # the copy verifies like any bundle
+    return result

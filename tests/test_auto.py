@@ -1,0 +1,71 @@
+"""compile --auto: candidates compiled, infeasible ones never measured, front and winner kept."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edgeopt.auto import Candidate, auto_compile, pareto_front
+from edgeopt.store import Store
+
+
+def _c(lat, cos, size, status="measured"):
+    c = Candidate("onnxruntime", "fp32")
+    c.latency_ms, c.cosine, c.size_bytes, c.status = lat, cos, size, status
+    return c
+
+
+def test_pareto_front_keeps_only_non_dominated():
+    a, b, c, d = _c(10, 0.999, 100), _c(5, 0.99, 50), _c(12, 0.998, 120), _c(3, 0.9, 200)
+    front = pareto_front([a, b, c, d, _c(1, 1.0, 1, status="infeasible")])
+    assert c not in front and {id(x) for x in front} == {id(d), id(b), id(a)}
+    assert [x.latency_ms for x in front] == [3, 5, 10]
+
+
+def test_auto_picks_fastest_within_budget(tmp_path):
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    res = auto_compile(
+        "efficientformer_l1", tmp_path / "win.bundle", fidelity=0.99, backends=["onnxruntime"], precisions=["fp32", "int8"],
+        stage2=False, runs=3, warmup=1, min_seconds=0, db=db, workdir=tmp_path / "cands",
+    )
+    measured = [c for c in res.candidates if c.status == "measured"]
+    assert len(measured) == 2 and res.winner is min(measured, key=lambda c: c.latency_ms)
+    man = json.loads((tmp_path / "win.bundle" / "manifest.json").read_text())
+    assert man["auto"]["winner"]["label"] == res.winner.label and man["auto"]["front"]
+    st = Store(db)
+    assert len(st.measurements()) == 2
+    assert st.run_config(res.run_id)["result"]["winner"]["bundle_sha256"] == man["bundle_sha256"]
+    assert {j["status"] for j in st.jobs()} == {"ok"}
+
+
+def test_auto_budget_nobody_meets_names_closest(tmp_path):
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    res = auto_compile(
+        "efficientformer_l1", tmp_path / "win.bundle", fidelity=0.9999999, backends=["onnxruntime"], precisions=["int8"],
+        stage2=False, runs=2, warmup=0, min_seconds=0, db=db, workdir=tmp_path / "cands",
+    )
+    assert res.winner is None and not (tmp_path / "win.bundle").exists()
+    (c,) = res.closest()
+    assert c.status == "infeasible" and "missed by" in c.reason
+    assert Store(db).measurements() == []  # infeasible candidates are never measured
+    assert Store(db).jobs(status="failed")[0]["stage"] == "fidelity"
+
+
+def test_auto_cli_reports_miss(tmp_path):
+    p = subprocess.run(
+        [sys.executable, "-m", "edgeopt.cli", "compile", "efficientformer_l1", "--auto", "-o", str(tmp_path / "w"),
+         "--backends", "onnxruntime", "--precisions", "int8", "--fidelity", "0.9999999", "--db", f"sqlite:///{tmp_path / 'c.db'}"],
+        capture_output=True, text=True,
+    )
+    assert p.returncode == 1 and "no candidate meets" in p.stderr and "missed by" in p.stderr
+
+
+@pytest.mark.parametrize("bad", ["nope_model"])
+def test_auto_unknown_model(tmp_path, bad):
+    from edgeopt.errors import EdgeoptError
+
+    with pytest.raises(EdgeoptError, match="unknown model"):
+        auto_compile(bad, tmp_path / "w")
