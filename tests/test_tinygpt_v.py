@@ -172,6 +172,35 @@ def test_official_checkpoint_layout_loads(tmp_path, tiny):
         assert not torch.allclose(m(*_t(s)), tiny(*_t(s)))
 
 
+def test_stage_checkpoint_alone_is_refused_and_merged_sources_load(tmp_path, tiny):
+    """The released files: EVA, BLIP-2 (with its text branch and T5 projection), Phi-2, and a stage checkpoint
+    holding only trained weights (projections, LoRA, norms). Alone the stage file is refused; merged they load."""
+    from edgeopt.models.tinygpt_v import merge_checkpoints
+
+    official, expect = _official_layout(tiny)
+    eva = {k[len("visual_encoder."):]: v for k, v in official.items() if k.startswith("visual_encoder.")}
+    blip2 = {k: v for k, v in official.items() if k.startswith(("Qformer.", "query_tokens", "ln_vision."))}
+    blip2["Qformer.bert.embeddings.word_embeddings.weight"] = torch.zeros(30523, 64)
+    blip2["Qformer.bert.encoder.layer.0.intermediate.dense.weight"] = torch.zeros(128, 64)
+    blip2["Qformer.bert.encoder.layer.0.output.LayerNorm.weight"] = torch.zeros(64)
+    blip2["t5_proj.weight"] = torch.zeros(2048, 64)
+    stage = {k: v for k, v in official.items() if k.startswith("llama_proj") or ".lora_" in k or "layernorm" in k}
+    phi = {k[len("llama_model.base_model.model."):]: v for k, v in official.items()
+           if k.startswith("llama_model.") and ".lora_" not in k}
+    files = {}
+    for name, sd in (("eva_vit_g", eva), ("blip2", blip2), ("phi2", phi), ("stage4", stage)):
+        files[name] = tmp_path / f"{name}.pth"
+        torch.save({"model": sd} if name != "eva_vit_g" else sd, files[name])
+    with pytest.raises(CheckpointError, match="lacks whole components.*EVA ViT-g.*Q-Former"):
+        build(TINY, weights=files["stage4"])
+    merged = merge_checkpoints(tmp_path / "tinygpt_v_full.pth", [
+        (files["eva_vit_g"], "visual_encoder."), (files["blip2"], ""), (files["phi2"], "llama_model."), (files["stage4"], ""),
+    ])
+    m = build(TINY, weights=merged)
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(v, expect[k], msg=k)
+
+
 def test_checkpoint_for_another_width_names_key_and_shapes(tmp_path, tiny):
     sd = {k: v.clone() for k, v in tiny.state_dict().items()}
     sd["llama_proj2.weight"] = torch.zeros(96, 128)

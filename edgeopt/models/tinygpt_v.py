@@ -157,7 +157,13 @@ _QFORMER_RULES = (
     (re.compile(r"\.attention\.self\."), ".attention.attention."),
     (re.compile(r"\.crossattention\.self\."), ".crossattention.attention."),
 )
-_DROP = re.compile(r"^Qformer\.bert\.embeddings\.position_ids$|^Qformer\.cls\.|\.rotary_emb\.inv_freq$")
+# Dropped: buffers, and the BLIP-2 parts TinyGPT-V sets to None or never builds (the Q-Former's text branch:
+# word/position embeddings, per-layer text FFN `intermediate`/`output`, `cls`; BLIP-2's own heads/projections).
+_DROP = re.compile(
+    r"^Qformer\.bert\.embeddings\.(position_ids|word_embeddings\.|position_embeddings\.)|^Qformer\.cls\."
+    r"|^Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\.|\.rotary_emb\.inv_freq$"
+    r"|^(t5_proj|t5_model|opt_proj|opt_model|vision_proj|text_proj|itm_head)\.|^temp$"
+)
 LORA_ALPHA = 16  # TinyGPT-V's lora_alpha (minigpt4.py); scaling = alpha / r, r read from the checkpoint
 
 
@@ -178,16 +184,33 @@ def map_official_keys(sd: dict, lora_alpha: float = LORA_ALPHA) -> dict:
             k = pat.sub(rep, k)
         out[k] = v
     for base, ab in lora.items():
-        if set(ab) != {"A", "B"} or f"{base}.weight" not in out:
-            raise CheckpointError(f"LoRA adapter {base!r} is incomplete", "the checkpoint lacks lora_A/lora_B or the base weight")
+        if set(ab) != {"A", "B"}:
+            raise CheckpointError(f"LoRA adapter {base!r} is incomplete", "the checkpoint has only one of lora_A/lora_B")
+        if f"{base}.weight" not in out:  # adapter without its base weight: left as is, the loader names what is lacking
+            out.update({f"{base}.lora_{x}.weight": t for x, t in ab.items()})
+            continue
         a, b = ab["A"].float(), ab["B"].float()
         w = out[f"{base}.weight"]
         out[f"{base}.weight"] = (w.float() + (b @ a) * (lora_alpha / a.shape[0])).to(w.dtype)
     return out
 
 
+_COMPONENTS = {
+    "visual_encoder.": "EVA ViT-g (eva_vit_g.pth, prefix 'visual_encoder.')",
+    "ln_vision.": "ln_vision (BLIP-2 checkpoint)",
+    "qformer.": "Q-Former (BLIP-2 checkpoint, 'Qformer.bert.*')",
+    "query_tokens": "query_tokens (BLIP-2 checkpoint)",
+    "llama_proj": "llama_proj/llama_proj2 (TinyGPT-V stage checkpoint)",
+    "llama_model.": "Phi-2 (prefix 'llama_model.')",
+}
+
+
 def load_tinygpt_v_checkpoint(module, path: Path, variant: str = "") -> None:
-    """Load a full checkpoint in the official layout (or this module's own) into the model or a split part."""
+    """Load a whole checkpoint in the official layout (or this module's own) into the model or a split part.
+
+    TinyGPT-V's released stage checkpoints hold only what training changed (projections, LoRA, norms); the
+    official code loads them over EVA, BLIP-2 and Phi-2 weights with strict=False. Here loading is strict, so
+    such a file is refused with the components it lacks; `merge_checkpoints` assembles the whole file."""
     from edgeopt.models.checkpoints import load_state_strict, read_state_dict
 
     target = getattr(module, "full", module)
@@ -195,7 +218,35 @@ def load_tinygpt_v_checkpoint(module, path: Path, variant: str = "") -> None:
     own = target.state_dict()
     if not all(k in own for k in sd):
         sd = map_official_keys(sd)
+    lacking = [desc for pre, desc in _COMPONENTS.items() if not any(k.startswith(pre) for k in sd)]
+    if lacking and any(k in own for k in sd):
+        raise CheckpointError(
+            f"{Path(path).name} lacks whole components of {variant or 'TinyGPT-V'}: {'; '.join(lacking)}",
+            "a TinyGPT-V stage checkpoint holds only trained weights: combine it with the base weights first, "
+            "edgeopt.models.tinygpt_v.merge_checkpoints(out, [(eva, 'visual_encoder.'), (blip2, ''), (phi2, 'llama_model.'), (stage, '')])",
+        )
     load_state_strict(target, sd, Path(path), variant=variant)
+
+
+def merge_checkpoints(out: str | Path, sources: list[tuple[str | Path, str]]) -> Path:
+    """Overlay several checkpoints (later files win), each with a key prefix, into one official-layout file.
+
+    This is what the official code does in memory (EVA-CLIP-g, then BLIP-2's Q-Former, then Phi-2 from
+    transformers 4.36's fused `query_key_value` layout, then the stage checkpoint); written to a temp
+    file and renamed, so `out` is either whole or absent."""
+    import torch
+
+    from edgeopt.models.checkpoints import read_state_dict
+
+    merged: dict = {}
+    for src, prefix in sources:
+        for k, v in read_state_dict(Path(src)).items():
+            merged[prefix + k] = v
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save({"model": merged}, tmp)
+    tmp.replace(out)
+    return out
 
 
 # -- registration ------------------------------------------------------------------------------------------
