@@ -278,18 +278,13 @@ def _installed_versions(site: Path) -> dict[str, str]:
 
 
 def _debian_python(root: Path) -> str | None:
-    """The python3 version the root file system really ships (from dpkg's status file)."""
-    status = root / "var" / "lib" / "dpkg" / "status"
+    """The python3 the root file system ships, e.g. "3.11" (from the /usr/bin/python3 link: an extract-only
+    root file system has no dpkg status to ask)."""
     try:
-        pkg = None
-        for line in status.read_text().splitlines():
-            if line.startswith("Package: "):
-                pkg = line.split(": ", 1)[1]
-            elif line.startswith("Version: ") and pkg == "python3":
-                return line.split(": ", 1)[1]
+        target = os.readlink(root / "usr" / "bin" / "python3")
     except OSError:
-        pass
-    return None
+        return None
+    return target.removeprefix("python") or None
 
 
 def build_board(spec: BoardSpec, folder: Path, say: Callable[[str], None]) -> Board:
@@ -332,10 +327,13 @@ def build_board(spec: BoardSpec, folder: Path, say: Callable[[str], None]) -> Bo
         if mods:
             # Smoke test under emulation (also byte-compiles the wheels once, so later runs start faster).
             say(f"smoke test under qemu: import {', '.join(mods)}")
-            code = f"import platform, {', '.join(mods)}; print(platform.machine())"
+            code = f"import platform, {', '.join(mods)}; print(platform.machine(), platform.python_version())"
             p = board.run_python(["-c", code], timeout=600, qemu=qemu)
-            if p.returncode != 0 or p.stdout.strip() != "aarch64":
+            got = p.stdout.split()
+            if p.returncode != 0 or len(got) != 2 or got[0] != "aarch64":
                 raise DeviceError(f"the new board fails its smoke test ({_exit_text(p.returncode)}): {_tail(p.stderr or p.stdout)}", "rerun with --rebuild")
+            meta["python"] = got[1]
+        meta.pop("runner_hash", None)  # synced on every open, not part of the build
         meta["build_seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / BOARD_JSON).write_text(json.dumps(meta, indent=2))  # written last: marks the board complete
     return Board(folder, meta)

@@ -93,7 +93,7 @@ class QemuArm64Device(Device):
             "host_arch": platform.machine(),
             "os": f"Debian {b.meta.get('spec', {}).get('suite', '?')} arm64 under qemu-user",
             "cores": os.cpu_count(),
-            "python": b.meta.get("debian_python3"),
+            "python": b.meta.get("python") or b.meta.get("debian_python3"),
             "runtimes": {d: v for d, v in b.runtimes().items() if d in _RUNTIME_DISTS},
             "board": {"key": b.meta.get("key"), "path": str(b.path), "runner_hash": b.meta.get("runner_hash")},
             "emulated": True,
