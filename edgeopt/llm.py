@@ -17,6 +17,14 @@ from edgeopt.errors import EdgeoptError
 EOS_TOKEN = "<|endoftext|>"  # Phi-2's (CodeGen's) end-of-text token, also TinyGPT-V's
 
 
+def _tokenizers():
+    try:
+        import tokenizers
+    except ImportError:
+        raise EdgeoptError("reading tokenizer.json needs the `tokenizers` package", "pip install 'edgeopt[vlm]'") from None
+    return tokenizers
+
+
 def load_tokenizer(path: str | Path) -> Any:
     """A HF `tokenizers` Tokenizer from a local tokenizer.json (no hub, no network)."""
     p = Path(path)
@@ -25,10 +33,8 @@ def load_tokenizer(path: str | Path) -> Any:
             f"tokenizer file {p} does not exist",
             "pass the path of a local tokenizer.json (e.g. Phi-2's, from the model's folder)",
         )
-    from tokenizers import Tokenizer
-
     try:
-        return Tokenizer.from_file(str(p))
+        return _tokenizers().Tokenizer.from_file(str(p))
     except Exception as e:  # noqa: BLE001 - any parse failure means the file is not a tokenizer
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EdgeoptError(f"cannot read tokenizer {p}: {first}", "expected a HF tokenizers JSON file (tokenizer.json)") from None
@@ -38,9 +44,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, path: str | Path | No
     """Train a small byte-level BPE on `texts` (deterministic); save it as tokenizer.json when `path` is given.
 
     Used for sample inputs of random-weight models and by tests: a real tokenizer, trained in milliseconds."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tk = _tokenizers()
+    from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    tok = Tokenizer(models.BPE())
+    tok = tk.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(

@@ -199,7 +199,12 @@ def _build_eva(cfg: TinyGPTVConfig) -> nn.Module:
 
 
 def _build_qformer(cfg: TinyGPTVConfig) -> nn.Module:
-    from transformers import Blip2QFormerConfig, Blip2QFormerModel
+    try:
+        from transformers import Blip2QFormerConfig, Blip2QFormerModel
+    except ImportError as e:
+        from edgeopt.errors import EdgeoptError
+
+        raise EdgeoptError(f"TinyGPT-V's Q-Former needs transformers ({e})", "pip install 'edgeopt[vlm]'") from None
 
     qc = Blip2QFormerConfig(
         hidden_size=cfg.qformer_hidden, num_hidden_layers=cfg.qformer_layers, num_attention_heads=cfg.qformer_heads,
