@@ -168,6 +168,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="variant names (default: every registered variant)")
     ap.add_argument("--timeout", type=float, default=420.0, help="seconds per model for export + parity + latency")
+    ap.add_argument("--budget", type=float, default=3600.0, help="seconds for the whole run; models left are counted only")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--min-seconds", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: ORT's choice)")
@@ -201,13 +202,19 @@ def main() -> None:
                 f"not exported: {r['params_m']:.0f} M params = {r['params_m'] * 4 / 1e3:.1f} GB fp32; export needs "
                 f"several copies on this 24 GiB machine (counted on meta only)"
             )
-        else:
-            with con.status(f"[{i}/{len(specs)}] {s.name}: export, parity, latency"):
-                r.update(run_child(s.name, a.timeout, a.runs, a.min_seconds, a.threads))
-        con.print(f"{s.name}: " + json.dumps({k: r[k] for k in r if k in ("params_m", "macs_g", "export_s", "ort_ms_p50", "max_abs", "error", "skip")}))
         rows.append(r)
+    # Export the small models first, so a run that meets its time budget still covers the most variants.
+    todo = sorted((r for r in rows if "skip" not in r), key=lambda r: r["params_m"])
+    for i, r in enumerate(todo, 1):
+        left = a.budget - (time.perf_counter() - t_all)
+        if left < 30:
+            r["skip"] = f"not exported: this run's time budget ({a.budget:.0f} s) ran out (counted on meta only)"
+            continue
+        with con.status(f"[{i}/{len(todo)}] {r['name']}: export, parity, latency"):
+            r.update(run_child(r["name"], min(a.timeout, left), a.runs, a.min_seconds, a.threads))
+        con.print(f"{r['name']}: " + json.dumps({k: r[k] for k in r if k in ("params_m", "macs_g", "export_s", "ort_ms_p50", "max_abs", "error")}))
         if not a.no_write:  # rewrite after every model: a cut-short run still leaves its table
-            write_doc(a, rows, load0, time.perf_counter() - t_all, complete=i == len(specs))
+            write_doc(a, rows, load0, time.perf_counter() - t_all, complete=i == len(todo))
     md = table(rows)
     print(md)
     if not a.no_write:
