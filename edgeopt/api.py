@@ -68,6 +68,8 @@ def compile(  # noqa: A001 - the public name the design asks for
 ) -> Bundle:
     """Compile a registered model into a bundle folder and return it (verified).
 
+    `weights`: a local checkpoint file, None (random init), or "calibrated" (edgeopt.calibrate: seeded
+    random init, BN statistics re-estimated and a short training on real data; the manifest says so).
     `module` lets a caller pass an already built (e.g. calibrated) torch module for `model`.
     """
     from edgeopt.export import check_parity, export_onnx, torch_outputs
@@ -86,9 +88,16 @@ def compile(  # noqa: A001 - the public name the design asks for
     if output.exists() and not overwrite:
         raise EdgeoptError(f"{output} already exists", "choose another -o folder or pass --overwrite")
     say(f"build {spec.name}")
-    if module is None:
-        module = spec.build(weights=weights)
-    wlabel = weights_label(weights) if weights is not None or "weights_label" not in (options or {}) else (options or {})["weights_label"]
+    if weights == "calibrated":
+        # random init made confident on real data (edgeopt.calibrate); a user's own checkpoint always wins
+        from edgeopt.calibrate import build_calibrated
+
+        say("calibrate weights (BN statistics + short training on load_digits)")
+        module, wlabel = build_calibrated(spec) if module is None else (module, (options or {}).get("weights_label", {"kind": "calibrated"}))
+    else:
+        if module is None:
+            module = spec.build(weights=weights)
+        wlabel = weights_label(weights) if weights is not None or "weights_label" not in (options or {}) else (options or {})["weights_label"]
     input_names = [i.name for i in spec.inputs]
     output_names = list(spec.outputs)
     say("sample inputs and fp32 reference")
