@@ -45,27 +45,27 @@ def _cos(refs, outs) -> float:
 
 
 def _profile_top(so: Path, params: list, x, n: int = 8) -> list[tuple[str, float, float]]:
-    """(kernel, ms, share) of the n most expensive kernels in one profiled call."""
+    """(kernel, ms, share) of the n most expensive kernels in one call, timed by a VM instrument hook."""
     import tvm
     from tvm import relax
 
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(so)), tvm.cpu(), profile=True)
-    rep = vm.profile("main", x, *params)
-    rows = []
-    for line in rep.csv().splitlines()[1:]:
-        cols = line.split(",")
-        rows.append(cols)
-    header = rep.csv().splitlines()[0].split(",")
-    i_name, i_dur = header.index("Name"), header.index("Duration (us)")
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(so)), tvm.cpu())
     per: dict[str, float] = {}
-    for r in rows:
-        try:
-            per[r[i_name]] = per.get(r[i_name], 0.0) + float(r[i_dur])
-        except (ValueError, IndexError):
-            continue
+    started: dict[str, float] = {}
+
+    def instrument(func, name, before, ret, *args):
+        if before:
+            started[name] = time.perf_counter()
+        else:
+            per[name] = per.get(name, 0.0) + time.perf_counter() - started.pop(name, time.perf_counter())
+        return 0
+
+    vm["main"](x, *params)  # warm
+    vm.set_instrument(tvm.runtime.convert(instrument) if hasattr(tvm.runtime, "convert") else instrument)
+    vm["main"](x, *params)
     total = sum(per.values()) or 1.0
     top = sorted(per.items(), key=lambda kv: -kv[1])[:n]
-    return [(k, v / 1e3, v / total) for k, v in top]
+    return [(k, v * 1e3, v / total) for k, v in top]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", default="", help="comma-separated variants to skip (raw,dlight)")
     ap.add_argument("--out", default=str(REPO / "docs" / "tvm.md"))
     ap.add_argument("--render", metavar="JSON", help="only re-render the markdown from a previous run's .json")
+    ap.add_argument("--note", default=None, help="a paragraph on the run's conditions, printed under the findings")
     a = ap.parse_args(argv)
     if a.render:
         raw = json.loads(Path(a.render).read_text())
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         con.print(f"[bold]{name}[/]: measuring")
         s = _measure(run, a.runs, a.min_seconds, a.max_seconds)
         rows.append({"variant": name, "p50": s["latency_ms"]["p50"], "p90": s["latency_ms"]["p90"], "runs": s["runs"],
-                     "cosine": _cos(refs, [outs_fn(x) for x in samples]), "note": note, **extra})
+                     "cosine": _cos(refs, [outs_fn(x) for x in samples]), "note": note,
+                     "load1": os.getloadavg()[0], **extra})
         con.print(f"  p50 {s['latency_ms']['p50']:.2f} ms")
 
     # ONNX Runtime reference, same graph.
@@ -228,52 +230,73 @@ def _write(a, rows, top, target: str, target_desc: str, model: str, when: str) -
         "same run, one after another. Latency: median of a LoadGen-style run at batch 1 (2 warm-up calls, "
         f"at least {a.runs} runs and {a.min_seconds:g} s, capped at {a.max_seconds:g} s). Cosine: vs torch fp32 on 2 real samples.",
         "",
-        "| variant | p50 ms | p90 ms | vs ORT | cosine | tuning min (cumulative) | trials measured | build s | note |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| variant | p50 ms | p90 ms | runs | vs ORT | cosine | tuning min (cumulative) | trials measured | build s | load avg | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['variant']} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p50'] / ort:.1f}x | {r['cosine']:.6f} | "
-            f"{r['tune_min']:.1f} | {r['trials']} | {r['build_s']:.1f} | {r['note']} |"
+            f"| {r['variant']} | {r['p50']:.2f} | {r['p90']:.2f} | {r['runs']} | {r['p50'] / ort:.1f}x | {r['cosine']:.6f} | "
+            f"{r['tune_min']:.1f} | {r['trials']} | {r['build_s']:.1f} | {r.get('load1', float('nan')):.1f} | {r['note']} |"
         )
     lines += ["", "## Where the untuned time goes", "",
-              "Per-kernel profile of the fused, untuned build (one call, `relax.VirtualMachine(profile=True)`):", "",
+              "Per-kernel times of the fused, untuned build (one call, timed through the VM's instrument hook):", "",
               "| kernel | ms | share |", "|---|---:|---:|"]
     for k, ms_, share in top:
         lines.append(f"| `{k}` | {ms_:.1f} | {100 * share:.0f}% |")
     lines += ["", "## Findings", ""]
     if fused:
         lines.append(
-            f"- Untuned, TVM is {fused['p50'] / ort:.0f}x slower than ONNX Runtime here ({fused['p50']:.0f} ms vs {ort:.1f} ms). "
-            "Legalized TIR without a schedule is a plain scalar loop nest: no tiling, no vectorization, no "
-            "multi-threading. The profile shows the convolutions and matmuls take almost all of it."
+            f"- Untuned, TVM is {fused['p50'] / ort:.0f}x slower than ONNX Runtime in this run ({fused['p50']:.0f} ms vs "
+            f"{ort:.1f} ms). Legalized TIR without a schedule is a plain scalar loop nest: no tiling, no vectorization, "
+            "no threads. The per-kernel table shows the convolutions and matmuls take nearly all of it."
+        )
+    raw = next((r for r in rows if r["variant"].startswith("tvm raw")), None)
+    if raw and fused:
+        lines.append(
+            f"- Operator fusion alone (raw {raw['p50']:.0f} ms, fused {fused['p50']:.0f} ms) changes little: it saves "
+            "memory passes between elementwise ops, not the compute of the unscheduled kernels."
         )
     dl_row = next((r for r in rows if "dlight" in r["variant"]), None)
     if dl_row and fused:
         lines.append(
-            f"- dlight's CPU rules (GEMV, Reduction) give {dl_row['p50']:.0f} ms vs {fused['p50']:.0f} ms: they cover "
-            "matrix-vector products and reductions (LLM decoding), not the batched convolutions and token matmuls "
-            "of a vision model, so they cannot close the gap."
+            f"- dlight's CPU rules (GEMV, Reduction) give {dl_row['p50']:.0f} ms vs {fused['p50']:.0f} ms untuned: they "
+            "schedule matrix-vector products and reductions (LLM decoding), not the batched convolutions and token "
+            "matmuls of a vision model, so they leave the heavy kernels unscheduled; the difference is noise."
         )
-    raw = next((r for r in rows if r["variant"].startswith("tvm raw")), None)
-    if raw and fused:
-        lines.append(f"- Operator fusion alone (raw {raw['p50']:.0f} ms -> fused {fused['p50']:.0f} ms) saves memory passes but not compute.")
     for r in tuned:
         lines.append(
-            f"- {r['variant']}: {r['p50']:.1f} ms after {r['tune_min']:.1f} min of tuning and {r['trials']} measured "
-            f"trials ({(fused['p50'] / r['p50']) if fused else float('nan'):.1f}x faster than untuned, {r['p50'] / ort:.1f}x ORT)."
+            f"- {r['variant']}: {r['p50']:.1f} ms after {r['tune_min']:.1f} min of tuning (set-up included) and "
+            f"{r['trials']} measured trials: {(fused['p50'] / r['p50']) if fused else float('nan'):.1f}x faster than "
+            f"untuned, {r['p50'] / ort:.1f}x ONNX Runtime. {r['note']}."
         )
     lines += [
-        "- Tuning is what closes the gap: MetaSchedule's multi-level tiling, vectorization and parallel rules "
-        "produce the schedules the untuned build lacks. Tasks are tuned in rounds, so with a small budget some "
-        "tasks still run their first random-but-valid schedule; more minutes mostly buy better convolutions.",
-        "- Not available in this wheel: BYOC DNNL/oneDNN, CBLAS/MKL (the apache-tvm 0.27 wheel is built without "
-        "them: `tvm.support.libinfo()` has no USE_DNNL/USE_BLAS), so per-op library fallbacks are not an option "
-        "without building TVM from source.",
-        "- The tuning database persists (`~/.cache/edgeopt/tvm/<model>-<target>/`): a later "
-        "`edgeopt compile -b tvm -O tune_minutes=N` resumes from these records rather than starting over.",
+        "- What closes the gap is MetaSchedule: its multi-level tiling, vectorization and parallel rules write the "
+        "schedules the untuned build lacks. The cost is tuning time: set-up (task extraction, building the search "
+        "spaces, each builder worker importing TVM's tensor intrinsics) takes minutes before the first trial on a "
+        "2-core machine shared with other jobs, and each task needs dozens of trials to approach ORT. edgeopt "
+        "tunes the heaviest tasks (FLOPs x occurrences) first, sizes the search to the budget, stops at the time "
+        "budget after the batch in flight, and keeps every record in the persistent database, so minutes spent "
+        "in several sessions add up (`edgeopt compile -b tvm -O tune_minutes=N` resumes from "
+        "`~/.cache/edgeopt/tvm/<model>-<target>/`). Tasks without records keep their unscheduled loop nest, "
+        "which is why a short budget helps little.",
+        "- Per-op library fallbacks are not available from this wheel: apache-tvm 0.27 on PyPI is built without "
+        "DNNL/oneDNN and without CBLAS/MKL (`relax.ext.dnnl`, `tvm.contrib.cblas.matmul` are not registered), so "
+        "BYOC offload of convolutions/matmuls needs TVM built from source. A DLPack fallback to numpy/OpenBLAS "
+        "through `R.call_dps_packed` would cover matmuls but not convolutions; it was not built.",
+        "- Cross-compiled targets (cortex-a72/a76/a78ae, aarch64) cannot be tuned on this host: MetaSchedule must "
+        "time candidates on the target CPU (an RPC runner on the board). A database tuned on the board can be "
+        "applied at compile time with `-O tuning_db=DIR`.",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        f"python bench/tvm.py --model {model} --tune-minutes {a.tune_minutes}",
+        "python bench/tvm.py --render docs/tvm.json   # re-render this page from the saved figures",
+        "```",
         "",
     ]
+    if getattr(a, "note", None):
+        lines += ["## Conditions of this run", "", a.note, ""]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".md.tmp")

@@ -7,8 +7,10 @@ models lower to, and compiles in seconds; efficientformer-sized runs live in ben
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +221,38 @@ def test_tuning_writes_reusable_database(tiny, tmp_path):
     t2 = b2.manifest["backend_details"]["tuning"]
     assert t2["records_before"] == t1["records_after"] and t2["records_after"] >= t2["records_before"]
     assert (b2.path / "tuning" / tune.RECORD_FILE).is_file()
+
+
+@pytest.mark.slow
+def test_interrupted_tuning_keeps_records(tiny, tmp_path):
+    """Ctrl-C in the middle of tuning: every record measured so far stays usable by the next compile."""
+    db = tmp_path / "db"
+    code = (
+        "import sys, onnx, tvm\n"
+        "from pathlib import Path\n"
+        "from tvm import relax\n"
+        "from edgeopt.runtimes.tvm import import_onnx\n"
+        "from edgeopt.runtimes import _tvm_targets as tt, _tvm_tune as tune\n"
+        "info = tt.resolve_target('host')\n"
+        "tgt = tvm.target.Target(info.target)\n"
+        "mod, _ = relax.frontend.detach_params(import_onnx(onnx.load(sys.argv[1])))\n"
+        "tune.tune(tune.prepare(mod, tgt), tgt, Path(sys.argv[2]), 10_000, None, 1)\n"
+    )
+    proc = subprocess.Popen([PY, "-c", code, str(tiny["onnx"]), str(db)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 1500
+        while tune.count_records(db) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no tuning record within 25 min"
+            time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    kept = tune.count_records(db)
+    assert kept >= 2
+    b = load_bundle(_bundle(tiny, tmp_path / "resumed.bundle", "host", {"tuning_db": str(db)}))
+    assert b.manifest["backend_details"]["tuned"] is True
+    s = get_backend("tvm").load(b.path, b.manifest)
+    assert output_metrics(tiny["refs"][:1], [s.run(tiny["samples"][0])])["cosine"] > 0.9999
