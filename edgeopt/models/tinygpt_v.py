@@ -258,7 +258,8 @@ def _specs(variant: str, name: str) -> list[ModelSpec]:
     cfg = _cfg(variant)
     s, h, nq = cfg.img_size, cfg.llm_hidden, cfg.num_query_tokens
     hd = cfg.llm_hidden // cfg.llm_heads
-    paper = PaperFigures(params_m=2800.0, resolution=(224, 224), source=_SRC, note=_NOTE)
+    paper = (PaperFigures(params_m=2800.0, resolution=(224, 224), source=_SRC, note=_NOTE) if variant == "full"
+             else PaperFigures(source=_SRC, note="tiny widths for tests and demos; the paper's figures are on tinygpt_v"))
     parts = {"vision": f"{name}_vision", "prefill": f"{name}_prefill", "decode": f"{name}_decode"}
     extras = {
         "config": cfg.to_dict(),
