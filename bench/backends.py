@@ -65,7 +65,7 @@ def machine() -> str:
     return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical cores"
 
 
-def compile_rows(model: str, work: Path, reuse: bool, tune_minutes: float, samples: int, log) -> dict[str, dict]:
+def compile_rows(model: str, work: Path, reuse: bool, tune_minutes: float, samples: int, log, no_compile: bool = False) -> dict[str, dict]:
     import edgeopt
 
     out: dict[str, dict] = {}
@@ -78,6 +78,9 @@ def compile_rows(model: str, work: Path, reuse: bool, tune_minutes: float, sampl
         try:
             if reuse and (path / "manifest.json").is_file():
                 b = load_bundle(path)
+            elif no_compile:
+                out[label] = {"error": "not measured: no bundle was compiled for it in this run's time budget"}
+                continue
             else:
                 log(f"compile {model} {label}")
                 b = edgeopt.compile(model, output=path, samples=samples, overwrite=True, **kw)
@@ -128,7 +131,7 @@ def time_rows(rows: dict[str, dict], rounds: int, seconds: float, threads: int |
         rows[label]["n"] = len(t)
 
 
-def coreml_sizes(model: str, work: Path, reuse: bool, log) -> list[dict]:
+def coreml_sizes(model: str, work: Path, reuse: bool, log, no_compile: bool = False) -> list[dict]:
     import edgeopt
 
     out = []
@@ -140,6 +143,9 @@ def coreml_sizes(model: str, work: Path, reuse: bool, log) -> list[dict]:
         try:
             if reuse and (path / "manifest.json").is_file():
                 b = load_bundle(path)
+            elif no_compile:
+                out.append({"precision": prec, "error": "not measured: not compiled in this run's time budget"})
+                continue
             else:
                 log(f"compile {model} coreml {prec}")
                 b = edgeopt.compile(model, backend="coreml", options=opts, output=path, samples=1, overwrite=True)
@@ -177,7 +183,8 @@ def render(results: dict, coreml: dict, meta: dict) -> str:
         base = rows.get("ORT fp32", {}).get("p50")
         for label, r in rows.items():
             if "error" in r:
-                lines.append(f"| {label} | - | - | - | - | - | - | failed: {r['error']} |")
+                why = r["error"] if r["error"].startswith("not measured") else f"failed: {r['error']}"
+                lines.append(f"| {label} | - | - | - | - | - | - | {why} |")
                 continue
             note = ""
             if r.get("tuning"):
@@ -195,7 +202,8 @@ def render(results: dict, coreml: dict, meta: dict) -> str:
             lines += [f"### {model}", "", "| compression | package | weight.bin | convert s | compress s | weight ops |", "|---|---|---|---|---|---|"]
             for r in rows:
                 if "error" in r:
-                    lines.append(f"| {r['precision']} | failed: {r['error']} | | | | |")
+                    why = r["error"] if r["error"].startswith("not measured") else f"failed: {r['error']}"
+                    lines.append(f"| {r['precision']} | {why} | | | | |")
                 else:
                     lines.append(f"| {r['precision']} | {mb(r['package'])} | {mb(r['weights'])} | {r['convert_s']:.0f} | {r['compress_s']:.0f} | {r['constexpr']} |")
             lines.append("")
@@ -218,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=REPO / "bench" / ".work")
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--compile-only", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="with --reuse: time only the bundles already compiled")
+    ap.add_argument("--keep", action="store_true", help="keep --work after the run")
     ap.add_argument("--out", type=Path, default=DOC)
     a = ap.parse_args(argv)
     con = Console(stderr=True)
@@ -232,9 +242,9 @@ def main(argv: list[str] | None = None) -> int:
             models.append(m)
         else:
             notes.append(f"{m}: not registered in this build, skipped.")
-    results = {m: compile_rows(m, a.work, a.reuse, a.tune_minutes, a.samples, log) for m in models}
+    results = {m: compile_rows(m, a.work, a.reuse, a.tune_minutes, a.samples, log, a.no_compile) for m in models}
     cm_models = models if a.coreml_models is None else [m for m in a.coreml_models.split(",") if m in known]
-    coreml = {m: coreml_sizes(m, a.work, a.reuse, log) for m in cm_models}
+    coreml = {m: coreml_sizes(m, a.work, a.reuse, log, a.no_compile) for m in cm_models}
     (a.work / "compiled.json").write_text(json.dumps({"results": results, "coreml": coreml}, indent=1, default=str))
     if a.compile_only:
         return 0
@@ -252,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(text)
     tmp.replace(a.out)
     print(text)
-    if not a.reuse:
+    if not a.keep:
         shutil.rmtree(a.work, ignore_errors=True)
     return 0
 

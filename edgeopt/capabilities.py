@@ -232,6 +232,8 @@ def render_markdown(results: list[Result], meta: dict[str, Any]) -> str:
         "to ONNX Runtime fp32 of the same model in the same run (lower is faster), then the output cosine vs the fp32",
         "torch reference on real samples. 🍎 converts: compiled and validated, but the runtime exists only on Apple",
         "platforms. ❌ fails: the numbered reason below. · not tried in this run.",
+        "Cells are timed one after another (not interleaved), so on a loaded machine the ratios are rough;",
+        "docs/backends.md has interleaved side-by-side figures.",
         "",
         *lines,
         "",
