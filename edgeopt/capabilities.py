@@ -203,7 +203,7 @@ def _cell_text(r: Result | None, notes: list[str]) -> str:
         return "·"
     if r.status == "works":
         rel = f"{r.ort_ratio:.2f}×" if r.ort_ratio is not None else f"{r.p50_ms:.1f} ms"
-        cos = f", cos {r.cosine:.4f}" if r.cosine is not None else ""
+        cos = f", cos {r.cosine:.5f}" if r.cosine is not None else ""
         return f"✅ {rel}{cos}"
     if r.reason not in notes:
         notes.append(r.reason)
@@ -256,7 +256,8 @@ def cell_table_markdown() -> str:
         if c.passes:
             args.append(f"--passes {c.passes}")
         args += [f"--option {k}={v}" for k, v in c.options.items()]
-        lines.append(f"| {c.backend} | {c.precision} | `--backend {c.backend} {' '.join(args)}`".rstrip() + f" | `{c.artifact}` | {c.runs_on} | {c.meaning} |")
+        cmd = " ".join([f"--backend {c.backend}", *args])
+        lines.append(f"| {c.backend} | {c.precision} | `{cmd}` | `{c.artifact}` | {c.runs_on} | {c.meaning} |")
     return "\n".join(lines) + "\n"
 
 

@@ -52,7 +52,7 @@ def test_render_numbers_reasons_and_ratios():
     cap.add_ratios(rs)
     assert rs[1].ort_ratio == pytest.approx(0.4) and rs[2].ort_ratio is None
     md = cap.render_markdown(rs, {"date": "d", "machine": "m", "samples": 4})
-    assert "| fam (`m1`) | ✅ 1.00×, cos 1.0000 | ✅ 0.40×, cos 0.9991 | ❌ [1] | 🍎 converts [2] |" in md
+    assert "| fam (`m1`) | ✅ 1.00×, cos 1.00000 | ✅ 0.40×, cos 0.99910 | ❌ [1] | 🍎 converts [2] |" in md
     assert "| fam2 (`m2`) | · | · | ❌ [1] | · |" in md  # the same reason keeps its number
     assert "1. op X has no lowering" in md and "2. Core ML runs only on macOS/iOS" in md
     text = "a\n<!-- capabilities:start -->\nold\n<!-- capabilities:end -->\nb\n"
