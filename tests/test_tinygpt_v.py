@@ -270,3 +270,12 @@ def test_parts_hold_only_their_own_weights(tiny):
     n = {p: sum(x.numel() for x in build(f"{TINY}_{p}").parameters()) for p in PARTS}
     assert n["vision"] == c["vision_encoder"] + c["qformer"] + c["projections"]
     assert n["prefill"] == n["decode"] == c["llm"]
+
+
+@pytest.mark.slow
+def test_int8_decode_step_keeps_the_language_metric(tmp_path):
+    """Static int8 (ORT QDQ) of the decode graph, calibrated on real KV caches: the metric is reported and sane."""
+    b = edgeopt.compile(f"{TINY}_decode", passes="quantize:int8", output=tmp_path / "dec-int8", samples=4)
+    f = b.manifest["fidelity"]
+    assert f["cosine"] > 0.99 and f["next_token_agreement"] >= 0.75
+    assert np.isfinite(f["ppl_change"]) and abs(f["ppl_change"]) < 0.2
