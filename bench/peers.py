@@ -208,15 +208,11 @@ def make_weights(kind: str, out: Path) -> tuple[Path, str]:
     spec = get_spec("efficientformer_l1")
     path = out / f"efficientformer_l1-{kind}.pth"
     if kind == "calibrated":
-        try:
-            from edgeopt.calibrate import calibrate
-        except ImportError:
-            kind, path = "random", out / "efficientformer_l1-random.pth"
-        else:
-            torch.manual_seed(0)
-            m = calibrate(spec.build(), spec)
-            torch.save(m.state_dict(), path)
-            return path, "calibrated (see edgeopt/calibrate.py)"
+        from edgeopt.calibrate import build_calibrated
+
+        m, label = build_calibrated(spec)
+        torch.save(m.state_dict(), path)
+        return path, f"calibrated ({label.get('note', 'edgeopt/calibrate.py')})"
     torch.manual_seed(0)
     torch.save(spec.build().state_dict(), path)
     return path, "random init (seed 0): top-1 agreement says little"

@@ -40,6 +40,8 @@ def weights_label(weights: str | Path | None) -> dict[str, Any]:
     """Name the weights every fidelity figure was measured on (random weights make top-1 meaningless)."""
     if weights is None:
         return {"kind": "random", "note": "random init: task agreement metrics say little; output cosine/SNR still hold"}
+    if weights == "calibrated":
+        return {"kind": "calibrated"}
     p = Path(weights)
     return {"kind": "checkpoint", "path": str(p), "sha256": sha256_file(p)}
 
