@@ -304,11 +304,15 @@ def _fmt(v: Any) -> str:
 
 
 def table_markdown(rows: list[dict[str, Any]], device: str) -> str:
-    head = "| family | model | backend | outputs match | max abs diff vs x86 reference (device) | same, artifact on x86 host | p50 ms | emulated |\n"
-    head += "|---|---|---|---|---|---|---|---|\n"
+    head = (
+        "| family | model | backend | outputs match | max abs diff vs x86 reference (device) | same, artifact on x86 host "
+        "| p50 ms | emulated | host compile s | push+run s |\n"
+    )
+    head += "|---|---|---|---|---|---|---|---|---|---|\n"
     body = "".join(
         f"| {r['family']} | {r['model']} | {r['backend']} | {r['match']} | {_fmt(r.get('device_max_abs'))} | "
-        f"{_fmt(r.get('host_max_abs'))} | {_fmt(r.get('p50_ms'))} | {r.get('emulated')} |\n"
+        f"{_fmt(r.get('host_max_abs'))} | {_fmt(r.get('p50_ms'))} | {r.get('emulated')} | "
+        f"{r.get('compile_s', 0):.0f} | {r.get('device_s', 0):.0f} |\n"
         for r in rows
     )
     return f"Device: `{device}`\n\n{head}{body}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import BACKEND_RUNTIMES, Case, DeviceUnderTest, _norm_arch, host_max_abs
 
@@ -24,12 +26,15 @@ def test_family_on_backend(case: Case, dut: DeviceUnderTest, protocol, store, co
         pytest.skip(f"this host cannot compile for {case.backend}: {why}")
     target = request.getfixturevalue("tvm_target") if case.backend == "tvm" else None
 
+    t0 = time.perf_counter()
     try:
         bundle = compile_bundle(case.model, case.backend, target)
     except EdgeoptError as e:  # a known limitation of the backend for this model, said in one line
         pytest.xfail(f"host could not compile {case.model} for {case.backend}: {e}")
 
+    t1 = time.perf_counter()
     res = measure(dut.device, bundle.path, protocol, dut.info)
+    t2 = time.perf_counter()
     mid = store.add_measurement(bundle.manifest, res, replace=True)
     host_mad = host_max_abs(bundle)
     request.config._edgeopt_rows.append({
@@ -37,6 +42,7 @@ def test_family_on_backend(case: Case, dut: DeviceUnderTest, protocol, store, co
         "match": "yes" if res["outputs_match"] else "no",
         "device_max_abs": res["check"].get("max_abs"), "host_max_abs": host_mad,
         "cosine": res["check"].get("cosine"), "p50_ms": res["latency_ms"]["p50"], "emulated": dut.emulated,
+        "compile_s": t1 - t0, "device_s": t2 - t1,
     })
 
     # The device really ran it, on its own architecture, without torch, with the emulation flag recorded.
