@@ -218,3 +218,44 @@ def test_split_encoders_on_ort_give_the_torch_zero_shot_answer(s0_and_file, tmp_
     logits = float(src.logit_scale.exp().clamp(0, 100)) * ie @ te.T
     p = np.exp(logits - logits.max(-1, keepdims=True))
     np.testing.assert_allclose(p / p.sum(-1, keepdims=True), probs, atol=1e-4)
+
+
+def vit_b_official(sd: dict) -> dict:
+    """timm vit_base_mci_224 keys -> Apple's mobileclip/models/vit.py keys (conv stem `patch_emb.N.block.*`,
+    `transformer.N.pre_norm_mha/ffn`, `post_transformer_norm`, `pos_embed.pos_embed.pos_embed` [1,1,196,768],
+    `classifier.proj` [768, 512])."""
+    out = {}
+    for k, v in sd.items():
+        if k == "head.bias":
+            assert torch.count_nonzero(v) == 0, "the official projection has no bias"
+            continue
+        if k == "head.weight":
+            out["classifier.proj"] = v.t().contiguous()
+            continue
+        if k == "pos_embed":
+            out["pos_embed.pos_embed.pos_embed"] = v.unsqueeze(0)
+            continue
+        k = re.sub(r"^patch_embed\.backbone\.(\d+)\.conv\.", r"patch_emb.\1.block.conv.", k)
+        k = re.sub(r"^patch_embed\.backbone\.(\d+)\.bn\.", r"patch_emb.\1.block.norm.", k)
+        k = re.sub(r"^norm\.", "post_transformer_norm.", k)
+        k = k.replace(".norm1.", ".pre_norm_mha.0.").replace(".attn.qkv.", ".pre_norm_mha.1.qkv_proj.")
+        k = k.replace(".attn.proj.", ".pre_norm_mha.1.out_proj.").replace(".norm2.", ".pre_norm_ffn.0.")
+        k = k.replace(".mlp.fc1.", ".pre_norm_ffn.1.").replace(".mlp.fc2.", ".pre_norm_ffn.4.")
+        k = re.sub(r"^blocks\.", "transformer.", k)
+        out[k] = v
+    return out
+
+
+@pytest.mark.slow
+def test_official_vit_b_image_layout_loads(tmp_path: Path) -> None:
+    spec = get_spec("mobileclip_b_image")
+    src = spec.build()
+    _randomize(src, seed=5)
+    with torch.no_grad():
+        src.model.head.bias.zero_()
+    sd = vit_b_official({k[len("model.") :]: v for k, v in src.state_dict().items()})
+    assert "patch_emb.0.block.conv.weight" in sd and "transformer.11.pre_norm_ffn.4.weight" in sd
+    torch.save({f"image_encoder.model.{k}": v for k, v in sd.items()}, tmp_path / "mobileclip_b.pt")
+    dst = spec.build(weights=tmp_path / "mobileclip_b.pt")
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k]), k
