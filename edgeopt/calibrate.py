@@ -130,7 +130,7 @@ def calibrate(
         label["trained"] = "whole model"
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=1e-2 if split is not None else 1e-3)
+    opt = torch.optim.Adam(params, lr=1e-2 if split is not None else 3e-3)
     g = torch.Generator().manual_seed(seed)
     n = xtr.shape[0]
     with torch.enable_grad():

@@ -41,16 +41,31 @@ class PruneConfig(PassConfig):
 
 
 class _Tracker:
-    """Forward pre-hooks naming the innermost module entered last: which layer stopped a trace or a run."""
+    """Forward hooks that name where a trace or a run stopped: inside a module, or right after one."""
 
     def __init__(self, model: Any) -> None:
-        self.last = "<model input>"
-        self.hooks = [m.register_forward_pre_hook(self._hook(n)) for n, m in model.named_modules() if n]
+        self.root = type(model).__name__
+        self.where = "<model input>"
+        self.hooks = []
+        for n, m in model.named_modules():
+            if n:
+                self.hooks.append(m.register_forward_pre_hook(self._pre(n)))
+                self.hooks.append(m.register_forward_hook(self._post(n)))
 
-    def _hook(self, name: str):
+    def _pre(self, name: str):
         def hook(mod, args):
-            self.last = f"{name} ({type(mod).__name__})"
+            self.where = f"layer {name} ({type(mod).__name__})"
         return hook
+
+    def _post(self, name: str):
+        def hook(mod, args, out):
+            parent = name.rpartition(".")[0] or self.root
+            self.where = f"the code right after layer {name} ({type(mod).__name__}) in {parent}.forward"
+        return hook
+
+    @property
+    def last(self) -> str:
+        return self.where
 
     def close(self) -> None:
         for h in self.hooks:
