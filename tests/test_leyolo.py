@@ -128,15 +128,35 @@ def test_map50():
     assert map50([g], [half]) == pytest.approx(0.5)
 
 
+def _decisive(module, name: str = "leyolo_nano", scale: float = 2.0, bias: float = -5.0):
+    """Random init gives features that hardly depend on the image (BN running stats at their defaults),
+    so every anchor scores alike and detection rankings are decided by rounding noise. Re-estimate the BN
+    statistics on the sample photos (as a trained network would have them) and set the class logits'
+    scale/offset, so that the detections, and the mAP between two runtimes, mean something."""
+    spec = get_spec(name)
+    x = torch.from_numpy(np.concatenate([s["images"] for s in spec.sample_inputs(4)]))
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration pass
+    module.train()
+    with torch.no_grad():
+        module(x)
+        for branch in module.model[-1].cv3:
+            branch[-1].weight.mul_(scale)
+            branch[-1].bias.fill_(bias)
+    return module.eval()
+
+
 def test_compile_nano_onnx_ort_parity(tmp_path):
     """Default end-to-end: build, export, ORT parity, bundle, fidelity with the detection metric."""
     import edgeopt.api as api
 
-    b = api.compile("leyolo_nano", output=tmp_path / "nano.bundle", samples=2)
+    b = api.compile("leyolo_nano", output=tmp_path / "nano.bundle", samples=2, module=_decisive(build("leyolo_nano"), "leyolo_nano"))
     par = b.manifest["export"]["parity"]
     assert par["cosine"] > 0.9999 and par["rel_max_abs"] < 1e-3
     fid = b.manifest["fidelity"]
-    assert fid["map50"] > 0.9 and fid["gt_boxes"] >= 2
+    assert fid["map50"] > 0.97 and fid["gt_boxes"] >= 20 and fid["gt_fallback_images"] == 0
     assert [o["shape"] for o in b.manifest["outputs"]] == [[1, 144, 40, 40], [1, 144, 20, 20], [1, 144, 10, 10]]
 
 
@@ -253,6 +273,6 @@ def test_missing_checkpoint_says_so(tmp_path):
 def test_compile_other_variants(tmp_path, name):
     import edgeopt.api as api
 
-    b = api.compile(name, output=tmp_path / "b", samples=2)
+    b = api.compile(name, output=tmp_path / "b", samples=2, module=_decisive(build(name), name))
     assert b.manifest["export"]["parity"]["cosine"] > 0.9999
-    assert b.manifest["fidelity"]["map50"] > 0.9
+    assert b.manifest["fidelity"]["map50"] > 0.97 and b.manifest["fidelity"]["gt_fallback_images"] == 0

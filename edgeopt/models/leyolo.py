@@ -17,7 +17,7 @@ and `detect()` here (torchvision NMS on the host).
 from __future__ import annotations
 
 import math
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,7 @@ def _scale(c: int, width: float) -> int:
     return _div8(min(c, MAX_CHANNELS) * width)
 
 
+@cache
 def _modules():
     """The torch building blocks, defined on first use so that importing the registry stays light."""
     import torch
@@ -314,7 +315,7 @@ def detect(outputs: dict[str, np.ndarray] | list[np.ndarray], conf: float = 0.25
 # ------------------------------------------------------------------------------------- checkpoints
 
 # Classes an ultralytics checkpoint pickles; they become inert placeholders (their code never runs).
-ULTRALYTICS_PREFIXES = ("ultralytics.", "torch.nn.modules.", "torch.nn.parameter.Parameter")
+ULTRALYTICS_PREFIXES = ("ultralytics.", "torch.nn.modules.")
 
 
 def read_ultralytics_state(path: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ LLFF rays in NDC space, near 0 far 1; Blender near 2 far 6).
 
 from __future__ import annotations
 
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ SCENES: dict[str, dict[str, Any]] = {
 # ------------------------------------------------------------------------------------------ network
 
 
+@cache
 def _modules():
     from torch import nn
 
@@ -174,7 +175,7 @@ def r2l_samples(n: int, scene: str) -> list[dict[str, np.ndarray]]:
 # ------------------------------------------------------------------------------------- checkpoints
 
 # Classes the official checkpoint pickles in `network_fn` (the module itself) and its args.
-R2L_PREFIXES = ("model.R2L.", "torch.nn.modules.", "torch.nn.parameter.Parameter", "easydict.", "torch.nn.parallel.")
+R2L_PREFIXES = ("model.R2L.", "torch.nn.modules.", "easydict.", "torch.nn.parallel.")
 
 
 def read_r2l_state(path: Path) -> dict[str, Any]:
