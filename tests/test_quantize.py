@@ -1,0 +1,125 @@
+"""quantize pass: static int8 (QDQ and QOperator), dynamic, fp16, weight-only int4, mixed precision.
+
+A small conv + token-MLP model (its 3-D linears export as MatMul, like a transformer's) exported once,
+run on real photographs; every artifact is run on ONNX Runtime and compared with the fp32 graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from _passes_util import export, make_ctx, tiny_net
+from torch import nn
+
+from edgeopt._ort import ort_run_all, ort_session
+from edgeopt.errors import EdgeoptError
+from edgeopt.passes.pipeline import build_pipeline, run_pipeline
+from edgeopt.passes.quantize import op_histogram
+
+
+class TokenNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 64, 4, 4)
+        self.norm = nn.LayerNorm(64)
+        self.fc1, self.fc2 = nn.Linear(64, 256), nn.Linear(256, 64)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)  # (1, 64 tokens, 64)
+        t = t + self.fc2(nn.functional.gelu(self.fc1(self.norm(t))))
+        return self.head(t.mean(1))
+
+
+@pytest.fixture(scope="module")
+def token_model(tmp_path_factory):
+    torch.manual_seed(0)
+    net = TokenNet().eval()
+    work = tmp_path_factory.mktemp("q")
+    ctx = make_ctx(net, work)
+    return export(net, ctx, work / "fp32.onnx"), ctx
+
+
+def _run(spec: str, model_ctx) -> tuple[Path, dict, dict]:
+    path, ctx = model_ctx
+    (p,) = build_pipeline(spec)
+    out, rep = p.run(path, ctx)
+    return out, rep.to_dict(), ctx.fidelity(ort_run_all(out, ctx.samples))
+
+
+def test_int8_static_qdq_default(token_model):
+    out, rep, fid = _run("quantize:int8", token_model)
+    ops = op_histogram(out)
+    assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
+    assert rep["size_after"] < rep["size_before"] and rep["precision"] == "int8"
+    assert fid["cosine"] > 0.99
+
+
+def test_int8_qoperator(token_model):
+    out, _, fid = _run("quantize:int8,format=qoperator", token_model)
+    ops = op_histogram(out)
+    assert ops.get("QLinearConv", 0) + ops.get("QLinearMatMul", 0) > 0
+    assert fid["cosine"] > 0.99
+
+
+def test_dynamic(token_model):
+    out, rep, fid = _run("quantize:dynamic", token_model)
+    ops = op_histogram(out)
+    assert ops.get("DynamicQuantizeLinear", 0) + ops.get("DynamicQuantizeMatMul", 0) + ops.get("MatMulInteger", 0) > 0
+    assert fid["cosine"] > 0.99
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_fp16_io_types(token_model, keep):
+    path, ctx = token_model
+    (p,) = build_pipeline(f"quantize:fp16,keep_io_types={str(keep).lower()}")
+    out, rep = p.run(path, ctx)
+    s = ort_session(out)
+    want = "tensor(float)" if keep else "tensor(float16)"
+    assert s.get_inputs()[0].type == want and s.get_outputs()[0].type == want
+    feed = {"image": ctx.samples[0]["image"].astype(np.float32 if keep else np.float16)}
+    got = s.run(None, feed)[0].astype(np.float32)
+    ref = ctx.references[0]["logits"]
+    cos = float(np.dot((ref - ref.mean()).ravel(), (got - got.mean()).ravel()) / (np.linalg.norm(ref - ref.mean()) * np.linalg.norm(got - got.mean())))
+    assert cos > 0.999
+    assert rep.size_after < 0.7 * rep.size_before
+
+
+def test_int4_weight_only_matmul(token_model):
+    out, rep, fid = _run("quantize:int4", token_model)
+    assert op_histogram(out).get("MatMulNBits", 0) >= 2  # fc1, fc2 on (1, 64, C) tokens
+    assert rep["changes"][0]["matmul_nbits"] >= 2
+    assert fid["cosine"] > 0.99
+
+
+def test_int4_refuses_a_model_without_matmul(tmp_path):
+    net = tiny_net()
+    ctx = make_ctx(net, tmp_path)
+    path = export(net, ctx, tmp_path / "cnn.onnx")
+    (p,) = build_pipeline("quantize:int4")
+    with pytest.raises(EdgeoptError, match="no MatMul"):
+        p.run(path, ctx)
+
+
+def test_mixed_keeps_sensitive_nodes_float_until_budget_holds(token_model):
+    _, _, int8 = _run("quantize:int8", token_model)
+    target = 1 - (1 - int8["cosine"]) / 3  # int8 misses this; float nodes must close the gap
+    out, rep, fid = _run(f"quantize:mixed,target={target}", token_model)
+    ch = rep["changes"][0]
+    assert ch["float_nodes"], rep["notes"]
+    assert fid["cosine"] >= target
+    assert all("dB" in n["why"] for n in ch["float_nodes"])
+    assert "kept the" in rep["notes"][0]
+
+
+def test_mixed_uses_the_pipeline_budget_and_keeps_all_int8_when_it_holds(token_model):
+    path, ctx = token_model
+    res = run_pipeline(build_pipeline("quantize:mixed"), None, ctx, export=lambda m, p: (path, {}),
+                       evaluate_torch=lambda m: [], evaluate_onnx=lambda p: ort_run_all(p, ctx.samples), budget=0.9)
+    ch = res.reports[0].changes[0]
+    assert ch["target"] == 0.9 and ch["float_nodes"] == []
+    assert onnx.load(str(res.onnx_path)).graph.node  # a real graph came out
