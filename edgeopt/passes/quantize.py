@@ -82,12 +82,18 @@ def preprocess(src: Path, dst: Path) -> Path:
     """ORT's quantization pre-processing (shape inference + graph optimisation); src when it fails."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
-        return dst
-    except Exception:  # noqa: BLE001 - pre-processing is an optimisation; quantize the raw graph instead
-        dst.unlink(missing_ok=True)
-        return src
+    from edgeopt._ort import ort_session
+
+    # ORT's optimisation step can emit a graph ORT itself will not load (seen on TinyGPT-V's rotary
+    # embedding: "Attempt to replace the existing tensor"); then pre-process without it.
+    for skip_optimization in (False, True):
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, skip_optimization=skip_optimization)
+            ort_session(dst)
+            return dst
+        except Exception:  # noqa: BLE001 - pre-processing is an optimisation; fall back as far as the raw graph
+            dst.unlink(missing_ok=True)
+    return src
 
 
 def static_int8(
