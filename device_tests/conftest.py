@@ -60,6 +60,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--min-seconds", type=float, default=None, help="minimum timed duration (default 0 on an emulator, 1 on a device)")
     g.addoption("--runner-timeout", type=float, default=None, help="seconds one runner call may take (default 1800 emulated, 600 otherwise)")
     g.addoption("--tvm-target", default=None, help="TVM target for the device (default: from its arch; cortex-a72 on qemu-arm64)")
+    g.addoption("--emulated-max-gmacs", type=float, default=3.0,
+                help="on an emulator, skip variants above this many GMACs per inference (emulation runs ~100-350x slower)")
     g.addoption("--report", default=None, help="write the family x backend table (markdown) to this file")
 
 
@@ -274,6 +276,28 @@ def compile_bundle(tmp_path_factory: pytest.TempPathFactory):
         return cache[key]
 
     return get
+
+
+_GMACS: dict[str, float] = {}
+
+
+def gmacs(model: str) -> float:
+    """GMACs of one inference: the paper's figure when the card has one, else counted on this host."""
+    if model not in _GMACS:
+        from edgeopt.models import get_spec
+
+        spec = get_spec(model)
+        if spec.paper.macs_g:
+            _GMACS[model] = float(spec.paper.macs_g)
+        else:
+            import torch
+
+            from edgeopt.models.counting import count_macs
+
+            x = spec.sample_inputs(1)[0]
+            module = spec.build()
+            _GMACS[model] = count_macs(module, tuple(torch.from_numpy(x[i.name]) for i in spec.inputs)) / 1e9
+    return _GMACS[model]
 
 
 def host_max_abs(bundle: Any) -> float | None:

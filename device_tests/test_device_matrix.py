@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import BACKEND_RUNTIMES, Case, DeviceUnderTest, _norm_arch, host_max_abs
+from conftest import BACKEND_RUNTIMES, Case, DeviceUnderTest, _norm_arch, gmacs, host_max_abs
 
 from edgeopt.errors import EdgeoptError
 
@@ -25,6 +25,14 @@ def test_family_on_backend(case: Case, dut: DeviceUnderTest, protocol, store, co
     if not ok:
         pytest.skip(f"this host cannot compile for {case.backend}: {why}")
     target = request.getfixturevalue("tvm_target") if case.backend == "tvm" else None
+    if dut.emulated:
+        budget = request.config.getoption("--emulated-max-gmacs")
+        g = gmacs(case.model)
+        if g > budget:
+            pytest.skip(
+                f"{case.model} takes {g:.1f} GMACs per inference, beyond the emulated budget of {budget:g} "
+                "(emulation is ~100-350x slower than native); run it on a real device or raise --emulated-max-gmacs"
+            )
 
     t0 = time.perf_counter()
     try:
