@@ -161,7 +161,8 @@ def sweep() -> None:
     for p in (db, Path(str(db) + "-wal"), Path(str(db) + "-shm")):
         p.unlink(missing_ok=True)
     sshd = start_sshd(work / f"sshd-{os.getpid()}")
-    models = ["shvit_s1", "efficientformerv2_s0", "efficientformer_l1"]
+    # EDGEOPT_SWEEP_MODELS=a,b narrows the sweep when the machine cannot compile all three in time.
+    models = (os.environ.get("EDGEOPT_SWEEP_MODELS") or "shvit_s1,efficientformerv2_s0,efficientformer_l1").split(",")
     pipelines = ["", "reparam", "quantize:int8"]
     cfg = {
         "name": "harness-figure", "models": models, "pipelines": pipelines, "backends": ["onnxruntime", "tvm"],
@@ -169,7 +170,7 @@ def sweep() -> None:
                               "remote_dir": str(work / "board")}],
         "threads": [2], "protocol": {"warmup": 3, "runs": 10, "min_seconds": 0.5, "timeout": 300},
         "compile": {"workers": 2, "samples": 2, "out": str(work / "bundles")}, "db": f"sqlite:///{db}",
-        "serial_devices": True, "compile_first": True,
+        "serial_devices": True, "compile_first": os.environ.get("EDGEOPT_SWEEP_COMPILE_FIRST", "0") == "1",
     }
     (work / "sweep.yaml").write_text(yaml.safe_dump(cfg))
     total = len(models) * len(pipelines) * 2 * 2
