@@ -152,6 +152,7 @@ def test_compile_nano_onnx_ort_parity(tmp_path):
     """Default end-to-end: build, export, ORT parity, bundle, fidelity with the detection metric."""
     import edgeopt.api as api
 
+    torch.manual_seed(0)
     b = api.compile("leyolo_nano", output=tmp_path / "nano.bundle", samples=2, module=_decisive(build("leyolo_nano"), "leyolo_nano"))
     par = b.manifest["export"]["parity"]
     assert par["cosine"] > 0.9999 and par["rel_max_abs"] < 1e-3
@@ -273,6 +274,7 @@ def test_missing_checkpoint_says_so(tmp_path):
 def test_compile_other_variants(tmp_path, name):
     import edgeopt.api as api
 
+    torch.manual_seed(0)
     b = api.compile(name, output=tmp_path / "b", samples=2, module=_decisive(build(name), name))
     assert b.manifest["export"]["parity"]["cosine"] > 0.9999
     assert b.manifest["fidelity"]["map50"] > 0.97 and b.manifest["fidelity"]["gt_fallback_images"] == 0
