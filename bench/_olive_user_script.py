@@ -26,7 +26,7 @@ class _Photos(torch.utils.data.Dataset):
         return len(self.x)
 
     def __getitem__(self, i):
-        return self.x[i], 0
+        return {"image": self.x[i]}, 0  # Olive's calibration reader wants dict batches keyed by input name
 
 
 @Registry.register_dataset()
