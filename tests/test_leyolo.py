@@ -278,3 +278,21 @@ def test_compile_other_variants(tmp_path, name):
     b = api.compile(name, output=tmp_path / "b", samples=2, module=_decisive(build(name), name))
     assert b.manifest["export"]["parity"]["cosine"] > 0.9999
     assert b.manifest["fidelity"]["map50"] > 0.97 and b.manifest["fidelity"]["gt_fallback_images"] == 0
+
+
+class _GetattrGadget:
+    def __reduce__(self):
+        return (getattr, ("text", "upper"))
+
+
+class _EvalGadget:
+    def __reduce__(self):
+        return (eval, ("1 + 1",))
+
+
+@pytest.mark.parametrize(("gadget", "name"), [(_GetattrGadget, "builtins.getattr"), (_EvalGadget, "builtins.eval")])
+def test_other_code_gadgets_are_refused(tmp_path, gadget, name):
+    path = tmp_path / "gadget.pt"
+    torch.save({"model": gadget(), "ema": None}, path)
+    with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+        build("leyolo_nano", weights=path)
