@@ -272,8 +272,11 @@ def _write(a, rows, top, target: str, target_desc: str, model: str, when: str) -
     lines += [
         "- What closes the gap is MetaSchedule: its multi-level tiling, vectorization and parallel rules write the "
         "schedules the untuned build lacks. The cost is tuning time: set-up (task extraction, building the search "
-        "spaces, each builder worker importing TVM's tensor intrinsics) takes minutes before the first trial on a "
-        "2-core machine shared with other jobs, and each task needs dozens of trials to approach ORT. edgeopt "
+        "spaces, importing TVM's tensor intrinsics) takes minutes before the first trial on a 2-core machine shared "
+        "with other jobs, and each task needs dozens of trials to approach ORT. MetaSchedule's LocalBuilder also "
+        "starts fresh worker processes for every batch, each re-importing TVM (measured here under load: ~7 min "
+        "per batch, and a first 8-minute budget that measured nothing); edgeopt builds candidates in-process "
+        "instead, so the budget goes to building and timing candidates. edgeopt "
         "tunes the heaviest tasks (FLOPs x occurrences) first, sizes the search to the budget, stops at the time "
         "budget after the batch in flight, and keeps every record in the persistent database, so minutes spent "
         "in several sessions add up (`edgeopt compile -b tvm -O tune_minutes=N` resumes from "
