@@ -31,9 +31,10 @@ def test_reparam_synthetic_is_exact_and_removes_structure(tmp_path):
     net = tiny_net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     ctx = make_ctx(net, tmp_path)
-    (p,) = build_pipeline("reparam:measure_latency=false")
+    (p,) = build_pipeline("reparam")  # with the ONNX node count / ORT latency report
     out, rep = p.run(net, ctx)
     assert state_equal(net, before), "the input model must not be modified"
+    assert rep.nodes_after < rep.nodes_before and rep.latency_ms_before > 0 and rep.latency_ms_after > 0
     assert rel_max_diff(ctx.references, outputs(out, ctx)) <= 1e-4
     assert _count(out, nn.modules.batchnorm._BatchNorm) == 0  # conv->BN, BN1d->Linear, RepBlock branches
     assert _count(out, Residual) == 0  # x + dwconv(x) became one conv
@@ -64,7 +65,7 @@ def test_reparam_skips_a_bn_whose_input_is_read_twice(tmp_path):
     assert any("skipped" in n for n in rep.notes)
 
 
-def test_reparam_efficientformer_exact_with_latency_report(tmp_path):
+def test_reparam_efficientformer_exact(tmp_path):
     from edgeopt.models import get_spec
 
     spec = get_spec("efficientformer_l1")
@@ -76,10 +77,9 @@ def test_reparam_efficientformer_exact_with_latency_report(tmp_path):
     samples = spec.sample_inputs(2)
     refs = [torch_outputs(net, s, ["image"], ["logits"]) for s in samples]
     ctx = PassContext("efficientformer_l1", "classification", ["image"], ["logits"], samples, refs, tmp_path)
-    out, rep = build_pipeline("reparam")[0].run(net, ctx)
+    out, rep = build_pipeline("reparam:measure_latency=false")[0].run(net, ctx)
     assert rel_max_diff(refs, outputs(out, ctx)) <= 1e-4
     assert _count(out, nn.BatchNorm2d) == 0 and len(rep.changes) == 33
-    assert rep.nodes_before and rep.nodes_after and rep.latency_ms_before > 0 and rep.latency_ms_after > 0
 
 
 def test_prune_rounds_protects_outputs_and_still_runs_on_ort(tmp_path):
