@@ -90,7 +90,7 @@ def compile(  # noqa: A001 - the public name the design asks for
     if output.exists() and not overwrite:
         raise EdgeoptError(f"{output} already exists", "choose another -o folder or pass --overwrite")
     say(f"build {spec.name}")
-    if weights == "calibrated":
+    if weights is not None and str(weights) == "calibrated" and not Path(weights).is_file():
         # random init made confident on real data (edgeopt.calibrate); a user's own checkpoint always wins
         from edgeopt.calibrate import build_calibrated
 
