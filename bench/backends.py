@@ -76,7 +76,7 @@ def compile_rows(model: str, work: Path, reuse: bool, tune_minutes: float, sampl
         path = work / model / label.replace(" ", "_").replace("(", "").replace(")", "")
         kw = how(backend, precision)
         if extra.get("tune") and not tune:
-            out[label] = {"error": "not measured: tuning time was spent on the models in --tune-models only"}
+            out[label] = {"error": "not measured: not in --tune-models (see the notes below)"}
             continue
         if extra.get("tune"):
             kw["options"] = {**kw["options"], "tune_minutes": tune_minutes, "tune_trials": 100000}
@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--no-compile", action="store_true", help="with --reuse: time only the bundles already compiled")
     ap.add_argument("--keep", action="store_true", help="keep --work after the run")
+    ap.add_argument("--note", action="append", help="a note for the doc (repeatable)")
     ap.add_argument("--out", type=Path, default=DOC)
     a = ap.parse_args(argv)
     con = Console(stderr=True)
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"machine": machine(), "threads": a.threads, "rounds": a.rounds, "seconds": a.seconds,
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python bench/backends.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "load_start": load_avg(), "notes": notes}
+            "load_start": load_avg(), "notes": notes + (a.note or [])}
     for m in models:
         log(f"timing {m}")
         time_rows(results[m], a.rounds, a.seconds, a.threads, log)
