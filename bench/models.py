@@ -41,7 +41,7 @@ def count(name: str) -> dict:
     ex = tuple(torch.zeros(i.shape, dtype=getattr(torch, i.dtype), device="meta") for i in spec.inputs)
     t0 = time.perf_counter()
     try:
-        macs = count_macs(m, ex) / 1e9
+        macs = count_macs(m, ex, convention=spec.paper.macs_convention) / 1e9
     except Exception as e:  # noqa: BLE001 - report, do not stop the table
         macs, why = None, f"MACs not countable on meta: {type(e).__name__}"
     else:

@@ -86,7 +86,7 @@ def _count(spec) -> dict[str, Any]:
         torch.zeros(i.shape, dtype=getattr(torch, i.dtype), device="meta") for i in spec.inputs
     )
     try:
-        macs = count_macs(m, ex) / 1e9
+        macs = count_macs(m, ex, convention=spec.paper.macs_convention) / 1e9
     except Exception:  # noqa: BLE001 - a model that cannot run on meta just has no counted MACs
         macs = None
     return {"params_m": count_params(m) / 1e6, "macs_g": macs}

@@ -35,7 +35,8 @@ def measured(name: str) -> tuple[float, float | None]:
         params = sum(count_params(module.get_submodule(p)) for p in parts) / 1e6
     else:
         params = count_params(module) / 1e6
-    macs = count_macs(module, tuple(meta_example(spec).values())) / 1e9 if spec.paper.macs_g is not None else None
+    ex = tuple(meta_example(spec).values())
+    macs = count_macs(module, ex, convention=spec.paper.macs_convention) / 1e9 if spec.paper.macs_g is not None else None
     return params, macs
 
 

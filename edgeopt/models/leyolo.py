@@ -236,26 +236,14 @@ def _modules():
 
 
 def ultralytics_macs(module, size: int) -> tuple[int, int]:
-    """(conv MACs by FlopCounterMode, MACs in the convention behind the paper's GFLOPs).
-
-    ultralytics reports thop's count x 2; thop counts convolutions like FlopCounterMode (no bias) plus
-    4 ops per element for every affine BatchNorm (most of LeYOLO's BNs stay unfused: `mn_conv` is
-    not fused by ultralytics). FlopCounterMode ignores BN, so it reads ~5-7% below the paper."""
+    """(conv MACs by FlopCounterMode, MACs in the ultralytics convention behind the paper's GFLOPs)."""
     import torch
-    from torch import nn
 
     from edgeopt.models.counting import count_macs
 
-    bn = [0]
-    hooks = [m.register_forward_hook(lambda _m, _i, o: bn.__setitem__(0, bn[0] + o.numel()))
-             for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
-    try:
-        p = next(module.parameters())
-        conv = count_macs(module, (torch.empty(1, 3, size, size, device=p.device),))
-    finally:
-        for h in hooks:
-            h.remove()
-    return conv, conv + 4 * bn[0]
+    p = next(module.parameters())
+    x = (torch.empty(1, 3, size, size, device=p.device),)
+    return count_macs(module, x), count_macs(module, x, convention="ultralytics")
 
 
 def build_leyolo(variant: str, device: str = "cpu"):
@@ -357,7 +345,7 @@ for _v, _cfg in VARIANTS.items():
             outputs=("p3", "p4", "p5"),
             sample_inputs=partial(detection_samples, size=_size),
             paper=PaperFigures(
-                params_m=_cfg["params"] / 1e6, macs_g=_gf / 2, resolution=(_size, _size), source=_SRC,
+                params_m=_cfg["params"] / 1e6, macs_g=_gf / 2, resolution=(_size, _size), source=_SRC, macs_convention="ultralytics",
                 note=(f"paper gives {_gf} GFLOPs = 2 x MACs (ultralytics/thop, which also counts BN at 4 ops "
                       f"per element; FlopCounterMode counts convs only and reads ~5-7% lower); params {_cfg['params']:,}"),
             ),

@@ -43,6 +43,8 @@ class PaperFigures:
     resolution: tuple[int, ...] | None = None
     source: str = ""
     note: str = ""
+    # how the paper counts MACs (see edgeopt/models/counting.py): "flop_counter" or "ultralytics"
+    macs_convention: str = "flop_counter"
 
 
 @dataclass

@@ -267,6 +267,8 @@ def _specs(variant: str, name: str) -> list[ModelSpec]:
         "prompts": list(PROMPTS), "captions": list(CAPTIONS), "prompt_template": [PREFIX, SUFFIX],
         "eos_token_id": cfg.eos_token_id,
         "paper_components_m": {"llm_plus_projections": 2800.0, "phi2": 2780.0, "vision_encoder": 1000.0},
+        # the paper's 2.8 B counts Phi-2 plus the projections; EVA and the Q-Former come on top
+        "card_params_of": ("llama_model", "llama_proj", "llama_proj2"),
         "tokenizer": "sample BPE trained on the captions; pass Phi-2's tokenizer.json for real weights",
     }
     load = partial(load_tinygpt_v_checkpoint, variant=name)
