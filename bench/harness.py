@@ -195,7 +195,7 @@ def sweep() -> None:
     st = Store(f"sqlite:///{db}")
     fails = st.jobs(status="failed")
     rows = st.measurements()
-    report = write_html(rows, work / "report.html", title="edgeopt sweep: 3 models x 3 pipelines x 2 backends x 2 devices", db=f"sqlite:///{db}")
+    report = write_html(rows, work / "report.html", title=f"edgeopt sweep: {len(models)} models x {len(pipelines)} pipelines x 2 backends x 2 devices", db=f"sqlite:///{db}")
     shot = ROOT / "docs" / "report.png"
     chromium = subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

@@ -125,7 +125,7 @@ class Job:
         self.key = hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()[:32]
 
     def label(self) -> str:
-        return f"{self.unit.model} [{self.unit.pipeline or 'no passes'}] {self.unit.backend}/{self.unit.precision or 'default'} on {self.device_id} t={self.threads or 'auto'}"
+        return f"{self.unit.model} ({self.unit.pipeline or 'no passes'}) {self.unit.backend}/{self.unit.precision or 'default'} on {self.device_id} t={self.threads or 'auto'}"
 
 
 def compile_unit(unit: CompileUnit, folder: str, samples: int, weights: str | None) -> tuple[str | None, str | None]:
