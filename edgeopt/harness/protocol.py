@@ -59,7 +59,10 @@ class Protocol:
             if d[k] is None:
                 d.pop(k)
         if "end_to_end" in d:
-            d["end_to_end"] = hashlib.sha256(Path(d["end_to_end"]).read_bytes()).hexdigest()
+            img = Path(d["end_to_end"])
+            if not img.is_file():
+                raise EdgeoptError(f"end-to-end image {img} does not exist", "give protocol.end_to_end an image file (JPEG/PNG)")
+            d["end_to_end"] = hashlib.sha256(img.read_bytes()).hexdigest()
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def runner_args(self) -> list[str]:
