@@ -199,11 +199,13 @@ def _convert(ct: Any, inp: CompileInput, precision: str, deploy: str) -> tuple[A
             traced = torch.jit.trace(module, args)
         return ct.convert(traced, **kw), frontend
     except Exception as e:  # noqa: BLE001 - name the op coremltools could not convert
+        import re
+
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise EdgeoptError(
-            f"coremltools could not convert {inp.model_name}: {msg}",
-            "the op named has no Core ML conversion; replace it in the model or use --backend onnxruntime",
-        ) from None
+        ops = sorted(set(re.findall(r"(?:aten::|aten\.|op[ '\"]+)([A-Za-z_][\w.]*)", str(e))))
+        hint = (f"op {', '.join(ops)} has no Core ML conversion; replace it in the model or use --backend onnxruntime" if ops
+                else "coremltools did not name the op it failed on (edgeopt --debug shows its traceback); use --backend onnxruntime or tflite")
+        raise EdgeoptError(f"coremltools could not convert {inp.model_name}: {msg}", hint) from None
 
 
 def _compress(mlmodel: Any, compression: str, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
