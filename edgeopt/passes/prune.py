@@ -51,6 +51,10 @@ class _Tracker:
             if n:
                 self.hooks.append(m.register_forward_pre_hook(self._pre(n)))
                 self.hooks.append(m.register_forward_hook(self._post(n)))
+        self.hooks.append(model.register_forward_hook(self._done))
+
+    def _done(self, mod, args, out) -> None:
+        self.where = "torch-pruning's graph analysis, after a complete forward pass (no single layer to blame)"
 
     def _pre(self, name: str):
         def hook(mod, args):
