@@ -37,7 +37,13 @@ BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
     "tvm": ("fp32",),
 }
 # Torch-level prefixes tried in stage 2 on the non-dominated (backend, precision) pairs.
-STAGE2_PREFIXES: tuple[str, ...] = ("reparam", "reparam,prune:ratio=0.3", "reparam,lowrank")
+# The passes' own before/after latency measurement is off: the search measures every artifact itself.
+_NL = "measure_latency=false"
+STAGE2_PREFIXES: tuple[str, ...] = (
+    f"reparam:{_NL}",
+    f"reparam:{_NL},prune:ratio=0.3,{_NL}",
+    f"reparam:{_NL},lowrank:{_NL}",
+)
 # A stage-1 pair slower than this factor times the best feasible pair is dominated: stage 2 skips it.
 DOMINATED_FACTOR = 1.5
 
@@ -66,7 +72,8 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        return f"{self.backend}/{self.precision}" + (f" + {self.prefix}" if self.prefix else "")
+        short = self.prefix.replace(f":{_NL}", "").replace(f",{_NL}", "")
+        return f"{self.backend}/{self.precision}" + (f" + {short}" if short else "")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -196,7 +203,8 @@ def auto_compile(
             progress(c.label, i, n)
         key = f"auto:{model}:{c.backend}:{c.passes}:{device}:{protocol.key()}"
         job = {"model": model, "passes": c.passes, "backend": c.backend, "precision": c.precision, "device_id": dev.id, "protocol_key": protocol.key()}
-        folder = work / f"{c.backend}-{c.precision}-{c.prefix.replace(',', '+').replace(':', '').replace('=', '') or 'plain'}.bundle"
+        slug = c.label.split(" + ", 1)[1].replace(",", "+").replace(":", "").replace("=", "") if " + " in c.label else "plain"
+        folder = work / f"{c.backend}-{c.precision}-{slug}.bundle"
         t0 = time.perf_counter()
         try:
             b = _reusable(folder, model, wlabel) or compile_bundle(
