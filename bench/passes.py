@@ -70,15 +70,17 @@ def bench_model(name: str, weights: str, n_samples: int, rounds: int, work: Path
     rows: list[dict] = []
     exported: dict[str, tuple[Path, int, int | None]] = {}
     artifacts: dict[str, Path] = {}
+    notes: dict[str, list[str]] = {}
     for row, (tspec, gspec) in PIPELINES.items():
         ctx = PassContext(name, spec.task, ins, outs, samples, refs, work, fidelity=lambda o: task_metrics(spec.task, refs, o))
         rec = {"model": name, "pipeline": row, "weights": wname}
         try:
             if tspec not in exported:
-                mod = module
+                mod, tnotes = module, []
                 for p in build_pipeline(tspec) if tspec else []:
                     p.config = p.Config(**{**p.config.model_dump(), **({"measure_latency": False} if "measure_latency" in p.Config.model_fields else {})})
-                    mod, _ = p.run(mod, ctx)
+                    mod, trep = p.run(mod, ctx)
+                    tnotes.append(f"{p.name}: {trep.notes[0][:120]}" if trep.notes else p.name)
                 path = work / f"{name}_{len(exported)}.onnx"
                 export_onnx(mod, samples[0], ins, outs, path)
                 try:
@@ -86,12 +88,14 @@ def bench_model(name: str, weights: str, n_samples: int, rounds: int, work: Path
                 except Exception:  # noqa: BLE001
                     macs = None
                 exported[tspec] = (path, count_params(mod), macs)
+                notes[tspec] = tnotes
             path, params, macs = exported[tspec]
+            rec["note"] = "; ".join(notes.get(tspec, []))
             for p in build_pipeline(gspec) if gspec else []:
                 ctx.workdir = work / f"{name}_{row}"
                 ctx.workdir.mkdir(exist_ok=True)
                 path, rep = p.run(path, ctx)
-                rec["note"] = rep.notes[0][:160] if rep.notes else ""
+                rec["note"] = "; ".join(x for x in (rec.get("note"), rep.notes[0][:160] if rep.notes else "") if x)
             fid = ctx.fidelity(ort_run_all(path, samples))
             rec.update(size_mb=path.stat().st_size / 1e6, params_m=params / 1e6, gmacs=(macs or 0) / 1e9,
                        cosine=fid["cosine"], snr_db=fid["snr_db"], task_metric=fid.get(TASK_METRIC.get(spec.task, ""), None))
