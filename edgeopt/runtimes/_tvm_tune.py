@@ -222,8 +222,10 @@ def tune(
     builder = _in_process_builder(deadline, state) if in_process_build else ms.builder.LocalBuilder(timeout_sec=BUILDER_TIMEOUT_S)
     say(f"tuning {n} tasks (budget: {trials if trials < 1_000_000 else 'unlimited'} trials, {minutes or 'no'} minutes; set-up took {setup_s:.0f} s)")
     _quiet_metaschedule()
+    scheduler = ms.TaskScheduler.create("gradient")
     try:
         ms.tune.tune_tasks(
+            task_scheduler=scheduler,
             tasks=contexts,
             task_weights=weights,
             work_dir=str(work_dir),
@@ -241,6 +243,14 @@ def tune(
     except Exception:
         if state["stopped_by"] != "minutes":  # the builder ended the run at the deadline: not an error
             raise
+        # The scheduler's first round only sends batches to the runner; results are joined (and committed
+        # to the database) later. Join what is in flight so the measured candidates are not lost.
+        for i, rec in enumerate(scheduler.tasks_):
+            if rec.runner_futures is not None and len(rec.runner_futures) > 0:
+                try:
+                    scheduler.join_running_task(i)
+                except Exception:  # noqa: BLE001 - a task whose runs failed keeps no record; the rest do
+                    continue
     finally:
         rep = TuneReport(
             db_dir=str(db_dir), tasks=n, trials_budget=trials if trials < 1_000_000 else 0, minutes_budget=minutes,
