@@ -43,9 +43,9 @@ class PruneConfig(PassConfig):
 class _Tracker:
     """Forward hooks that name where a trace or a run stopped: inside a module, or right after one."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, where: str = "<model input>") -> None:
         self.root = type(model).__name__
-        self.where = "<model input>"
+        self.where = where
         self.hooks = []
         for n, m in model.named_modules():
             if n:
@@ -223,7 +223,7 @@ class PrunePass(Pass):
             with torch.enable_grad():
                 self._taylor_grads(work, ctx, cfg)
         before = {names[m]: (m.weight.shape[0] if hasattr(m, "weight") and m.weight is not None else None) for m in names if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))}
-        tracker = _Tracker(work)
+        tracker = _Tracker(work, where="torch-pruning's pruning step (before the pruned model ran)")
         try:
             pruner.step()
             work.zero_grad(set_to_none=True)
