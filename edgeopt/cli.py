@@ -103,6 +103,8 @@ def compile_cmd(
     fidelity: Annotated[float | None, typer.Option("--fidelity", help="minimum cosine vs fp32; stop if a pass breaks it")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-O", help="backend option key=value (repeatable)")] = None,
     samples: Annotated[int, typer.Option("--samples", help="real sample inputs for calibration and fidelity")] = 8,
+    tune_trials: Annotated[int | None, typer.Option("--tune-trials", help="TVM: MetaSchedule trial budget")] = None,
+    tune_minutes: Annotated[float | None, typer.Option("--tune-minutes", help="TVM: MetaSchedule time budget")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     auto: Annotated[bool, typer.Option("--auto", help="search passes x backends x precisions for the fastest artifact within --fidelity")] = False,
     device: Annotated[str, typer.Option("--device", "-d", help="--auto: device to measure candidates on")] = "local",
@@ -126,6 +128,9 @@ def compile_cmd(
             raise EdgeoptError(f"--option {kv!r} is not key=value")
         k, v = kv.split("=", 1)
         opts[k.replace("-", "_")] = _coerce(v)
+    for k, v in (("tune_trials", tune_trials), ("tune_minutes", tune_minutes)):
+        if v is not None:
+            opts[k] = v
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console, transient=True) as prog:
         task = prog.add_task(f"compile {model}", total=None)
         b = do_compile(
