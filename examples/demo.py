@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--out", default="out/demo")
     ap.add_argument("--runs", type=int, default=30)
     a = ap.parse_args()
-    con = Console()
+    con = Console(width=None if Console().is_terminal else 140)  # full table in CI logs too
     out = Path(a.out)
     jobs = [("fp32", None), ("int8", "quantize:int8")]
     results = {}
