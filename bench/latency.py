@@ -8,6 +8,7 @@ Usage: python bench/latency.py [--repeats 5] [--iters 30] [--threads N]
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from pathlib import Path
@@ -89,7 +90,8 @@ def main() -> None:
         "## Foundation: efficientformer_l1 on ONNX Runtime (bench/latency.py)",
         "",
         f"Machine: {cpu}, {threads} threads, onnxruntime {ort.__version__}, torch {torch.__version__}. "
-        f"{a.repeats} interleaved repeats of {a.iters} runs each; p50 is the median of the repeats' medians.",
+        f"{a.repeats} interleaved repeats of {a.iters} runs each; p50 is the median of the repeats' medians. "
+        f"Load average when done: {os.getloadavg()[0]:.1f} (other work on the machine inflates every row alike).",
         f"Fidelity on {b8.manifest['samples']} skimage photographs, **random weights** (top-1 agreement says little with random "
         "weights: logits are nearly flat; cosine and SNR are the meaningful figures here).",
         "",
