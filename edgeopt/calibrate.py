@@ -50,8 +50,11 @@ def digit_images(spec: ModelSpec, n: int, offset: int = 0) -> tuple[torch.Tensor
     return ((x - mean) / std).float(), torch.from_numpy(d.target[order].astype(np.int64))
 
 
-def reestimate_bn(module: torch.nn.Module, batches: list[torch.Tensor]) -> int:
-    """Reset BN running statistics and re-estimate them (cumulative average) over the batches."""
+def reestimate_bn(module: torch.nn.Module, batches: list[torch.Tensor] | list[tuple]) -> int:
+    """Reset BN running statistics and re-estimate them (cumulative average) over the batches.
+
+    A batch is one input tensor or a tuple of positional inputs. Used for calibrated weights and by
+    the prune pass (a pruned network's BN statistics no longer describe its activations)."""
     import torch
     from torch import nn
 
@@ -67,7 +70,7 @@ def reestimate_bn(module: torch.nn.Module, batches: list[torch.Tensor]) -> int:
     try:
         with torch.no_grad():
             for b in batches:
-                module(b)
+                module(*b) if isinstance(b, tuple) else module(b)
     finally:
         for m in bns:
             m.momentum = saved[m]

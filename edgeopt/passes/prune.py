@@ -110,25 +110,9 @@ def output_layers(dg: Any) -> list[Any]:
 
 def recalibrate_bn(model: Any, ctx: PassContext, n: int) -> int:
     """Reset BN running statistics and re-estimate them on n real samples (cumulative average)."""
-    import torch
-    from torch import nn
+    from edgeopt.calibrate import reestimate_bn
 
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
-        return 0
-    saved = {m: m.momentum for m in bns}
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    try:
-        with torch.no_grad():
-            model(*_batch(ctx, n))
-    finally:
-        for m in bns:
-            m.momentum = saved[m]
-        model.eval()
-    return len(bns)
+    return reestimate_bn(model, [_batch(ctx, n)])
 
 
 @register_pass
