@@ -28,8 +28,10 @@ system:
 demo: setup
 	$(PY) examples/demo.py
 
+# pytest's exit 5 (nothing collected, e.g. every test deselected by markers) is said and not failed here:
+# make turns any recipe error into its own exit 2, so .ci/run could not tell it from a failure.
 test: setup
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests $(PYTEST_ARGS) || { rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5)" >&2; exit 0; fi; exit $$rc; }
 
 # The emulated arm64 board (built from Debian's mirror on a fresh machine, then cached), its tests, and the
 # device suite on it: every family on onnxruntime + efficientformer on every backend (tflite, tvm cross-compiled).
