@@ -28,9 +28,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-# `python bench/X.py` puts bench/ first on sys.path, where bench/tvm.py would shadow the real `tvm` package
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(REPO))
 
 from edgeopt.bundle import load_bundle  # noqa: E402
 from edgeopt.capabilities import how  # noqa: E402

@@ -1,7 +1,7 @@
 """Apache TVM backend: compile a small CNN for this machine and for aarch64, run it through the runner.
 
 The tiny model (conv -> BN -> GELU -> depthwise conv -> pool -> linear) covers the op kinds the zoo's
-models lower to, and compiles in seconds; efficientformer-sized runs live in bench/tvm.py.
+models lower to, and compiles in seconds; efficientformer-sized runs live in bench/tvm_tuning.py.
 """
 
 from __future__ import annotations
