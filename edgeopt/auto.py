@@ -36,6 +36,12 @@ BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
     "tflite": ("fp32", "dynamic", "int8", "fp16"),
     "tvm": ("fp32",),
 }
+# Search order on a CPU: int8 paths first (LiteRT/XNNPACK dynamic int8 and ORT u8s8 QDQ were the fastest
+# measured here, docs/backends.md), then fp32/fp16; anything else after these.
+PRIOR: tuple[tuple[str, str], ...] = (
+    ("tflite", "dynamic"), ("onnxruntime", "int8"), ("tflite", "int8"), ("tflite", "fp32"),
+    ("onnxruntime", "fp32"), ("onnxruntime", "dynamic"), ("tflite", "fp16"), ("onnxruntime", "fp16"), ("tvm", "fp32"),
+)
 # Torch-level prefixes tried in stage 2 on the non-dominated (backend, precision) pairs.
 # The passes' own before/after latency measurement is off: the search measures every artifact itself.
 _NL = "measure_latency=false"
@@ -193,6 +199,8 @@ def auto_compile(
     deadline = t_start + budget_minutes * 60 if budget_minutes else None
     run_id = st.start_run(f"auto {model} on {device}", {"model": model, "device": device, "budget": fidelity, "backends": names})
     cands = [Candidate(b, p) for b in names for p in BACKEND_PRECISIONS[b] if not precisions or p in precisions]
+    # Likely-fastest first, so that a time budget that runs out has already measured the best bets.
+    cands.sort(key=lambda c: PRIOR.index((c.backend, c.precision)) if (c.backend, c.precision) in PRIOR else len(PRIOR))
     notes: list[str] = []
     consecutive_device_failures = 0
     wlabel = weights_label(weights)
