@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -129,8 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-verify", action="store_true", help="skip the sha256 check (the harness verified on push)")
     a = ap.parse_args(argv)
+    return print_result(lambda: run_bundle(a.bundle, a.warmup, a.runs, a.min_seconds, a.threads, a.max_seconds, verify=not a.no_verify))
+
+
+def print_result(measure: Callable[[], dict[str, Any]]) -> int:
+    """Print the measurement as one JSON object, or {"error": ...} with exit code 2: the harness reads
+    exactly one object from every runner, whatever happened."""
     try:
-        res = run_bundle(a.bundle, a.warmup, a.runs, a.min_seconds, a.threads, a.max_seconds, verify=not a.no_verify)
+        res = measure()
     except Exception as e:  # noqa: BLE001 - the harness reads this JSON; it must always get one object
         print(json.dumps({"error": f"{type(e).__name__}: {getattr(e, 'message', None) or e}"}))
         return 2

@@ -11,7 +11,6 @@ Post-processing: classification -> softmax + top-5; detection -> confidence filt
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
@@ -144,13 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-seconds", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args(argv)
-    try:
-        res = run(a.bundle, a.image, a.warmup, a.runs, a.min_seconds, a.threads)
-    except Exception as e:  # noqa: BLE001 - the harness reads this JSON; it must always get one object
-        print(json.dumps({"error": f"{type(e).__name__}: {getattr(e, 'message', None) or e}"}))
-        return 2
-    print(json.dumps(res))
-    return 0
+    from edgeopt.runner import print_result
+
+    return print_result(lambda: run(a.bundle, a.image, a.warmup, a.runs, a.min_seconds, a.threads))
 
 
 if __name__ == "__main__":
