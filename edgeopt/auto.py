@@ -36,11 +36,12 @@ BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
     "tflite": ("fp32", "dynamic", "int8", "fp16"),
     "tvm": ("fp32",),
 }
-# Search order on a CPU: int8 paths first (LiteRT/XNNPACK dynamic int8 and ORT u8s8 QDQ were the fastest
-# measured here, docs/backends.md), then fp32/fp16; anything else after these.
+# Search order on a CPU: the plain export first (so the winner is never slower than what a plain export
+# gives, whatever the time budget), then int8 paths (LiteRT/XNNPACK dynamic int8 and ORT u8s8 QDQ were the
+# fastest measured here, docs/backends.md), then fp32/fp16; anything else after these.
 PRIOR: tuple[tuple[str, str], ...] = (
-    ("tflite", "dynamic"), ("onnxruntime", "int8"), ("tflite", "int8"), ("tflite", "fp32"),
-    ("onnxruntime", "fp32"), ("onnxruntime", "dynamic"), ("tflite", "fp16"), ("onnxruntime", "fp16"), ("tvm", "fp32"),
+    ("onnxruntime", "fp32"), ("tflite", "dynamic"), ("onnxruntime", "int8"), ("tflite", "int8"), ("tflite", "fp32"),
+    ("onnxruntime", "dynamic"), ("tflite", "fp16"), ("onnxruntime", "fp16"), ("tvm", "fp32"),
 )
 # Torch-level prefixes tried in stage 2 on the non-dominated (backend, precision) pairs.
 # The passes' own before/after latency measurement is off: the search measures every artifact itself.
