@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -168,31 +169,29 @@ def test_end_to_end_over_ssh(sshd, tmp_path):
 def test_energy_through_a_board_meter(sshd, tmp_path):
     """A RAPL-layout counter on the 'board' (read over ssh) that rises at exactly 100 W: the protocol's idle
     baseline, window integration and per-inference figures must come out of it."""
-    import threading
-
     root = tmp_path / "sysroot"
     shutil.copytree(Path(__file__).parent / "fixtures" / "meters" / "rapl", root, symlinks=True)
     pc = root / "sys/class/powercap"
     (pc / "intel-rapl:1").rename(tmp_path / "unused-zone")  # one package
-    stop = threading.Event()
-    t0 = time.monotonic()
-
-    def write_counter() -> None:
-        while not stop.is_set():
-            e = int((time.monotonic() - t0) * 100.0 * 1e6)  # µJ at 100 W
-            (pc / "intel-rapl:0/energy_uj.tmp").write_text(f"{e}\n")
-            (pc / "intel-rapl:0/energy_uj.tmp").rename(pc / "intel-rapl:0/energy_uj")
-            time.sleep(0.002)
-
-    th = threading.Thread(target=write_counter, daemon=True)
-    th.start()
+    # The counter is written by its own process (CLOCK_MONOTONIC is system-wide), not a thread of this
+    # one: a thread competes for the GIL with the measurement and fell behind under load.
+    writer = (
+        "import sys, time, pathlib\n"
+        "z = pathlib.Path(sys.argv[1]) / 'intel-rapl:0'\n"
+        "t0 = float(sys.argv[2])\n"
+        "while True:\n"
+        "    (z / 'energy_uj.tmp').write_text(f'{int((time.monotonic() - t0) * 100.0 * 1e6)}\\n')\n"  # µJ at 100 W
+        "    (z / 'energy_uj.tmp').rename(z / 'energy_uj')\n"
+        "    time.sleep(0.002)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", writer, str(pc), repr(time.monotonic())])
     b = tiny_bundle(tmp_path / "e.bundle")
     d = _dev(sshd, tmp_path, meters=[{"name": "rapl", "root": str(pc)}])
     try:
         res = measure(d, b.path, Protocol(warmup=1, runs=20, min_seconds=1.0, idle_seconds=1.0, cooldown=False))
     finally:
-        stop.set()
-        th.join()
+        proc.kill()
+        proc.wait()
         d.close()
     e = res["energy"]
     assert e["meter"] == "rapl" and e["samples"] >= 3 and res["energy_reason"] is None
