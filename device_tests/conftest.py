@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from edgeopt.capabilities import REPRESENTATIVES
+
 BACKEND_MARKERS = ("onnxruntime", "tflite", "tvm", "coreml")
 # Distributions whose presence on the device means it can run a backend's bundles.
 BACKEND_RUNTIMES: dict[str, tuple[str, ...]] = {
@@ -31,16 +33,9 @@ BACKEND_RUNTIMES: dict[str, tuple[str, ...]] = {
     "tvm": ("apache-tvm", "tvm"),
     "coreml": ("coremltools",),
 }
-# The variant each family is tested with: small, so an emulated run stays in minutes. Families not named
-# here are tested with their smallest variant (by MACs, then parameters).
-SMALL_VARIANTS: dict[str, str] = {
-    "efficientformer": "efficientformer_l1",
-    "shvit": "shvit_s1",
-    "leyolo": "leyolo_nano",
-    "mobileclip": "mobileclip_s0_image",
-    "mobile_r2l": "mobile_r2l_llff",
-    "tinygpt_v": "tinygpt_v_tiny_vision",
-}
+# The variant each family is tested with: the capability matrix's representative (small, so an emulated
+# run stays in minutes). Families not named there are tested with their smallest variant (MACs, then params).
+SMALL_VARIANTS: dict[str, str] = REPRESENTATIVES
 # The family every backend is tried with in `--matrix ci`.
 CI_FAMILY = "efficientformer"
 
