@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 # Debian packages: sshd for the SSH-device tests, the aarch64 cross compiler for TVM, qemu + mmdebstrap
-# for the emulated arm64 board, chromium to render the HTML report in tests.
-DEBIAN_PKGS := openssh-server openssh-client gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static mmdebstrap chromium
+# for the emulated arm64 board, chromium to render the HTML report in tests, postgresql for the store's
+# PostgreSQL tests (a throwaway server on 127.0.0.1; the Debian cluster it installs is not used).
+DEBIAN_PKGS := openssh-server openssh-client gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static mmdebstrap chromium postgresql
 STAMP := $(VENV)/.edgeopt-installed
 PYTEST_ARGS ?=
 

@@ -1,19 +1,24 @@
 """Results database (SQLAlchemy; `sqlite:///edgeopt.db` by default, any URL via --db or EDGEOPT_DB).
 
 One measurement per (bundle sha256, device, protocol): a sweep that is killed resumes where it stopped
-and never stores a result twice. Every write is one transaction; SQLite runs in WAL mode.
+and never stores a result twice. Every write is one transaction; SQLite runs in WAL mode. PostgreSQL
+(`postgresql+psycopg://user@host/db`) is the shared store of a device farm: the same schema, with devices,
+bundles and jobs written as INSERT ... ON CONFLICT upserts so two sweeps writing at once cannot collide,
+and JSON values cleaned of NaN/Infinity (valid in Python's json, refused by PostgreSQL's).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     Float,
     ForeignKey,
     Integer,
@@ -22,14 +27,16 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from edgeopt.errors import EdgeoptError
 
 DEFAULT_URL = "sqlite:///edgeopt.db"
+_SCHEMA_LOCK = 0x6564_6765_6F70  # "edgeop": the advisory-lock id that serialises schema creation on PostgreSQL
 
 
 def default_url() -> str:
@@ -55,7 +62,7 @@ class BundleRow(Base):
     precision: Mapped[str | None] = mapped_column(String, nullable=True)
     target: Mapped[str | None] = mapped_column(String, nullable=True)
     passes: Mapped[str] = mapped_column(String, default="")
-    size_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # PostgreSQL's INTEGER stops at 2 GiB
     weights: Mapped[str | None] = mapped_column(String, nullable=True)
     fidelity: Mapped[dict] = mapped_column(JSON, default=dict)
     manifest: Mapped[dict] = mapped_column(JSON, default=dict)
@@ -83,7 +90,7 @@ class MeasurementRow(Base):
     peak_rss_mb: Mapped[float | None] = mapped_column(Float, nullable=True)
     energy_j: Mapped[float | None] = mapped_column(Float, nullable=True)
     energy_meter: Mapped[str | None] = mapped_column(String, nullable=True)
-    outputs_match: Mapped[bool | None] = mapped_column(Integer, nullable=True)
+    outputs_match: Mapped[bool | None] = mapped_column(Boolean(create_constraint=False), nullable=True)
     result: Mapped[dict] = mapped_column(JSON, default=dict)
 
 
@@ -106,7 +113,7 @@ class JobRow(Base):
     re-run retries exactly the failed and missing jobs."""
 
     __tablename__ = "jobs"
-    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String, primary_key=True)  # a sweep's 32-hex key or --auto's readable one
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), nullable=True, index=True)
     model: Mapped[str] = mapped_column(String)
     passes: Mapped[str] = mapped_column(String, default="")
@@ -127,31 +134,84 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _clean(obj: Any) -> Any:
+    """A JSON-safe copy: NaN/Infinity become null (PostgreSQL's json type refuses them), odd types become str."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return _clean(obj.tolist())
+    return str(obj)
+
+
+def _num(v: Any) -> float | None:
+    """A finite float or None: a NaN would be NULL in SQLite but 'NaN' in PostgreSQL; store the same everywhere."""
+    if v is None:
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def normalize_url(url: str) -> str:
+    """`postgresql://` means psycopg2 to SQLAlchemy; use psycopg (3), the driver edgeopt installs, when
+    psycopg2 is absent, so the plain URL a PostgreSQL admin hands out just works."""
+    if url.startswith(("postgresql://", "postgres://")):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+            return "postgresql+psycopg://" + url.split("://", 1)[1]
+        if url.startswith("postgres://"):  # Heroku-style alias SQLAlchemy does not accept
+            return "postgresql://" + url.split("://", 1)[1]
+    return url
+
+
 class Store:
     """A handle on the results database. Safe to open many times; the schema is created on first use."""
 
     def __init__(self, url: str | None = None) -> None:
-        self.url = url or default_url()
+        self.url = normalize_url(url or default_url())
         if self.url.startswith("sqlite:///") and ":memory:" not in self.url:
             Path(self.url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         try:
             self.engine: Engine = create_engine(self.url, future=True)
             if self.engine.dialect.name == "sqlite":
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(self.engine)
+            self._create_schema()
         except SQLAlchemyError as e:
             raise EdgeoptError(f"cannot open results database {self.url}: {str(e).splitlines()[0]}", "check --db / EDGEOPT_DB") from None
         except ModuleNotFoundError as e:
             raise EdgeoptError(f"no database driver for {self.url}: {e.name} is not installed", "for PostgreSQL: pip install 'psycopg[binary]' and use postgresql+psycopg://user@host/db") from None
 
-    def has(self, bundle_sha256: str, device_id: str, protocol_key: str, status: str = "ok") -> bool:
+    def _create_schema(self) -> None:
+        """Create missing tables. Two processes opening a fresh database at once would both CREATE TABLE:
+        on PostgreSQL a transaction-scoped advisory lock makes the second wait, then find the tables; SQLite
+        has no such lock, so the loser of the race ("already exists") simply looks again."""
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    if self.engine.dialect.name == "postgresql":
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+                    Base.metadata.create_all(conn)
+                return
+            except OperationalError as e:
+                if "already exists" not in str(e) or attempt == 4:
+                    raise
+
+    def has(self, bundle_sha256: str, device_id: str, protocol_key: str, status: str | None = "ok") -> bool:
+        """Whether a measurement with this key is stored (with this status; any status for None)."""
         with Session(self.engine) as s:
             q = select(MeasurementRow.id).where(
                 MeasurementRow.bundle_sha256 == bundle_sha256,
                 MeasurementRow.device_id == device_id,
                 MeasurementRow.protocol_key == protocol_key,
-                MeasurementRow.status == status,
             )
+            if status is not None:
+                q = q.where(MeasurementRow.status == status)
             return s.execute(q).first() is not None
 
     def add_measurement(
@@ -160,11 +220,31 @@ class Store:
         """Store one measurement (and its bundle and device) in one transaction.
 
         A failed row for the same key is replaced; an ok row is replaced only with `replace` (a user
-        re-profiling on purpose), otherwise refused, so a sweep can never count a job twice."""
-        lat = result.get("latency_ms") or {}
-        energy = result.get("energy") or {}
+        re-profiling on purpose), otherwise refused, so a sweep can never count a job twice. Two writers
+        racing for one key (two sweeps on one PostgreSQL store) meet the UNIQUE constraint: the loser gets
+        the same "already stored" error and its transaction leaves nothing behind."""
+        sha = manifest["bundle_sha256"]
         dev = result.get("device") or {}
         device_id = dev.get("uri") or result.get("device_id") or "unknown"
+        key = result["protocol_key"]
+        try:
+            return self._add_measurement(manifest, result, status, error, replace, device_id)
+        except IntegrityError as e:
+            if self.has(sha, device_id, key, status=None):
+                raise EdgeoptError(
+                    f"a measurement of bundle {sha[:12]} on {device_id} with this protocol is already stored (written by another run just now)",
+                    "nothing to do: the stored one stands",
+                ) from None
+            raise EdgeoptError(f"the results database refused the measurement: {str(e.orig or e).splitlines()[0]}", "this is a bug: report it") from None
+        except SQLAlchemyError as e:
+            raise EdgeoptError(f"cannot store the measurement in {self.url}: {str(e).splitlines()[0]}", "check the database server and --db / EDGEOPT_DB") from None
+
+    def _add_measurement(
+        self, manifest: dict[str, Any], result: dict[str, Any], status: str, error: str | None, replace: bool, device_id: str
+    ) -> int:
+        lat = result.get("latency_ms") or {}
+        energy = result.get("energy") or {}
+        dev = _clean(result.get("device") or {})
         key = result["protocol_key"]
         with Session(self.engine) as s, s.begin():
             old = s.execute(
@@ -182,44 +262,48 @@ class Store:
                     )
                 s.delete(old)
                 s.flush()
-            known = s.get(DeviceRow, device_id)
-            if known is None or set(dev) - {"uri", "emulated"}:  # a failed job's bare {"uri"} keeps the last snapshot
-                s.merge(DeviceRow(id=device_id, info=dev, updated=_now()))
-            s.merge(
-                BundleRow(
-                    sha256=manifest["bundle_sha256"],
-                    model=manifest["model"]["name"],
-                    backend=manifest["backend"],
-                    precision=manifest.get("precision"),
-                    target=manifest.get("target"),
-                    passes=",".join(p["name"] for p in manifest.get("passes", [])),
-                    size_bytes=manifest.get("size_bytes"),
-                    weights=(manifest.get("weights") or {}).get("kind"),
-                    fidelity=manifest.get("fidelity", {}),
-                    manifest={k: v for k, v in manifest.items() if k != "files"},
-                )
+            # A failed job's bare {"uri"} keeps the last full snapshot; a real snapshot replaces it.
+            _upsert(s, DeviceRow.__table__, {"id": device_id, "info": dev, "updated": _now()}, ["id"], update=bool(set(dev) - {"uri", "emulated"}))
+            _upsert(
+                s,
+                BundleRow.__table__,
+                {
+                    "sha256": manifest["bundle_sha256"],
+                    "model": manifest["model"]["name"],
+                    "backend": manifest["backend"],
+                    "precision": manifest.get("precision"),
+                    "target": manifest.get("target"),
+                    "passes": ",".join(p["name"] for p in manifest.get("passes", [])),
+                    "size_bytes": manifest.get("size_bytes"),
+                    "weights": (manifest.get("weights") or {}).get("kind"),
+                    "fidelity": _clean(manifest.get("fidelity", {})),
+                    "manifest": _clean({k: v for k, v in manifest.items() if k != "files"}),
+                },
+                ["sha256"],
+                update=True,
             )
+            om = result.get("outputs_match")
             row = MeasurementRow(
                 created=_now(),
                 bundle_sha256=manifest["bundle_sha256"],
                 device_id=device_id,
                 protocol_key=key,
-                protocol=result.get("protocol", {}),
+                protocol=_clean(result.get("protocol", {})),
                 status=status,
                 error=error,
-                p50_ms=lat.get("p50"),
-                p90_ms=lat.get("p90"),
-                p99_ms=lat.get("p99"),
-                mean_ms=lat.get("mean"),
-                std_ms=lat.get("std"),
-                cv=result.get("cv"),
+                p50_ms=_num(lat.get("p50")),
+                p90_ms=_num(lat.get("p90")),
+                p99_ms=_num(lat.get("p99")),
+                mean_ms=_num(lat.get("mean")),
+                std_ms=_num(lat.get("std")),
+                cv=_num(result.get("cv")),
                 runs=result.get("runs"),
-                init_ms=result.get("init_ms"),
-                peak_rss_mb=result.get("peak_rss_mb"),
-                energy_j=energy.get("joules_per_inference") if isinstance(energy, dict) else None,
+                init_ms=_num(result.get("init_ms")),
+                peak_rss_mb=_num(result.get("peak_rss_mb")),
+                energy_j=_num(energy.get("joules_per_inference")) if isinstance(energy, dict) else None,
                 energy_meter=energy.get("meter") if isinstance(energy, dict) else None,
-                outputs_match=result.get("outputs_match"),
-                result=json.loads(json.dumps(result, default=str)),
+                outputs_match=None if om is None else bool(om),
+                result=_clean(result),
             )
             s.add(row)
             s.flush()
@@ -258,7 +342,7 @@ class Store:
     # -- sweeps: runs and jobs ------------------------------------------------------------------------
     def start_run(self, name: str, config: dict[str, Any]) -> int:
         with Session(self.engine) as s, s.begin():
-            row = RunRow(name=name, started=_now(), config=json.loads(json.dumps(config, default=str)))
+            row = RunRow(name=name, started=_now(), config=_clean(config))
             s.add(row)
             s.flush()
             return row.id
@@ -274,7 +358,7 @@ class Store:
         with Session(self.engine) as s, s.begin():
             row = s.get(RunRow, run_id)
             if row is not None:
-                row.config = {**(row.config or {}), "result": json.loads(json.dumps(result, default=str))}
+                row.config = {**(row.config or {}), "result": _clean(result)}
 
     def run_config(self, run_id: int) -> dict[str, Any]:
         with Session(self.engine) as s:
@@ -295,22 +379,31 @@ class Store:
 
     def jobs(self, status: str | None = None) -> list[dict[str, Any]]:
         with Session(self.engine) as s:
-            q = select(JobRow).order_by(JobRow.updated)
+            q = select(JobRow).order_by(JobRow.updated, JobRow.key)
             if status:
                 q = q.where(JobRow.status == status)
             return [_job_dict(r) for r in s.execute(q).scalars()]
 
     def record_job(self, key: str, spec: dict[str, Any], status: str, **fields: Any) -> None:
-        """Insert or update one job's outcome (attempts counted) in one transaction."""
+        """Insert or update one job's outcome (attempts counted) in one transaction.
+
+        One INSERT ... ON CONFLICT statement on SQLite and PostgreSQL, so two runs recording the same job
+        at once both count (attempts + 1 each) instead of one failing on the primary key."""
+        set_ = {"status": status, "updated": _now(), **{k: fields[k] for k in ("run_id", "bundle_sha256", "stage", "error", "measurement_id") if k in fields}}
         with Session(self.engine) as s, s.begin():
-            r = s.get(JobRow, key)
+            dialect = s.get_bind().dialect.name
+            if dialect in ("sqlite", "postgresql"):
+                t = JobRow.__table__
+                ins = _dialect_insert(dialect)(t).values(key=key, attempts=1, **_job_spec(spec), **set_)
+                s.execute(ins.on_conflict_do_update(index_elements=["key"], set_={**set_, "attempts": t.c.attempts + 1}))
+                return
+            r = s.get(JobRow, key)  # other databases: read-modify-write in the transaction
             if r is None:
-                r = JobRow(key=key, attempts=0, **{k: spec.get(k) for k in ("model", "passes", "backend", "precision", "device_id", "protocol_key")})
+                r = JobRow(key=key, attempts=0, **_job_spec(spec))
                 s.add(r)
-            r.status, r.updated, r.attempts = status, _now(), (r.attempts or 0) + 1
-            for k in ("run_id", "bundle_sha256", "stage", "error", "measurement_id"):
-                if k in fields:
-                    setattr(r, k, fields[k])
+            r.attempts = (r.attempts or 0) + 1
+            for k, v in set_.items():
+                setattr(r, k, v)
 
     def devices(self) -> dict[str, dict[str, Any]]:
         """Device id -> its last stored snapshot."""
@@ -356,6 +449,39 @@ class Store:
             raise EdgeoptError(f"cannot export to {p.name}: unknown format", "use a .csv or .parquet file name")
         atomic_write_bytes(p, data)
         return len(df)
+
+
+def _dialect_insert(dialect: str) -> Any:
+    """The INSERT construct with ON CONFLICT support of SQLite or PostgreSQL (same API in both)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def _upsert(s: Session, table: Any, values: dict[str, Any], keys: list[str], update: bool) -> None:
+    """Insert a row, or on a key conflict update it (`update`) or leave it; atomic on SQLite and PostgreSQL."""
+    dialect = s.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        ins = _dialect_insert(dialect)(table).values(**values)
+        if update:
+            ins = ins.on_conflict_do_update(index_elements=keys, set_={k: ins.excluded[k] for k in values if k not in keys})
+        else:
+            ins = ins.on_conflict_do_nothing(index_elements=keys)
+        s.execute(ins)
+        return
+    where = [table.c[k] == values[k] for k in keys]  # other databases: read, then insert or update
+    if s.execute(select(table.c[keys[0]]).where(*where)).first() is None:
+        s.execute(table.insert().values(**values))
+    elif update:
+        s.execute(table.update().where(*where).values(**{k: v for k, v in values.items() if k not in keys}))
+
+
+def _job_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    d = {k: spec.get(k) for k in ("model", "passes", "backend", "precision", "device_id", "protocol_key")}
+    d["passes"] = d["passes"] or ""  # NOT NULL: "" is the no-passes pipeline
+    return d
 
 
 def _job_dict(r: JobRow) -> dict[str, Any]:
