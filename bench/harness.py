@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "harness.md"
 WORK = Path(os.environ.get("EDGEOPT_BENCH_DIR", "/tmp/edgeopt-bench-harness"))
+# Which machine the figures come from, in the section titles, so runs on different machines sit side by side.
+LABEL = os.environ.get("EDGEOPT_BENCH_LABEL", "2-core sandbox VM")
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
@@ -35,6 +37,28 @@ def machine() -> str:
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.processor())
     return f"{cpu}, {psutil.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+
+
+class LoadSampler:
+    """Samples the 1-minute load average every few seconds while a figure is taken: one number at the start
+    says little on a machine other jobs share."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        import threading
+
+        self.samples: list[float] = [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._t.start()
+
+    def _run(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> str:
+        self._stop.set()
+        self.samples.append(os.getloadavg()[0])
+        return f"load average (1 min) during the run: median {statistics.median(self.samples):.1f}, max {max(self.samples):.1f}"
 
 
 def write_section(name: str, body: str) -> None:
@@ -76,6 +100,7 @@ def overhead(model: str = "efficientformer_l1", reps: int = 5) -> None:
     info = dev.info()
     bare, harn, wall = [], [], []
     runs = 30
+    load = LoadSampler()
     for _ in range(reps):  # interleaved, so drift in machine load hits both alike
         for _ in range(3):
             sess.run(x)
@@ -90,6 +115,7 @@ def overhead(model: str = "efficientformer_l1", reps: int = 5) -> None:
         wall.append(time.perf_counter() - t0)
         harn.append(r["latency_ms"]["p50"])
     sess.close()
+    loadline = load.summary()
     mb, mh = statistics.median(bare), statistics.median(harn)
     model_s = statistics.median(harn) * (runs + 3) / 1e3
     rows = [
@@ -98,13 +124,13 @@ def overhead(model: str = "efficientformer_l1", reps: int = 5) -> None:
         f"| harness (protocol -> runner process) | {mh:.2f} | {', '.join(f'{v:.1f}' for v in harn)} |",
     ]
     body = (
-        f"{model}, ONNX Runtime fp32, {runs} timed runs per rep, {reps} reps interleaved. Machine: {machine()}.\n\n"
+        f"{model}, ONNX Runtime fp32, {runs} timed runs per rep, {reps} reps interleaved. Machine: {machine()}; {loadline}.\n\n"
         + "\n".join(rows)
         + f"\n\nPer-inference overhead of the harness: **{mh - mb:+.2f} ms ({(mh - mb) / mb * 100:+.1f} %)** on the median p50."
         f" Whole-measurement wall time (new process, bundle verify, model load, warm-up) was {statistics.median(wall):.1f} s"
         f" for about {model_s:.1f} s of timed inference.\n\nCommand: `python bench/harness.py overhead`\n"
     )
-    write_section("Harness overhead vs a bare loop", body)
+    write_section(f"Harness overhead vs a bare loop ({LABEL})", body)
     print(body)
 
 
@@ -116,20 +142,22 @@ def cv(model: str = "efficientformer_l1", n: int = 10) -> None:
     dev = get_device("local")
     info = dev.info()
     p50 = []
+    load = LoadSampler()
     for i in range(n):
         r = measure(dev, b, Protocol(warmup=5, runs=20, min_seconds=1.0, cooldown=False), device_info=info)
         p50.append(r["latency_ms"]["p50"])
         print(f"{i + 1}/{n}: p50 {p50[-1]:.2f} ms (within-run CV {r['cv']:.3f})", flush=True)
+    loadline = load.summary()
     m = statistics.mean(p50)
     s = statistics.stdev(p50)
     body = (
         f"{model}, ONNX Runtime fp32 on `local`, default protocol (warm-up 5, >= 20 runs and >= 1 s), {n} measurements"
-        f" one after another, each in a fresh runner process. Machine: {machine()}.\n\n"
+        f" one after another, each in a fresh runner process. Machine: {machine()}; {loadline}.\n\n"
         f"p50 of each (ms): {', '.join(f'{v:.1f}' for v in p50)}\n\n"
         f"Mean {m:.2f} ms, std {s:.2f} ms: **CV of the 10 p50s = {s / m:.3f}** (median {statistics.median(p50):.2f} ms,"
         f" min {min(p50):.2f}, max {max(p50):.2f}).\n\nCommand: `python bench/harness.py cv`\n"
     )
-    write_section("CV of 10 repeated measurements", body)
+    write_section(f"CV of 10 repeated measurements ({LABEL})", body)
     print(body)
 
 
@@ -160,9 +188,14 @@ def sweep() -> None:
     db = work / "sweep.db"
     for p in (db, Path(str(db) + "-wal"), Path(str(db) + "-shm")):
         p.unlink(missing_ok=True)
+    import shutil
+
+    for d in ("bundles", "board"):  # from scratch: no bundle compiled or pushed by an earlier run
+        shutil.rmtree(work / d, ignore_errors=True)
     sshd = start_sshd(work / f"sshd-{os.getpid()}")
     # EDGEOPT_SWEEP_MODELS=a,b narrows the sweep when the machine cannot compile all three in time.
-    models = (os.environ.get("EDGEOPT_SWEEP_MODELS") or "shvit_s1,efficientformerv2_s0,efficientformer_l1").split(",")
+    # The three smallest families' small variants, so the sweep compiles from scratch in ~15 min on 2 cores.
+    models = (os.environ.get("EDGEOPT_SWEEP_MODELS") or "shvit_s1,efficientformerv2_s0,leyolo_nano").split(",")
     pipelines = ["", "reparam", "quantize:int8"]
     cfg = {
         "name": "harness-figure", "models": models, "pipelines": pipelines, "backends": ["onnxruntime", "tvm"],
@@ -176,6 +209,8 @@ def sweep() -> None:
     total = len(models) * len(pipelines) * 2 * 2
     cmd = [sys.executable, "-m", "edgeopt.cli", "bench", str(work / "sweep.yaml"), "--trust-new-host"]
     t0 = time.time()
+    start = machine()
+    load = LoadSampler(every=10.0)
     with open(work / "run1.log", "w") as log:
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         while p.poll() is None:
@@ -192,6 +227,7 @@ def sweep() -> None:
     (work / "run2.log").write_text(r.stdout + r.stderr)
     after = _count(db)
     t2 = time.time()
+    loadline = load.summary()
     st = Store(f"sqlite:///{db}")
     fails = st.jobs(status="failed")
     rows = st.measurements()
@@ -205,7 +241,8 @@ def sweep() -> None:
     freasons = "\n".join(f"| {j['model']} | {j['passes'] or '-'} | {j['backend']} | {j['device_id']} | {j['stage']} | {(j['error'] or '')[:160]} |" for j in fails)
     body = (
         f"{len(models)} models ({', '.join(models)}) x {len(pipelines)} pipelines (none, reparam, quantize:int8) x 2 backends (onnxruntime, tvm)"
-        f" x 2 devices (`local`, loopback `ssh://` to a real sshd on 127.0.0.1) = {total} jobs. Machine: {machine()}.\n\n"
+        f" x 2 devices (`local`, loopback `ssh://` to a real sshd on 127.0.0.1) = {total} jobs, every bundle compiled from"
+        f" scratch (TVM untuned). Machine: {start}; {loadline}.\n\n"
         f"| | measurements ok | failed jobs | duplicates |\n|---|---|---|---|\n"
         f"| after SIGKILL half way (run 1, {t1 - t0:.0f} s{'' if killed else ', NOT killed: finished first'}) | {before[0]} | {before[1]} | {before[2]} |\n"
         f"| after the re-run (run 2, {t2 - t1:.0f} s, exit {r.returncode}) | {after[0]} | {after[1]} | {after[2]} |\n\n"
@@ -213,7 +250,7 @@ def sweep() -> None:
         + (f"Failed jobs (recorded with their reasons, retried by every re-run):\n\n| model | passes | backend | device | stage | reason |\n|---|---|---|---|---|---|\n{freasons}\n\n" if fails else "")
         + f"Report screenshot: [docs/report.png](report.png) (chromium exit {chromium.returncode}).\n\nCommand: `python bench/harness.py sweep`\n"
     )
-    write_section("Sweep killed half way and resumed", body)
+    write_section(f"Sweep killed half way and resumed ({LABEL})", body)
     print(body)
 
 

@@ -11,13 +11,14 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from _sshd import _free_port
 
 ROLE = "edgeopt"
 
@@ -41,12 +42,6 @@ def postgres_missing() -> str | None:
     except ImportError:
         return "no PostgreSQL driver: pip install -c constraints.txt 'psycopg[binary]'"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

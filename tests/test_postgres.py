@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from _bundles import tiny_bundle
 from _postgres import postgres_missing, start_postgres
+from _sshd import _free_port as _closed_port  # a port bound, then released: nothing listens
 
 import edgeopt
 from edgeopt.errors import EdgeoptError
@@ -39,15 +40,6 @@ def url(request, tmp_path) -> str:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return tiny_bundle(tmp_path_factory.mktemp("tiny") / "tiny.bundle")
-
-
-def _closed_port() -> int:
-    """A 127.0.0.1 port with nothing listening (bound, then released)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _profile(bundle, url: str, runs: int = 3) -> dict:

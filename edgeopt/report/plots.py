@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 Row = dict[str, Any]
@@ -53,59 +54,62 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
+def _scatter_by_device(
+    pts: list[Row], x: Callable[[Row], float], y: Callable[[Row], float], xlabel: str, ylabel: str, title: str,
+    label: Callable[[str, list[Row]], str] = lambda dev, _rs: dev, decorate: Callable[[Any, Any, list[Row]], None] | None = None,
+) -> bytes:
+    """One scatter series per device on a shared axis: the set-up every two-quantity plot here shares.
+
+    `decorate(ax, series, rows)` adds what is particular to a plot (e.g. the Pareto front) to each series."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for dev, rs in _by_device(pts).items():
+        sc = ax.scatter([x(r) for r in rs], [y(r) for r in rs], label=label(dev, rs), alpha=0.8)
+        if decorate is not None:
+            decorate(ax, sc, rs)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _draw_front(ax: Any, sc: Any, rs: list[Row]) -> None:
+    """The device's Pareto front as a dashed line in its series' colour, its points labelled."""
+    xy = [(r["p50_ms"], r["fidelity"]["cosine"]) for r in rs]
+    front = pareto_front(xy)
+    ax.plot(*zip(*front, strict=True), "--", color=sc.get_facecolor()[0], linewidth=1)
+    for r, (x, y) in zip(rs, xy, strict=True):
+        if (x, y) in front:
+            ax.annotate(config_label(r), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+
+
 def latency_vs_fidelity(rows: list[Row]) -> bytes | None:
     pts = [r for r in rows if r.get("p50_ms") is not None and (r.get("fidelity") or {}).get("cosine") is not None]
     if not pts:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for dev, rs in _by_device(pts).items():
-        xy = [(r["p50_ms"], r["fidelity"]["cosine"]) for r in rs]
-        sc = ax.scatter(*zip(*xy, strict=True), label=dev, alpha=0.8)
-        front = pareto_front(xy)
-        ax.plot(*zip(*front, strict=True), "--", color=sc.get_facecolor()[0], linewidth=1)
-        for r, (x, y) in zip(rs, xy, strict=True):
-            if (x, y) in front:
-                ax.annotate(f"{r['model']} {r.get('passes') or 'fp32'}", (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("latency p50 (ms)")
-    ax.set_ylabel("fidelity: output cosine vs fp32 torch")
-    ax.set_title("Latency vs fidelity (dashed: Pareto front per device)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _png(fig)
+    return _scatter_by_device(
+        pts, lambda r: r["p50_ms"], lambda r: r["fidelity"]["cosine"], "latency p50 (ms)", "fidelity: output cosine vs fp32 torch",
+        "Latency vs fidelity (dashed: Pareto front per device)", decorate=_draw_front,
+    )
 
 
 def size_vs_latency(rows: list[Row]) -> bytes | None:
     pts = [r for r in rows if r.get("p50_ms") is not None and r.get("size_bytes")]
     if not pts:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for dev, rs in _by_device(pts).items():
-        ax.scatter([r["size_bytes"] / 1e6 for r in rs], [r["p50_ms"] for r in rs], label=dev, alpha=0.8)
-    ax.set_xlabel("artifact size (MB)")
-    ax.set_ylabel("latency p50 (ms)")
-    ax.set_title("Size vs latency")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _png(fig)
+    return _scatter_by_device(pts, lambda r: r["size_bytes"] / 1e6, lambda r: r["p50_ms"], "artifact size (MB)", "latency p50 (ms)", "Size vs latency")
 
 
 def energy_vs_latency(rows: list[Row]) -> bytes | None:
     pts = [r for r in rows if r.get("p50_ms") is not None and r.get("energy_j") is not None]
     if not pts:
         return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for dev, rs in _by_device(pts).items():
-        meters = sorted({r.get("energy_meter") or "?" for r in rs})
-        ax.scatter([r["p50_ms"] for r in rs], [r["energy_j"] * 1e3 for r in rs], label=f"{dev} ({', '.join(meters)})", alpha=0.8)
-    ax.set_xlabel("latency p50 (ms)")
-    ax.set_ylabel("energy per inference (mJ, idle subtracted)")
-    ax.set_title("Energy vs latency")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _png(fig)
+    return _scatter_by_device(
+        pts, lambda r: r["p50_ms"], lambda r: r["energy_j"] * 1e3, "latency p50 (ms)", "energy per inference (mJ, idle subtracted)",
+        "Energy vs latency", label=lambda dev, rs: f"{dev} ({', '.join(sorted({r.get('energy_meter') or '?' for r in rs}))})",
+    )
 
 
 def per_device(rows: list[Row]) -> bytes | None:
