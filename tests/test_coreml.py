@@ -97,6 +97,14 @@ def test_bad_options_are_clear(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_unsupported_quantize_mode_is_refused_before_any_work(tmp_path):
+    said: list[str] = []
+    with pytest.raises(EdgeoptError, match="coreml cannot implement quantize mode 'int4'.*quantize:int8") as ei:
+        edgeopt.compile(TINY, backend="coreml", passes="quantize:mode=int4", output=tmp_path / "a", samples=1, progress=said.append)
+    assert "supported on coreml" in ei.value.hint
+    assert said == [] and not (tmp_path / "a").exists()  # refused before the model was built
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("compression", ["none", "w8", "pal6", "pal4", "prune50"])
 def test_efficientformer_l1_compressions(tmp_path, compression):

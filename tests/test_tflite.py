@@ -80,7 +80,9 @@ def test_quantize_pass_is_delegated_as_static_int8(bundles):
     from ai_edge_litert.interpreter import Interpreter
 
     it = Interpreter(model_path=str(bundles["int8"] / "model.tflite"))
-    assert it.get_input_details()[0]["dtype"] == np.int8  # fully quantized, int8 I/O handled by the session
+    assert it.get_input_details()[0]["dtype"] == np.int8  # int8 input, quantized by the session
+    assert it.get_output_details()[0]["dtype"] == np.float32  # the logits stay float (see _float_outputs)
+    assert q["float_outputs"] == ["aten.linear.default"]
     sess = get_backend("tflite").load(bundles["int8"], m, threads=1)
     ref = load_bundle(bundles["int8"]).reference_inputs()
     out = sess.run(ref)
@@ -96,6 +98,41 @@ def test_dynamic_and_fp16_shrink_the_file_and_stay_close(bundles):
     assert 0.99 < fid["dynamic"] < 0.999999
     fp16_ops = load_bundle(bundles["fp16"]).manifest["backend_details"]["ops"]
     assert fp16_ops.get("DEQUANTIZE", 0) >= 3  # fp16 weights dequantized to fp32 at load
+
+
+def test_static_int8_keeps_small_logits_in_float(tmp_path):
+    """shvit_s1's bug in small: logits far below the calibrated int8 output step all quantized to the zero
+    point (cosine 0). With the output kept in float they follow the fp32 model."""
+    import torch
+
+    spec = tiny_spec()
+    m = spec.build().eval()
+    with torch.no_grad():  # logits ~1e-5, as random-init shvit_s1's
+        m.head.weight.mul_(1e-4)
+        m.head.bias.zero_()
+    samples = spec.sample_inputs(4)
+    with torch.no_grad():
+        refs = [m(torch.from_numpy(s["image"])).numpy().ravel() for s in samples]
+    assert np.abs(refs[0]).max() < 1e-4
+    inp = CompileInput(TINY, "classification", ["image"], ["logits"], samples, module=m,
+                       delegated={"quantize": {"mode": "int8"}}, workdir=tmp_path)
+    be = get_backend("tflite")
+    res = be.compile(inp, tmp_path, "host", {})
+    assert res.precision == "int8" and res.details["quantization"]["float_outputs"] == ["aten.linear.default"]
+    assert "QUANTIZE" in res.details["ops"]  # the body is still int8
+    sess = be.load(tmp_path, {"artifact": res.artifact, "backend_details": res.details}, threads=1)
+    for s, ref in zip(samples, refs, strict=True):
+        y = sess.run(s)["logits"].ravel().astype(np.float64)
+        assert y @ ref / (np.linalg.norm(y) * np.linalg.norm(ref) + 1e-30) > 0.999
+
+
+@pytest.mark.parametrize("mode,why", [("int4", "MatMulNBits"), ("mixed", "node by node on the ONNX graph")])
+def test_int4_and_mixed_are_refused_before_any_work(tmp_path, mode, why):
+    said: list[str] = []
+    with pytest.raises(EdgeoptError, match=f"tflite cannot build quantize mode '{mode}'.*{why}") as ei:
+        edgeopt.compile(TINY, backend="litert", passes=f"quantize:mode={mode}", output=tmp_path / "x", samples=1, progress=said.append)
+    assert "supported on tflite: fp32, fp16, dynamic" in ei.value.hint and "onnxruntime" in ei.value.hint
+    assert said == [] and not (tmp_path / "x").exists()  # refused before the model was even built
 
 
 def test_unknown_precision_is_a_clear_error(tmp_path):

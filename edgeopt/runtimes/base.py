@@ -28,6 +28,12 @@ class Session(ABC):
     @abstractmethod
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
+        """Refuse a feed that lacks one of the model's inputs, naming what the model takes."""
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise EdgeoptError(f"inputs missing: {missing}", f"the model takes {self.input_names}")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the runtime's resources (optional)."""
 
@@ -73,6 +79,9 @@ class Backend(ABC):
     targets: ClassVar[tuple[str, ...]] = ("host",)
     # Names of passes this backend implements itself (their config is delegated to compile()).
     implements: ClassVar[tuple[str, ...]] = ()
+    # True when the artifact is the pipeline's final ONNX file, run by ONNX Runtime's CPU provider with
+    # the same session settings: outputs already measured on those bytes stand for the artifact's.
+    runs_pipeline_onnx: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -91,6 +100,39 @@ class Backend(ABC):
         ok, why = self.available()
         if not ok:
             raise EdgeoptError(f"backend {self.name!r} is not available here: {why}")
+
+    def check_request(self, passes: list[Any], options: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Refuse, before any slow work (model build, export, passes), a request this backend cannot build.
+
+        `passes` is the parsed pipeline (objects with `.name` and `.config`); a backend that implements a pass
+        itself checks that pass's config here. The default accepts everything and lets compile() decide.
+        """
+
+
+def torch_converter(backend: str, module: str, extra: str, inp: CompileInput) -> Any:
+    """Import the converter package a torch-consuming backend needs, and check a module was handed over.
+
+    One place for the preamble every torch-consuming compile() shares, so the messages stay alike."""
+    try:
+        conv = importlib.import_module(module)
+    except ImportError:
+        raise EdgeoptError(f"{module} is not installed: {backend} cannot compile here", f"pip install 'edgeopt[{extra}]'") from None
+    if inp.module is None:
+        raise EdgeoptError(f"{backend} compiles from the torch module and none was given")
+    return conv
+
+
+def dist_versions(*dists: str) -> dict[str, str]:
+    """Installed versions of the given distributions (absent ones left out), for a manifest's `tools`."""
+    import importlib.metadata as md
+
+    found = {}
+    for d in dists:
+        try:
+            found[d] = md.version(d)
+        except md.PackageNotFoundError:
+            pass
+    return found
 
 
 # name -> module under edgeopt.runtimes; aliases map to the canonical name.

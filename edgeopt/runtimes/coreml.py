@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 
 from edgeopt.errors import EdgeoptError
-from edgeopt.runtimes.base import Backend, CompileInput, CompileResult, Session, register_backend
+from edgeopt.runtimes.base import (
+    Backend,
+    CompileInput,
+    CompileResult,
+    Session,
+    dist_versions,
+    register_backend,
+    torch_converter,
+)
 
 ARTIFACT = "model.mlpackage"
 COMPRESSIONS = ("none", "w8", "pal6", "pal4", "prune50")
@@ -42,7 +50,11 @@ def on_apple() -> bool:
 
 def resolve(inp: CompileInput, options: dict[str, Any]) -> tuple[str, str]:
     """(compute precision fp32|fp16, compression) from a delegated quantize pass and the options."""
-    q = inp.delegated.get("quantize")
+    return resolve_request(inp.delegated.get("quantize"), options)
+
+
+def resolve_request(q: dict[str, Any] | None, options: dict[str, Any]) -> tuple[str, str]:
+    """resolve() from a delegated quantize config alone, so check_request can refuse before any work."""
     precision = str(options.get("precision", "fp32")).lower()
     compression = str(options.get("compression", "none")).lower()
     compression = _COMPRESSION_ALIASES.get(compression, compression)
@@ -53,7 +65,10 @@ def resolve(inp: CompileInput, options: dict[str, Any]) -> tuple[str, str]:
         elif mode == "int8":
             compression = "w8"
         else:
-            raise EdgeoptError(f"coreml cannot implement quantize mode {mode!r}", "use quantize:int8 (8-bit weights) or quantize:fp16; or --option compression=pal4|pal6|prune50")
+            raise EdgeoptError(
+                f"coreml cannot implement quantize mode {mode!r}",
+                "supported on coreml: quantize:int8 (8-bit weights), quantize:fp16; or --option compression=pal4|pal6|prune50",
+            )
     precision = {"float16": "fp16", "half": "fp16", "float32": "fp32"}.get(precision, precision)
     if precision not in ("fp32", "fp16"):
         raise EdgeoptError(f"coreml compute precision {precision!r} is not supported", "use precision=fp32 or fp16; compress weights with compression=w8|pal6|pal4|prune50")
@@ -89,9 +104,7 @@ class CoreMLSession(Session):
         self.output_names = [o["name"] for o in manifest["outputs"]]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [n for n in self.input_names if n not in inputs]
-        if missing:
-            raise EdgeoptError(f"inputs missing: {missing}", f"the model takes {self.input_names}")
+        self.check_inputs(inputs)
         out = self._m.predict({n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in self.input_names})
         return {n: np.asarray(out[n], dtype=np.float32) for n in self.output_names}
 
@@ -117,15 +130,13 @@ class CoreMLBackend(Backend):
         except Exception:  # noqa: BLE001 - PackageNotFoundError and friends
             return False, "coremltools is not installed (pip install 'edgeopt[coreml]')"
 
-    def compile(self, inp: CompileInput, out_dir: Path, target: str, options: dict[str, Any]) -> CompileResult:
-        import importlib.metadata as md
+    def check_request(self, passes: list[Any], options: dict[str, Any]) -> None:
+        """Refuse a quantize mode / precision / compression Core ML cannot build before any slow work."""
+        q = next((p.config.model_dump(mode="json") for p in passes if p.name in self.implements), None)
+        resolve_request(q, options)
 
-        try:
-            import coremltools as ct
-        except ImportError:
-            raise EdgeoptError("coremltools is not installed: coreml cannot compile here", "pip install 'edgeopt[coreml]'") from None
-        if inp.module is None:
-            raise EdgeoptError("coreml compiles from the torch module and none was given")
+    def compile(self, inp: CompileInput, out_dir: Path, target: str, options: dict[str, Any]) -> CompileResult:
+        ct = torch_converter(self.name, "coremltools", "coreml", inp)
         precision, compression = resolve(inp, options)
         deploy = target if target in _TARGETS else str(options.get("deployment_target", "iOS17"))
         if deploy not in _TARGETS:
@@ -159,9 +170,7 @@ class CoreMLBackend(Backend):
             "compress_seconds": round(compress_s, 2),
             "host_runnable": True if on_apple() else NOT_ON_THIS_HOST.format(system=platform.system()),
         }
-        tools = {"coremltools": md.version("coremltools")}
-        if compression.startswith("pal"):
-            tools["scikit-learn"] = md.version("scikit-learn")
+        tools = dist_versions("coremltools", *(("scikit-learn",) if compression.startswith("pal") else ()))
         return CompileResult(artifact=ARTIFACT, precision=label, target=deploy, tools=tools, details=details)
 
     def load(self, bundle_dir: Path, manifest: dict[str, Any], threads: int | None = None) -> Session:

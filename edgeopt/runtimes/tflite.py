@@ -6,7 +6,8 @@ Precisions:
   fp16     fp32 conversion, then ai-edge-quantizer's float-casting recipe (fp16 weights, fp32 compute)
   dynamic  PT2E dynamic quantization (int8 per-channel weights, activations quantized at run time)
   int8     PT2E static quantization with litert-torch's XNNPACK-style symmetric quantizer (torchao PT2E),
-           activations calibrated on the real sample images
+           activations calibrated on the real sample images; int8 inputs, float outputs (see _float_outputs)
+int4 and mixed (ONNX-graph rewrites) are refused before any work (`check_request`), naming what works.
 A `quantize:MODE` pass in the pipeline is delegated here (`implements = ("quantize",)`), so the same
 pipeline string picks the precision on every backend.
 
@@ -26,7 +27,15 @@ from typing import Any
 import numpy as np
 
 from edgeopt.errors import EdgeoptError
-from edgeopt.runtimes.base import Backend, CompileInput, CompileResult, Session, register_backend
+from edgeopt.runtimes.base import (
+    Backend,
+    CompileInput,
+    CompileResult,
+    Session,
+    dist_versions,
+    register_backend,
+    torch_converter,
+)
 
 ARTIFACT = "model.tflite"
 SIGNATURE = "serving_default"
@@ -62,17 +71,35 @@ def _interpreter_class() -> tuple[Any, str]:
         ) from None
 
 
+SUPPORTED = "fp32, fp16, dynamic (int8 weights, int8 activations at run time), int8 (static, calibrated)"
+
+
+def precision_for(raw: str, source: str) -> str:
+    """The precision this backend builds for a quantize mode / precision option, or a clear refusal.
+
+    int4 (ORT's blockwise MatMulNBits) and mixed (per-node fp32 fallback chosen on the ONNX graph) are
+    ONNX graph rewrites with no LiteRT counterpart here, so they are refused instead of silently built
+    as something else.
+    """
+    prec = _MODES.get(raw.lower())
+    if prec is None:
+        why = {
+            "int4": "int4 is ONNX Runtime's weight-only MatMulNBits rewrite; litert-torch's PT2E quantizer has no int4 path here",
+            "mixed": "mixed precision picks fp32 fallbacks node by node on the ONNX graph, which tflite does not compile from",
+        }.get(raw.lower(), "")
+        raise EdgeoptError(
+            f"tflite cannot build {source} {raw!r}" + (f": {why}" if why else ""),
+            f"supported on tflite: {SUPPORTED}; or use --backend onnxruntime for {raw!r}",
+        )
+    return prec
+
+
 def resolve_precision(inp: CompileInput, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The precision to build: a delegated quantize pass wins over the `precision` option."""
     q = inp.delegated.get("quantize")
-    raw = str(q.get("mode", "int8")) if q else str(options.get("precision", "fp32"))
-    prec = _MODES.get(raw.lower())
-    if prec is None:
-        raise EdgeoptError(
-            f"tflite cannot build precision {raw!r}",
-            "use one of: fp32, fp16, dynamic (int8 weights, dynamic activations), int8 (static, calibrated)",
-        )
-    return prec, dict(q or {})
+    if q:
+        return precision_for(str(q.get("mode", "int8")), "quantize mode"), dict(q)
+    return precision_for(str(options.get("precision", "fp32")), "precision"), {}
 
 
 def tflite_ops(data: bytes) -> tuple[Counter, list[str]]:
@@ -145,9 +172,7 @@ class TFLiteSession(Session):
         self._qout = {k: _qparams(d) for k, d in self._runner.get_output_details().items()}
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [n for n in self.input_names if n not in inputs]
-        if missing:
-            raise EdgeoptError(f"inputs missing: {missing}", f"the model takes {self.input_names}")
+        self.check_inputs(inputs)
         feed = {}
         for name, sig in self._in.items():
             x = np.asarray(inputs[name])
@@ -191,15 +216,16 @@ class TFLiteBackend(Backend):
         except md.PackageNotFoundError:
             return True, pkg
 
-    def compile(self, inp: CompileInput, out_dir: Path, target: str, options: dict[str, Any]) -> CompileResult:
-        import importlib.metadata as md
+    def check_request(self, passes: list[Any], options: dict[str, Any]) -> None:
+        """Refuse a quantize mode (or precision option) tflite cannot build before the model is even built."""
+        delegated = [p for p in passes if p.name in self.implements]
+        for p in delegated:
+            precision_for(str(getattr(p.config, "mode", "int8")), "quantize mode")
+        if not delegated and "precision" in options:
+            precision_for(str(options["precision"]), "precision")
 
-        try:
-            import litert_torch  # noqa: F401 - the converter; checked here so the error is clear
-        except ImportError:
-            raise EdgeoptError("litert-torch is not installed: tflite cannot compile here", "pip install 'edgeopt[tflite]'") from None
-        if inp.module is None:
-            raise EdgeoptError("tflite compiles from the torch module and none was given")
+    def compile(self, inp: CompileInput, out_dir: Path, target: str, options: dict[str, Any]) -> CompileResult:
+        torch_converter(self.name, "litert_torch", "tflite", inp)
         precision, qcfg = resolve_precision(inp, options)
         not_applied = {k: v for k, v in qcfg.items() if k not in _HONOURED and _DEFAULTS.get(k, v) != v}
         t0 = time.perf_counter()
@@ -225,12 +251,7 @@ class TFLiteBackend(Backend):
         }
         if not_applied:
             details["options_not_applied"] = {k: f"{v!r} has no effect on tflite" for k, v in not_applied.items()}
-        tools = {}
-        for dist in ("litert-torch", "ai-edge-litert", "ai-edge-quantizer", "torchao"):
-            try:
-                tools[dist] = md.version(dist)
-            except md.PackageNotFoundError:
-                pass
+        tools = dist_versions("litert-torch", "ai-edge-litert", "ai-edge-quantizer", "torchao")
         return CompileResult(artifact=ARTIFACT, precision=precision, target=target or "host", tools=tools, details=details)
 
     def load(self, bundle_dir: Path, manifest: dict[str, Any], threads: int | None = None) -> Session:
@@ -285,6 +306,7 @@ def _convert(inp: CompileInput, precision: str, qcfg: dict[str, Any]) -> tuple[b
             for s in calib:
                 gm(*(torch.from_numpy(np.ascontiguousarray(s[n])) for n in inp.input_names))
             gm = convert_pt2e(gm, fold_quantize=False)
+            float_outputs = _float_outputs(gm) if precision == "int8" else []
         module, quant_config = gm, QuantConfig(pt2e_quantizer=quantizer)
         qdetails.update({
             "method": "PT2E (torchao) with litert-torch's symmetric XNNPACK quantizer",
@@ -293,6 +315,8 @@ def _convert(inp: CompileInput, precision: str, qcfg: dict[str, Any]) -> tuple[b
         })
         if precision == "int8":
             qdetails["calibration_samples"] = len(calib)
+            qdetails["io"] = "int8 inputs, float32 outputs (the last op's output is not requantized)"
+            qdetails["float_outputs"] = float_outputs
     try:
         edge = litert_torch.convert(module, args, quant_config=quant_config)
     except Exception as e:  # noqa: BLE001 - name the op the converter could not lower
@@ -302,6 +326,37 @@ def _convert(inp: CompileInput, precision: str, qcfg: dict[str, Any]) -> tuple[b
         data = _float16(data, inp.workdir)
         qdetails.update({"method": "ai-edge-quantizer float casting", "weights": "fp16 (dequantized at load)", "activations": "fp32"})
     return data, qdetails
+
+
+def _float_outputs(gm: Any) -> list[str]:
+    """Keep a static int8 graph's outputs in float: drop the quantize -> dequantize pair feeding each output.
+
+    PT2E quantizes every annotated op's output, the graph outputs included, so the model would return int8
+    logits whose step is the calibrated output range / 256. Where the logits are small next to that range
+    (shvit_s1 with random weights: ~1e-5 against a 2.4e-4 step) every logit became the zero point (cosine
+    0). Without the pair, the last op (the classifier's linear) still takes int8 inputs and int8 weights,
+    and only its result stays float, as an application wants it anyway. Returns the ops whose outputs were
+    kept in float.
+    """
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    kept: list[str] = []
+
+    def unwrap(a: Any) -> Any:
+        if getattr(a, "op", None) == "call_function" and "dequantize" in str(a.target):
+            q = a.args[0]
+            if getattr(q, "op", None) == "call_function" and "quantize" in str(q.target) and "dequantize" not in str(q.target):
+                src = q.args[0]
+                kept.append(str(src.target))
+                return src
+        return a
+
+    import torch.fx as fx
+
+    out.args = fx.node.map_arg(out.args, unwrap)
+    if kept:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return kept
 
 
 def _export_bytes(edge: Any, workdir: Path | None) -> bytes:

@@ -85,9 +85,7 @@ class TvmSession(Session):
         self.output_names = list(output_names)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [n for n in self.input_names if n not in inputs]
-        if missing:
-            raise EdgeoptError(f"inputs missing: {missing}", f"the model takes {self.input_names}")
+        self.check_inputs(inputs)
         args = [self._tensor(np.asarray(inputs[n], order="C"), self._dev) for n in self.input_names]
         out = self._main(*args, *self._params)
         outs = [out] if hasattr(out, "numpy") else list(out)
