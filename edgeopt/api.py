@@ -86,6 +86,7 @@ def compile(  # noqa: A001 - the public name the design asks for
     be = get_backend(backend)
     be.require()
     pipeline = build_pipeline(passes)  # parse before any slow work: a bad spec fails at once
+    be.check_request(pipeline, options or {})  # e.g. tflite refuses quantize:int4 before building anything
     output = Path(output or f"{spec.name}-{be.name}.bundle")
     if output.exists() and not overwrite:
         raise EdgeoptError(f"{output} already exists", "choose another -o folder or pass --overwrite")
