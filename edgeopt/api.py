@@ -67,12 +67,15 @@ def compile(  # noqa: A001 - the public name the design asks for
     overwrite: bool = False,
     module: Any = None,
     progress: Callable[[str], None] | None = None,
+    exporter: str = "dynamo",
 ) -> Bundle:
     """Compile a registered model into a bundle folder and return it (verified).
 
     `weights`: a local checkpoint file, None (random init), or "calibrated" (edgeopt.calibrate: seeded
     random init, BN statistics re-estimated and a short training on real data; the manifest says so).
     `module` lets a caller pass an already built (e.g. calibrated) torch module for `model`.
+    `exporter`: "dynamo" (torch.export, the default) or "torchscript" (the older tracer: about twice as
+    fast to export, and what Olive uses by default); either falls back as export.export_onnx says.
     """
     from edgeopt.export import check_parity, export_onnx, torch_outputs
     from edgeopt.models import get_spec
@@ -87,6 +90,9 @@ def compile(  # noqa: A001 - the public name the design asks for
     be.require()
     pipeline = build_pipeline(passes)  # parse before any slow work: a bad spec fails at once
     be.check_request(pipeline, options or {})  # e.g. tflite refuses quantize:int4 before building anything
+    if exporter not in ("dynamo", "torchscript"):
+        raise EdgeoptError(f"unknown exporter {exporter!r}", "use dynamo or torchscript")
+    torch_passes_run = any(p.works_on == "torch" for p in pipeline)
     output = Path(output or f"{spec.name}-{be.name}.bundle")
     if output.exists() and not overwrite:
         raise EdgeoptError(f"{output} already exists", "choose another -o folder or pass --overwrite")
@@ -110,6 +116,18 @@ def compile(  # noqa: A001 - the public name the design asks for
     def fid(outs: list[dict[str, np.ndarray]]) -> dict[str, float]:
         return task_metrics(spec.task, refs, outs)
 
+    # ORT outputs on the samples, by the sha256 of the ONNX file that gave them: the ORT artifact is a
+    # copy of the last graph the pipeline evaluated, so its fidelity needs no second session.
+    ort_outputs: dict[str, list[dict[str, np.ndarray]]] = {}
+
+    def run_onnx(path: Path) -> list[dict[str, np.ndarray]]:
+        from edgeopt._ort import ort_run_all
+
+        outs = ort_run_all(path, sample_list)
+        ort_outputs.clear()
+        ort_outputs[sha256_file(path)] = outs
+        return outs
+
     with tempfile.TemporaryDirectory(prefix="edgeopt-") as work:
         workdir = Path(work)
         ctx = PassContext(
@@ -119,23 +137,19 @@ def compile(  # noqa: A001 - the public name the design asks for
 
         def do_export(mod, path: Path):
             dyn = {i.name: dict(i.dynamic_axes) for i in spec.inputs if i.dynamic_axes} or None
-            info = export_onnx(mod, sample_list[0], input_names, output_names, path, dynamic_axes=dyn)
-            mod_refs = [torch_outputs(mod, s, input_names, output_names) for s in sample_list]
-            info.parity = check_parity(path, mod_refs, sample_list)
+            info = export_onnx(mod, sample_list[0], input_names, output_names, path, dynamic_axes=dyn, prefer=exporter)
+            # no torch pass ran: the exported module is the reference module, its outputs are `refs`
+            mod_refs = [torch_outputs(mod, s, input_names, output_names) for s in sample_list] if torch_passes_run else refs
+            info.parity = check_parity(path, mod_refs, sample_list, outs=run_onnx(path))
             return path, info.to_dict()
 
         def eval_torch(mod):
             return [torch_outputs(mod, s, input_names, output_names) for s in sample_list]
 
-        def eval_onnx(path: Path):
-            from edgeopt._ort import ort_run_all
-
-            return ort_run_all(path, sample_list)
-
         result = run_pipeline(
             pipeline, module, ctx,
             export=do_export if be.consumes == "onnx" else None,
-            evaluate_torch=eval_torch, evaluate_onnx=eval_onnx,
+            evaluate_torch=eval_torch, evaluate_onnx=run_onnx,
             budget=fidelity, delegate=be.implements, progress=say,
         )
         inp = CompileInput(
@@ -170,7 +184,7 @@ def compile(  # noqa: A001 - the public name the design asks for
             }
             # Fidelity of the artifact itself, run through its own backend on every sample.
             say("measure fidelity of the artifact")
-            fidelity_fig, why = _artifact_fidelity(be, w.root, manifest, sample_list, fid)
+            fidelity_fig, why = _artifact_fidelity(be, w.root, manifest, sample_list, fid, ort_outputs)
             manifest["fidelity"] = fidelity_fig
             if why:
                 manifest["fidelity_note"] = why
@@ -185,11 +199,17 @@ def compile(  # noqa: A001 - the public name the design asks for
     return load_bundle(output)
 
 
-def _artifact_fidelity(be, root: Path, manifest: dict[str, Any], samples, fid) -> tuple[dict[str, float], str | None]:
-    """Run the written artifact through its backend on the host; say why when the host cannot."""
+def _artifact_fidelity(be, root: Path, manifest: dict[str, Any], samples, fid, ort_outputs) -> tuple[dict[str, float], str | None]:
+    """Run the written artifact through its backend on the host; say why when the host cannot.
+
+    An ORT artifact whose bytes the pipeline already ran (same sha256) reuses those outputs."""
     host_ok = manifest["backend_details"].get("host_runnable", True)
     if host_ok is not True:
         return dict(manifest["passes"][-1]["fidelity"]) if manifest["passes"] else {}, str(host_ok)
+    if be.runs_pipeline_onnx:
+        seen = ort_outputs.get(sha256_file(root / manifest["artifact"]))
+        if seen is not None:
+            return fid(seen), None
     sess = be.load(root, manifest)
     try:
         outs = [sess.run(s) for s in samples]

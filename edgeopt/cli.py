@@ -106,6 +106,7 @@ def compile_cmd(
     tune_trials: Annotated[int | None, typer.Option("--tune-trials", help="TVM: MetaSchedule trial budget")] = None,
     tune_minutes: Annotated[float | None, typer.Option("--tune-minutes", help="TVM: MetaSchedule time budget")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    exporter: Annotated[str, typer.Option("--exporter", help="dynamo (torch.export) or torchscript (faster to export)")] = "dynamo",
     auto: Annotated[bool, typer.Option("--auto", help="search passes x backends x precisions for the fastest artifact within --fidelity")] = False,
     device: Annotated[str, typer.Option("--device", "-d", help="--auto: device to measure candidates on")] = "local",
     budget_minutes: Annotated[float | None, typer.Option("--budget-minutes", help="--auto: stop searching after this long")] = None,
@@ -135,7 +136,7 @@ def compile_cmd(
         task = prog.add_task(f"compile {model}", total=None)
         b = do_compile(
             model, backend=backend, passes=passes, weights=weights, output=output, target=target, options=opts,
-            fidelity=fidelity, samples=samples, overwrite=overwrite,
+            fidelity=fidelity, samples=samples, overwrite=overwrite, exporter=exporter,
             progress=lambda msg: prog.update(task, description=f"{model}: {msg}"),
         )
     m = b.manifest
@@ -228,13 +229,26 @@ def report(
     model: Annotated[str | None, typer.Option("--model")] = None,
     device: Annotated[str | None, typer.Option("--device")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="write an HTML report with plots")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="write the latency vs fidelity Pareto front (PNG) of the selected rows")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Show stored measurements (a table; --html for a report with plots)."""
+    """Show stored measurements (a table; --html for a report with plots; --plot for the Pareto front,
+    e.g. of an --auto search: `edgeopt report --model M --device D --plot front.png`)."""
     from edgeopt.report import measurements_table
     from edgeopt.store import Store
 
     rows = Store(db).measurements(model=model, device=device)
+    if plot is not None:
+        from edgeopt._util import atomic_write_bytes
+        from edgeopt.report.plots import latency_vs_fidelity
+
+        png = latency_vs_fidelity(rows)
+        if png is None:
+            raise EdgeoptError("no stored measurement has both a latency and a fidelity to plot",
+                               "measure some bundles first (edgeopt profile / bench / compile --auto), or widen --model/--device")
+        atomic_write_bytes(plot, png)
+        console.print(f"wrote {plot} ({len(rows)} measurements)")
+        return
     if html is not None:
         try:
             from edgeopt.report.html import write_html

@@ -130,11 +130,14 @@ def check_parity(
     samples: list[dict[str, np.ndarray]],
     min_cosine: float = PARITY_MIN_COSINE,
     rel_tol: float = PARITY_REL_TOL,
+    outs: list[dict[str, np.ndarray]] | None = None,
 ) -> dict[str, float]:
-    """Run the ONNX file on ONNX Runtime and compare with torch's outputs; raise when they disagree."""
-    from edgeopt._ort import ort_run_all
+    """Run the ONNX file on ONNX Runtime (unless its `outs` are given) and compare with torch's outputs;
+    raise when they disagree."""
+    if outs is None:
+        from edgeopt._ort import ort_run_all
 
-    outs = ort_run_all(onnx_path, samples)
+        outs = ort_run_all(onnx_path, samples)
     m = output_metrics(refs, outs)
     scale = max(float(np.max(np.abs(r[k]))) for r in refs for k in r if np.issubdtype(r[k].dtype, np.floating)) if refs else 1.0
     m["rel_max_abs"] = m["max_abs"] / max(scale, 1e-12)

@@ -39,6 +39,12 @@ def test_auto_picks_fastest_within_budget(tmp_path):
     assert len(st.measurements()) == 2
     assert st.run_config(res.run_id)["result"]["winner"]["bundle_sha256"] == man["bundle_sha256"]
     assert {j["status"] for j in st.jobs()} == {"ok"}
+    # the front for this model/device as a plot
+    png = tmp_path / "front.png"
+    p = subprocess.run([sys.executable, "-m", "edgeopt.cli", "report", "--db", db, "--model", "efficientformer_l1",
+                        "--device", "local", "--plot", str(png)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def test_auto_budget_nobody_meets_names_closest(tmp_path):

@@ -77,10 +77,18 @@ def test_weights_load_round_trip(cli_env, tmp_path):
     torch.nn.init.constant_(m.head.bias, 0.25)
     w = tmp_path / "l1.pth"
     torch.save({"model": m.state_dict()}, w)
-    p = run(["compile", "efficientformer_l1", "-o", str(tmp_path / "b"), "--weights", str(w)], cli_env)
+    p = run(["compile", "efficientformer_l1", "-o", str(tmp_path / "b"), "--weights", str(w), "--exporter", "torchscript"], cli_env)
     assert p.returncode == 0, p.stderr
     man = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert man["weights"]["kind"] == "checkpoint" and len(man["weights"]["sha256"]) == 64
+    assert man["export"]["exporter"] == "torchscript" and man["export"]["parity"]["cosine"] > 0.99999
+    assert man["fidelity"]["cosine"] > 0.99999
+
+
+def test_unknown_exporter(cli_env, tmp_path):
+    p = run(["compile", "efficientformer_l1", "-o", str(tmp_path / "x"), "--exporter", "onnxscript"], cli_env)
+    assert_one_line_error(p, "unknown exporter", "dynamo")
+    assert not (tmp_path / "x").exists()
 
 
 def test_profile_errors_store_nothing(cli_env, tmp_path, l1_bundle):

@@ -32,6 +32,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     consumes = "onnx"
     precisions = ("fp32", "fp16", "int8", "int4")
+    runs_pipeline_onnx = True  # compile() copies the file; load() opens it with edgeopt._ort's settings
     targets = ("host", "cpu")
 
     @classmethod
