@@ -1,5 +1,5 @@
-"""Post-processing and task metrics in numpy: detection (DFL decode, class scores, NMS, photo coordinates,
-mAP) and images (PSNR, SSIM).
+"""Post-processing and task metrics in numpy: detection (letterbox in, DFL decode, class scores, NMS, photo
+coordinates, mAP) and images (PSNR, SSIM).
 
 numpy only (never torch): the device runner and the fidelity metric use it. The host may pass
 torchvision's NMS as `nms_fn` (see `edgeopt.models.leyolo.detect`); both follow the same contract,
@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 DEFAULT_STRIDES = (8, 16, 32)
+PAD_VALUE = 114  # ultralytics letterbox grey
 
 
 def _levels(outputs: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -90,6 +91,25 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
         ov = inter / (areas[i] + areas[rest] - inter)
         order = rest[~(ov > iou)]
     return np.asarray(keep, dtype=np.int64)
+
+
+def letterbox(img: np.ndarray, size: int, pad_value: int = PAD_VALUE) -> tuple[np.ndarray, dict[str, float]]:
+    """Resize keeping the aspect ratio, pad to size x size with grey 114 (ultralytics LetterBox, centred).
+
+    Returns float32 1x3xHxW in [0, 1] and the mapping back to the photo: {gain, pad_x, pad_y, w, h}
+    (what `scale_boxes` undoes). Here, not in models/leyolo.py, because the device-side end-to-end runner
+    needs it without torch."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    r = min(size / h, size / w)
+    nw, nh = int(round(w * r)), int(round(h * r))
+    dw, dh = (size - nw) / 2, (size - nh) / 2
+    left, top = int(round(dw - 0.1)), int(round(dh - 0.1))
+    canvas = np.full((size, size, 3), pad_value, np.uint8)
+    canvas[top : top + nh, left : left + nw] = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+    x = canvas.astype(np.float32).transpose(2, 0, 1)[None] / 255.0
+    return np.ascontiguousarray(x), {"gain": r, "pad_x": float(left), "pad_y": float(top), "w": float(w), "h": float(h)}
 
 
 def scale_boxes(boxes: np.ndarray, meta: Mapping[str, float]) -> np.ndarray:

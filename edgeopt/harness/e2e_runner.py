@@ -3,9 +3,12 @@
 `python -m edgeopt.harness.e2e_runner BUNDLE --image IMG [--warmup W --runs N --min-seconds S --threads T]`
 prints one JSON object with the model-only latency and the end-to-end latency measured side by side on the
 same session, plus the pre- and post-processing medians. Needs numpy, Pillow and the bundle's runtime
-(never torch). Pre-processing is the timm/ImageNet recipe (resize shorter side to size/0.875, centre
-crop, /255, mean/std) unless the manifest carries a `preprocess` entry with its own mean/std/crop_pct.
-Post-processing: classification -> softmax + top-5; detection -> confidence filter + NMS in numpy.
+(never torch). Pre-processing: classification models get the timm/ImageNet recipe (resize shorter side to
+size/0.875, centre crop, /255, mean/std; a manifest `preprocess` entry may give its own mean/std/crop_pct);
+detection models the ultralytics letterbox (aspect kept, grey padding, /255), as they were trained.
+Post-processing: classification -> softmax + top-5; detection -> `edgeopt.postprocess.postprocess` for
+YOLOv8-style raw head maps (DFL decode, class scores, class-aware NMS, boxes back in the photo's pixels;
+LeYOLO) or confidence filter + NMS for an already decoded (1, 4+C, N) output.
 """
 
 from __future__ import annotations
@@ -21,13 +24,21 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def preprocess(path: str, shape: list[int], cfg: dict[str, Any]) -> np.ndarray:
-    """Decode an image file into the model's NCHW float32 input."""
+def preprocess(path: str, shape: list[int], cfg: dict[str, Any], task: str = "classification") -> tuple[np.ndarray, dict[str, float] | None]:
+    """Decode an image file into the model's NCHW float32 input; for detection also the letterbox's mapping
+    back to the photo (None otherwise)."""
     from PIL import Image
 
     if len(shape) != 4 or shape[1] not in (1, 3):
         raise ValueError(f"end-to-end mode needs an NCHW image input, this model takes {shape}")
     h, w = int(shape[2]), int(shape[3])
+    if task == "detection":
+        from edgeopt.postprocess import letterbox
+
+        if h != w or shape[1] != 3:
+            raise ValueError(f"the detection letterbox needs a square RGB input, this model takes {shape}")
+        with Image.open(path) as im:
+            return letterbox(np.asarray(im.convert("RGB")), h)
     crop = float(cfg.get("crop_pct", 0.875))
     with Image.open(path) as im:
         im = im.convert("RGB" if shape[1] == 3 else "L")
@@ -40,7 +51,7 @@ def preprocess(path: str, shape: list[int], cfg: dict[str, Any]) -> np.ndarray:
         a = a[..., None]
     mean = np.asarray(cfg.get("mean", IMAGENET_MEAN), dtype=np.float32)[: a.shape[2]]
     std = np.asarray(cfg.get("std", IMAGENET_STD), dtype=np.float32)[: a.shape[2]]
-    return np.ascontiguousarray(((a - mean) / std).transpose(2, 0, 1)[None])
+    return np.ascontiguousarray(((a - mean) / std).transpose(2, 0, 1)[None]), None
 
 
 def softmax_top5(logits: np.ndarray) -> list[tuple[int, float]]:
@@ -51,26 +62,10 @@ def softmax_top5(logits: np.ndarray) -> list[tuple[int, float]]:
     return [(int(i), float(p[i])) for i in idx]
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.45) -> list[int]:
-    """Greedy non-maximum suppression on xyxy boxes."""
-    order = np.argsort(-scores)
-    keep: list[int] = []
-    areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        xx1 = np.maximum(boxes[i, 0], boxes[order[1:], 0])
-        yy1 = np.maximum(boxes[i, 1], boxes[order[1:], 1])
-        xx2 = np.minimum(boxes[i, 2], boxes[order[1:], 2])
-        yy2 = np.minimum(boxes[i, 3], boxes[order[1:], 3])
-        inter = (xx2 - xx1).clip(0) * (yy2 - yy1).clip(0)
-        ious = inter / (areas[i] + areas[order[1:]] - inter + 1e-9)
-        order = order[1:][ious <= iou]
-    return keep
-
-
 def detections(out: np.ndarray, conf: float = 0.25, iou: float = 0.45) -> list[dict[str, Any]]:
-    """YOLO-style head output (1, 4+C, N) or (1, N, 4+C), boxes as cx,cy,w,h -> kept boxes after NMS."""
+    """Decoded YOLO-style output (1, 4+C, N) or (1, N, 4+C), boxes as cx,cy,w,h -> kept boxes after NMS."""
+    from edgeopt.postprocess import nms
+
     a = out[0]
     if a.shape[0] < a.shape[1]:
         a = a.T
@@ -86,9 +81,16 @@ def detections(out: np.ndarray, conf: float = 0.25, iou: float = 0.45) -> list[d
     return [{"box": xyxy[k].tolist(), "score": float(score[k]), "label": int(label[k])} for k in keep]
 
 
-def postprocess(task: str, outs: dict[str, np.ndarray]) -> Any:
-    first = next(iter(outs.values()))
+def postprocess(task: str, outs: dict[str, np.ndarray], names: list[str] | None = None, meta: dict[str, float] | None = None) -> Any:
+    """The task's post-processing of one inference's outputs (in the manifest's output order `names`)."""
+    arrs = [outs[n] for n in names] if names else list(outs.values())
+    first = arrs[0]
     if task == "detection":
+        if len(arrs) > 1 and all(a.ndim == 4 for a in arrs):  # raw head maps, finest stride first (LeYOLO)
+            from edgeopt.postprocess import postprocess as head_postprocess
+
+            det = head_postprocess(arrs, meta=meta)
+            return [{"box": d[:4].tolist(), "score": float(d[4]), "label": int(d[5])} for d in det]
         return detections(first)
     if task == "classification":
         return softmax_top5(first)
@@ -104,6 +106,7 @@ def run(path: str, image: str, warmup: int, runs: int, min_seconds: float, threa
     spec = bundle.manifest["inputs"][0]
     task = bundle.manifest["model"].get("task", "classification")
     cfg = bundle.manifest.get("preprocess", {})
+    names = [o["name"] for o in bundle.manifest.get("outputs", [])] or None
     session = get_backend(bundle.backend).load(bundle.path, bundle.manifest, threads=threads)
     pre_ms: list[float] = []
     post_ms: list[float] = []
@@ -111,15 +114,15 @@ def run(path: str, image: str, warmup: int, runs: int, min_seconds: float, threa
 
     def e2e() -> None:
         t0 = time.perf_counter()
-        x = preprocess(image, spec["shape"], cfg)
+        x, meta = preprocess(image, spec["shape"], cfg, task)
         t1 = time.perf_counter()
         outs = session.run({spec["name"]: x})
         t2 = time.perf_counter()
-        result["post"] = postprocess(task, outs)
+        result["post"] = postprocess(task, outs, names, meta)
         pre_ms.append((t1 - t0) * 1e3)
         post_ms.append((time.perf_counter() - t2) * 1e3)
 
-    x = preprocess(image, spec["shape"], cfg)
+    x, _ = preprocess(image, spec["shape"], cfg, task)
     model_only = summarize(measure_session(lambda: session.run({spec["name"]: x}), warmup, runs, min_seconds))
     full = summarize(measure_session(e2e, warmup, runs, min_seconds))
     session.close()

@@ -27,12 +27,12 @@ from edgeopt.errors import CheckpointError
 from edgeopt.models.checkpoints import load_state_strict
 from edgeopt.models.inputs import photos
 from edgeopt.models.registry import InputSpec, ModelSpec, PaperFigures, register
+from edgeopt.postprocess import PAD_VALUE, letterbox  # shared with the device-side e2e runner
 
 REG_MAX = 16
 NUM_CLASSES = 80
 STRIDES = (8, 16, 32)
 MAX_CHANNELS = 576
-PAD_VALUE = 114  # ultralytics letterbox grey
 
 # One row per layer: (from, module, args). Args as in the official YAML before width scaling:
 #   mn_conv: (c2, k, s)          MB = MobileNetV3_BLOCK: (c2, k, e, stride, pw)        SPPF: (c2, k)
@@ -255,24 +255,6 @@ def build_leyolo(variant: str, device: str = "cpu"):
 
 
 # ----------------------------------------------------------------------------------------- inputs
-
-
-def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, dict[str, float]]:
-    """Resize keeping the aspect ratio, pad to size x size with grey 114 (ultralytics LetterBox, centred).
-
-    Returns float32 1x3xHxW in [0, 1] and the mapping back to the photo: {gain, pad_x, pad_y, w, h}.
-    """
-    from PIL import Image
-
-    h, w = img.shape[:2]
-    r = min(size / h, size / w)
-    nw, nh = int(round(w * r)), int(round(h * r))
-    dw, dh = (size - nw) / 2, (size - nh) / 2
-    left, top = int(round(dw - 0.1)), int(round(dh - 0.1))
-    canvas = np.full((size, size, 3), PAD_VALUE, np.uint8)
-    canvas[top : top + nh, left : left + nw] = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
-    x = canvas.astype(np.float32).transpose(2, 0, 1)[None] / 255.0
-    return np.ascontiguousarray(x), {"gain": r, "pad_x": float(left), "pad_y": float(top), "w": float(w), "h": float(h)}
 
 
 def detection_samples(n: int, size: int) -> list[dict[str, np.ndarray]]:
