@@ -123,3 +123,56 @@ def test_mixed_uses_the_pipeline_budget_and_keeps_all_int8_when_it_holds(token_m
     ch = res.reports[0].changes[0]
     assert ch["target"] == 0.9 and ch["float_nodes"] == []
     assert onnx.load(str(res.onnx_path)).graph.node  # a real graph came out
+
+
+def _shared_bias_graph(path: Path) -> Path:
+    """Two convs reading one bias `val_3`, and an activation named `val_30` (a Reshape output read by a
+    Mul): ORT's quantizer copies the shared bias as `val_3` + '0' = `val_30`, the clash seen on shvit_s1
+    after reparam+lowrank (torch's exporter names values val_N)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w1"),
+        numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2, "w2"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "val_3"),
+        numpy_helper.from_array(np.array([1, 8, 32, 32], np.int64), "shape"),
+        numpy_helper.from_array(rng.standard_normal((8, 1, 1)).astype(np.float32), "k"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "w1", "val_3"], ["a"], pads=[1, 1, 1, 1], name="c1"),
+        helper.make_node("Reshape", ["a", "shape"], ["val_30"], name="rs"),
+        helper.make_node("Mul", ["val_30", "k"], ["r"], name="mul"),
+        helper.make_node("Conv", ["r", "w2", "val_3"], ["logits"], pads=[1, 1, 1, 1], name="c2"),
+    ]
+    g = helper.make_graph(nodes, "shared_bias", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 8, 32, 32])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    onnx.save(m, str(path))
+    return path
+
+
+def test_int8_survives_a_shared_bias_whose_copy_name_clashes(tmp_path):
+    from _passes_util import make_ctx as _mk
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    from edgeopt.passes.quantize import _Reader, unshare_initializers
+
+    src = _shared_bias_graph(tmp_path / "shared.onnx")
+    ctx = _mk(nn.Identity(), tmp_path, n=2)
+    float_out = ort_run_all(src, ctx.samples)
+    ctx.references = float_out
+    # the clash is real: ORT's own quantizer fails on this graph as it is
+    with pytest.raises(ValueError, match="shared mode"):
+        quantize_static(str(src), str(tmp_path / "raw.onnx"), _Reader(ctx.samples, ["image"]), quant_format=QuantFormat.QDQ, per_channel=True)
+    before = src.read_bytes()
+    assert unshare_initializers(src, tmp_path / "unshared.onnx") == 1
+    assert src.read_bytes() == before  # the source graph is never rewritten in place
+    g = onnx.load(str(tmp_path / "unshared.onnx")).graph
+    assert [n.input[2] for n in g.node if n.op_type == "Conv"] == ["val_3", "val_3__copy2"]
+    out, rep = build_pipeline("quantize:int8")[0].run(src, ctx)
+    q = ort_run_all(out, ctx.samples)
+    cos = float(np.dot(q[0]["logits"].ravel(), float_out[0]["logits"].ravel())
+                / np.linalg.norm(q[0]["logits"]) / np.linalg.norm(float_out[0]["logits"]))
+    assert cos > 0.99 and op_histogram(out).get("QuantizeLinear", 0) >= 2

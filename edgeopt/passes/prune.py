@@ -10,13 +10,25 @@ samples afterwards (when reparam ran first there is no BN left: it was folded, a
 Output layers are found on the dependency graph itself: a conv/linear from which the model output is
 reached without passing another conv/linear. Taylor importance needs a loss without labels: for
 classification the cross-entropy against the model's own top-1, otherwise half the squared output norm.
+
+Two kinds of layer torch-pruning cannot handle on its own are declared to it rather than given up on:
+- modules it must not trace into (`_leaf_pruners`): SHViT's single-head attention (SHSA) splits its
+  input channels into an attended part and a pass-through part and reshapes the attention result back
+  to channels, which torch-pruning's reshape analysis divides by zero on. SHSA is handed to it as one
+  leaf with its own pruner (`_SHSAPruner`), which removes residual channels from the pre-norm, the qkv
+  input, the value and the projection consistently; with `protect_attention` (default) it is frozen.
+- frozen modules: a group touching one (as input or output) is not pruned at all. Grouped convs that
+  are not depthwise (MobileCLIP/FastViT's stride-2 7x7 conv with groups = in, out = 2 x in) are frozen:
+  torch-pruning's importance and index mapping assume in/groups == 1 means depthwise and fail on them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import time
+import warnings
 from typing import Any, Literal
 
 from edgeopt.errors import EdgeoptError
@@ -115,6 +127,125 @@ def recalibrate_bn(model: Any, ctx: PassContext, n: int) -> int:
     return reestimate_bn(model, [_batch(ctx, n)])
 
 
+def _conv_bn(m: Any) -> tuple[Any, Any]:
+    """(conv, bn or None) of timm's Conv2dNorm, or (conv, None) once reparam fused it."""
+    from torch import nn
+
+    if isinstance(m, nn.Conv2d):
+        return m, None
+    return m.c, m.bn
+
+
+def _shsa_pruner() -> Any:
+    """torch-pruning pruner for timm's SHSA, traced as one leaf (None when timm has no SHViT).
+
+    Residual channel i < pdim feeds the attention (pre_norm, qkv input) and, since pdim is shared by the
+    split of x and of qkv, takes value channel i and projection input i with it; channel i >= pdim only
+    reaches the projection's input. Output channels are the projection's outputs.
+    """
+    try:
+        from timm.models.shvit import SHSA
+    except ImportError:
+        return None
+    from torch_pruning.pruner import function as F
+
+    class SHSAPruner(F.BasePruningFunc):
+        TARGET_MODULES = (SHSA,)
+
+        def prune_out_channels(self, layer: Any, idxs: list[int]) -> Any:
+            conv, bn = _conv_bn(layer.proj[1])
+            F.prune_conv_out_channels(conv, idxs)
+            if bn is not None:
+                F.prune_batchnorm_out_channels(bn, idxs)
+            return layer
+
+        def prune_in_channels(self, layer: Any, idxs: list[int]) -> Any:
+            att = sorted(i for i in idxs if i < layer.pdim)
+            if att:
+                F.prune_groupnorm_out_channels(layer.pre_norm, att)
+                conv, bn = _conv_bn(layer.qkv)
+                F.prune_conv_in_channels(conv, att)
+                v = [2 * layer.qk_dim + i for i in att]
+                F.prune_conv_out_channels(conv, v)
+                if bn is not None:
+                    F.prune_batchnorm_out_channels(bn, v)
+            F.prune_conv_in_channels(_conv_bn(layer.proj[1])[0], sorted(idxs))
+            layer.pdim -= len(att)
+            layer.dim -= len(idxs)
+            return layer
+
+        def get_out_channels(self, layer: Any) -> int:
+            return _conv_bn(layer.proj[1])[0].out_channels
+
+        def get_in_channels(self, layer: Any) -> int:
+            return layer.dim
+
+    return SHSA, SHSAPruner()
+
+
+def leaf_pruners() -> dict[type, Any]:
+    """Module types torch-pruning must treat as leaves, with edgeopt's pruner for each."""
+    out = {}
+    shsa = _shsa_pruner()
+    if shsa is not None:
+        out[shsa[0]] = shsa[1]
+    return out
+
+
+@contextlib.contextmanager
+def opaque_leaves(model: Any, types: tuple[type, ...]):
+    """While tracing, each module of `types` is one autograd node from its input to its output.
+
+    torch-pruning follows autograd through a custom layer's insides (its reshapes and matmuls are what
+    it cannot analyse); running the module inside an autograd Function hides them, so the traced graph
+    sees input -> leaf -> output and the leaf's own pruner does the rest."""
+    import torch
+
+    class Opaque(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, fn: Any, x: Any) -> Any:
+            return fn(x)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:  # never run: tracing only inspects the graph
+            return None, None
+
+    mods = [m for m in model.modules() if types and isinstance(m, types)]
+    for m in mods:
+        real = m.forward
+        m.forward = lambda x, _real=real: Opaque.apply(_real, x)
+    try:
+        yield
+    finally:
+        for m in mods:
+            del m.forward  # the instance attribute; the class's forward is back
+
+
+def frozen_modules(model: Any) -> list[Any]:
+    """Layers no group may touch: grouped convs that are neither dense nor depthwise."""
+    from torch import nn
+
+    return [
+        m for m in model.modules()
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels)
+    ]
+
+
+def _skip_groups_touching(dg: Any, frozen: list[Any]) -> None:
+    """Make dg.get_all_groups skip every group with a dependency on a frozen module (in or out)."""
+    if not frozen:
+        return
+    ids = {id(m) for m in frozen}
+    inner = dg.get_all_groups
+
+    def get_all_groups(*args: Any, **kwargs: Any):
+        for group in inner(*args, **kwargs):
+            if not any(id(dep.target.module) in ids for dep, _ in group):
+                yield group
+
+    dg.get_all_groups = get_all_groups
+
+
 @register_pass
 class PrunePass(Pass):
     name = "prune"
@@ -169,10 +300,12 @@ class PrunePass(Pass):
         ref_shapes = {k: v.shape for k, v in run_torch(model, ctx, 1)[0].items()}
         work = copy.deepcopy(model).eval()  # the input model is never touched, whatever happens below
         example = torch_inputs(ctx)
+        leaves = leaf_pruners()
         tracker = _Tracker(work)
         try:
-            with torch.enable_grad():
-                dg = tp.DependencyGraph().build_dependency(work, example_inputs=example)
+            with torch.enable_grad(), warnings.catch_warnings(), opaque_leaves(work, tuple(leaves)):
+                warnings.simplefilter("ignore")  # 'unwrapped parameters' (layer scales): pruned on dim 0, as wanted
+                dg = tp.DependencyGraph().build_dependency(work, example_inputs=example, customized_pruners=leaves)
         except Exception as e:  # noqa: BLE001 - any trace failure is reported with the layer it reached
             raise EdgeoptError(
                 f"prune cannot trace {ctx.model_name}: stopped at {tracker.last}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}",
@@ -188,8 +321,14 @@ class PrunePass(Pass):
             outs = output_layers(dg)
             ignored += outs
             reasons["output layers"] = len(outs)
+        frozen = frozen_modules(work)
+        if frozen:
+            reasons["grouped convs (neither dense nor depthwise)"] = len(frozen)
         for n, m in work.named_modules():
-            if cfg.protect_attention and (_ATTENTION.search(type(m).__name__) or isinstance(m, torch.nn.MultiheadAttention)):
+            if cfg.protect_attention and isinstance(m, tuple(leaves)):
+                frozen.append(m)
+                reasons["attention blocks"] = reasons.get("attention blocks", 0) + 1
+            elif cfg.protect_attention and (_ATTENTION.search(type(m).__name__) or isinstance(m, torch.nn.MultiheadAttention)):
                 sub = [c for c in m.modules() if isinstance(c, (torch.nn.Linear, torch.nn.modules.conv._ConvNd, torch.nn.MultiheadAttention))]
                 ignored += sub
                 reasons["attention layers"] = reasons.get("attention layers", 0) + len(sub)
@@ -198,11 +337,14 @@ class PrunePass(Pass):
                 reasons["ignored by option"] = reasons.get("ignored by option", 0) + 1
         ignored = list({id(m): m for m in ignored}.values())
 
-        pruner = tp.pruner.MetaPruner(
-            work, example, importance=self._importance(cfg), global_pruning=cfg.scope == "global",
-            pruning_ratio=cfg.ratio, max_pruning_ratio=cfg.max_layer_ratio, ignored_layers=ignored,
-            round_to=cfg.round_to,
-        )
+        with torch.enable_grad(), warnings.catch_warnings(), opaque_leaves(work, tuple(leaves)):
+            warnings.simplefilter("ignore")
+            pruner = tp.pruner.MetaPruner(
+                work, example, importance=self._importance(cfg), global_pruning=cfg.scope == "global",
+                pruning_ratio=cfg.ratio, max_pruning_ratio=cfg.max_layer_ratio, ignored_layers=ignored + frozen,
+                round_to=cfg.round_to, customized_pruners=leaves,
+            )
+        _skip_groups_touching(pruner.DG, frozen)
         if cfg.importance == "taylor":
             with torch.enable_grad():
                 self._taylor_grads(work, ctx, cfg)

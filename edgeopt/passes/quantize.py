@@ -14,6 +14,7 @@ Modes (the config shape is shared with the LiteRT and Core ML backends, which re
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -78,8 +79,61 @@ class _Reader:
         self._it = iter(self._data)
 
 
+def unshare_initializers(src: Path, dst: Path, max_elements: int = 4096) -> int:
+    """Give each consumer of a shared small float initializer its own copy; writes dst when any was shared.
+
+    Why: ORT's QDQ quantizer copies a bias that several nodes read and names the copy NAME + a digit,
+    which can collide with an existing tensor (torch's exporter names values val_37, val_376, ...): on
+    shvit_s1 the copy of InstanceNormalization's bias `val_37` became `val_376`, an activation, and
+    quantize_static then failed with "Quantization parameter shared mode is not supported for weight".
+    Shared biases and norm parameters (1-D, small) are where this happens; big shared weights (tied
+    embeddings) are left shared so the model does not grow. Returns how many copies were made."""
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=False)
+    g = model.graph
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in g.initializer):
+        return 0  # a model with external data keeps its layout (copies would point into another folder)
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    small = {t.name: t for t in g.initializer if t.data_type in floats and len(t.dims) <= 1 and math.prod(t.dims) <= max_elements}
+    uses: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            if i in small:
+                uses[i] = uses.get(i, 0) + 1
+    shared = {k for k, v in uses.items() if v > 1}
+    if not shared:
+        return 0
+    taken = {t.name for t in g.initializer} | {v.name for v in list(g.input) + list(g.output)}
+    taken |= {o for n in g.node for o in n.output}
+    made, seen = 0, dict.fromkeys(shared, 0)
+    for n in g.node:
+        for j, i in enumerate(n.input):
+            if i not in shared:
+                continue
+            seen[i] += 1
+            if seen[i] == 1:
+                continue  # the first consumer keeps the original
+            k = seen[i]
+            while f"{i}__copy{k}" in taken:
+                k += 1
+            name = f"{i}__copy{k}"
+            copy = onnx.TensorProto()
+            copy.CopyFrom(small[i])
+            copy.name = name
+            g.initializer.append(copy)
+            taken.add(name)
+            n.input[j] = name
+            made += 1
+    tmp = dst.with_name(dst.name + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(dst)
+    return made
+
+
 def preprocess(src: Path, dst: Path) -> Path:
-    """ORT's quantization pre-processing (shape inference + graph optimisation); src when it fails."""
+    """ORT's quantization pre-processing (shape inference + graph optimisation) then `unshare_initializers`;
+    src itself (untouched) when pre-processing fails and nothing needed unsharing."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from edgeopt._ort import ort_session
@@ -90,10 +144,13 @@ def preprocess(src: Path, dst: Path) -> Path:
         try:
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=True, skip_optimization=skip_optimization)
             ort_session(dst)
-            return dst
+            break
         except Exception:  # noqa: BLE001 - pre-processing is an optimisation; fall back as far as the raw graph
             dst.unlink(missing_ok=True)
-    return src
+    else:
+        return dst if unshare_initializers(src, dst) else src
+    unshare_initializers(dst, dst)
+    return dst
 
 
 def static_int8(
