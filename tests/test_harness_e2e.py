@@ -123,5 +123,8 @@ def test_leyolo_nano_e2e_matches_host_detect(tmp_path):
     assert len(got) == len(want) >= 1
     from edgeopt.postprocess import box_iou
 
-    iou = box_iou(np.asarray([d["box"] for d in got]), want[:, :4])
-    assert (iou.max(1) > 0.99).all() and [d["label"] for d in got] == want[:, 5].astype(int).tolist()
+    # Near-equal scores may be ordered differently by ORT and torch: pair each box with the host's box of the
+    # same class it overlaps most (class-aware NMS keeps one box per class where classes share a place).
+    same = np.asarray([d["label"] for d in got])[:, None] == want[None, :, 5].astype(int)
+    iou = box_iou(np.asarray([d["box"] for d in got]), want[:, :4]) * same
+    assert (iou.max(1) > 0.99).all() and len(set(iou.argmax(1).tolist())) == len(want)
