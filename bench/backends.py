@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -30,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 from edgeopt.bundle import load_bundle  # noqa: E402
-from edgeopt.capabilities import how  # noqa: E402
+from edgeopt.capabilities import host_description, how, live_weights  # noqa: E402
 
 DOC = REPO / "docs" / "backends.md"
 ROWS = [  # (label, backend, precision, extra options)
@@ -52,16 +51,12 @@ def load_avg() -> str:
         return "?"
 
 
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical cores"
+def _live(model: str, kw: dict) -> dict:
+    """compile() arguments with the figures' weights (capabilities.live_weights: no dead residual branches)."""
+    module, label = live_weights(model)
+    if module is None:
+        return kw
+    return {**kw, "module": module, "options": {**kw.get("options", {}), "weights_label": label}}
 
 
 def compile_rows(model: str, work: Path, reuse: bool, tune_minutes: float, samples: int, log, no_compile: bool = False,
@@ -86,7 +81,7 @@ def compile_rows(model: str, work: Path, reuse: bool, tune_minutes: float, sampl
                 continue
             else:
                 log(f"compile {model} {label}")
-                b = edgeopt.compile(model, output=path, samples=samples, overwrite=True, **kw)
+                b = edgeopt.compile(model, output=path, samples=samples, overwrite=True, **_live(model, kw))
         except Exception as e:  # noqa: BLE001 - a row that fails is reported with its reason
             out[label] = {"error": f"{type(e).__name__}: {getattr(e, 'message', None) or e}"[:300]}
             log(f"  failed: {out[label]['error']}")
@@ -97,6 +92,7 @@ def compile_rows(model: str, work: Path, reuse: bool, tune_minutes: float, sampl
             "cosine": m.get("fidelity", {}).get("cosine"), "top1": m.get("fidelity", {}).get("top1_agreement"),
             "compile_s": (m.get("compile_seconds") or {}).get("total") or time.perf_counter() - t0,
             "tuning": (m.get("backend_details") or {}).get("tuning"),
+            "weights": (m.get("weights") or {}).get("note"),
         }
     return out
 
@@ -151,7 +147,7 @@ def coreml_sizes(model: str, work: Path, reuse: bool, log, no_compile: bool = Fa
                 continue
             else:
                 log(f"compile {model} coreml {prec}")
-                b = edgeopt.compile(model, backend="coreml", options=opts, output=path, samples=1, overwrite=True)
+                b = edgeopt.compile(model, output=path, samples=1, overwrite=True, **_live(model, {"backend": "coreml", "options": opts}))
         except Exception as e:  # noqa: BLE001
             out.append({"precision": prec, "error": f"{type(e).__name__}: {getattr(e, 'message', None) or e}"[:300]})
             continue
@@ -181,7 +177,9 @@ def render(results: dict, coreml: dict, meta: dict) -> str:
         "",
     ]
     for model, rows in results.items():
-        lines += [f"## {model}", "", "| backend / precision | p50 ms | vs ORT fp32 | size | cosine | top-1 agree | compile s | note |",
+        note = next((r["weights"] for r in rows.values() if r.get("weights")), None)
+        lines += [f"## {model}", ""] + ([f"Weights: {note}.", ""] if note else [])
+        lines += ["| backend / precision | p50 ms | vs ORT fp32 | size | cosine | top-1 agree | compile s | note |",
                   "|---|---|---|---|---|---|---|---|"]
         base = rows.get("ORT fp32", {}).get("p50")
         for label, r in rows.items():
@@ -257,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     (a.work / "compiled.json").write_text(json.dumps({"results": results, "coreml": coreml}, indent=1, default=str))
     if a.compile_only:
         return 0
-    meta = {"machine": machine(), "threads": a.threads, "rounds": a.rounds, "seconds": a.seconds,
+    meta = {"machine": host_description(), "threads": a.threads, "rounds": a.rounds, "seconds": a.seconds,
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python bench/backends.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "load_start": load_avg(), "notes": notes + (a.note or [])}

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -26,18 +24,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 from edgeopt import capabilities as cap  # noqa: E402
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical cores"
 
 
 def write_docs(results: list[cap.Result], meta: dict, docs: Path, readme: Path | None) -> None:
@@ -81,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     con = Console(stderr=True)
     json_path = a.docs / "capabilities.json"
     results: list[cap.Result] = []
-    meta = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "samples": a.samples,
+    meta = {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": cap.host_description(), "samples": a.samples,
             "command": "python bench/capabilities.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     if (a.resume or a.render_only) and json_path.is_file():
         results, old_meta = cap.load(json_path)

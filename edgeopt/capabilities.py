@@ -48,9 +48,10 @@ CELLS: tuple[Cell, ...] = (
     Cell("tflite", "fp32", None, {}, "model.tflite", "litert-torch conversion"),
     Cell("tflite", "fp16", "quantize:fp16", {}, "model.tflite", "fp16 weights (ai-edge-quantizer), fp32 compute"),
     Cell("tflite", "dynamic", "quantize:dynamic", {}, "model.tflite", "PT2E dynamic: int8 weights, int8 activations at run time"),
-    Cell("tflite", "int8", "quantize:int8", {}, "model.tflite", "PT2E static int8 (XNNPACK quantizer), calibrated, int8 I/O"),
+    Cell("tflite", "int8", "quantize:int8", {}, "model.tflite", "PT2E static int8 (XNNPACK quantizer), calibrated; int8 input, float output"),
     Cell("tvm", "fp32", None, {}, "model.so", "Relax build for this CPU, untuned", runs_on="the target CPU it was built for"),
-    Cell("tvm", "int8", "quantize:int8", {}, "model.so", "QDQ graph imported into Relax, untuned", runs_on="the target CPU it was built for"),
+    Cell("tvm", "int8", "quantize:int8", {}, "model.so", "ORT's QDQ graph imported into Relax (quantize/dequantize lowered to float arithmetic), untuned",
+         runs_on="the target CPU it was built for"),
     Cell("coreml", "fp32", None, {}, "model.mlpackage", "ML program, fp32 compute", runs_on="macOS, iOS"),
     Cell("coreml", "fp16", None, {"precision": "fp16"}, "model.mlpackage", "ML program, fp16 compute", runs_on="macOS, iOS"),
     Cell("coreml", "w8", "quantize:int8", {"precision": "fp16"}, "model.mlpackage", "8-bit linear weights, fp16 compute", runs_on="macOS, iOS"),
@@ -108,6 +109,47 @@ def families() -> list[str]:
     return sorted({s.family for s in all_specs()})
 
 
+def host_description() -> str:
+    """One line naming this machine for a figure's caption (CPU model from harness.devices.local)."""
+    import os
+    import platform
+
+    from edgeopt.harness.devices.local import linux_cpu_info
+
+    cpu = linux_cpu_info().get("cpu_model") or platform.processor() or platform.machine()
+    return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical cores"
+
+
+def live_weights(model: str) -> tuple[Any, dict[str, Any]]:
+    """(module or None, weights label) for figures: random init, minus the init that kills whole branches.
+
+    timm zero-initialises the scale of the last norm in each residual branch of some models (shvit: 35
+    BatchNorms). With gamma = 0 a branch outputs a constant, so LiteRT's converter folds it away (shvit_s1 fp32
+    .tflite 6.6 MB with 18 of 77 convs, against 25.9 MB ONNX that ORT runs in full) and the features left are
+    so small that int8 rounds them off (static int8 cosine 0). Trained weights never have gamma = 0, so the
+    figures set those scales to 1 (timm's init for every other norm) and say so in the label; None means the
+    model has no such norms and is built as usual.
+    """
+    import torch
+
+    from edgeopt.models import get_spec
+
+    spec = get_spec(model)
+    m = spec.build()
+    norms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.LayerNorm, torch.nn.GroupNorm)
+    revived = 0
+    with torch.no_grad():
+        for mod in m.modules():
+            w = getattr(mod, "weight", None)
+            if isinstance(mod, norms) and w is not None and w.numel() and bool(torch.all(w == 0)):
+                w.fill_(1.0)
+                revived += 1
+    if not revived:
+        return None, {"kind": "random"}
+    return m.eval(), {"kind": "random", "note": f"random init with {revived} zero-initialised residual-branch norm scales set to 1 "
+                      "(gamma = 0 makes those branches dead, which converters fold away)", "revived_norms": revived}
+
+
 @dataclass
 class Result:
     """What trying one (model, cell) gave."""
@@ -142,8 +184,13 @@ def try_cell(model: str, cell: Cell, out_dir: Path, samples: int = 4, runs: int 
     spec = get_spec(model)
     res = Result(spec.family, model, cell.backend, cell.precision, "fails")
     t0 = time.perf_counter()
+    kw = how(cell.backend, cell.precision)
+    module, label = live_weights(model)
+    if module is not None:
+        res.extra["weights"] = label
+        kw["options"] = {**kw["options"], "weights_label": label}
     try:
-        b = edgeopt.compile(model, output=out_dir, samples=samples, overwrite=True, **how(cell.backend, cell.precision))
+        b = edgeopt.compile(model, output=out_dir, samples=samples, overwrite=True, module=module, **kw)
     except Exception as e:  # noqa: BLE001 - a failing cell is a result, with its reason
         res.reason = _reason(e)
         res.compile_s = round(time.perf_counter() - t0, 1)

@@ -41,6 +41,17 @@ def test_every_family_has_a_representative():
         cap.representative("nope")
 
 
+def test_live_weights_revive_zero_init_norm_scales():
+    """shvit's residual branches end in a BatchNorm with gamma 0 (timm's init): dead branches that converters
+    fold away. The figures' weights set those scales to 1; a model without them is built as usual."""
+    import torch
+
+    m, label = cap.live_weights("shvit_s1")
+    assert label["revived_norms"] == 35 and "set to 1" in label["note"]
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) and bool(torch.all(x.weight == 0)) for x in m.modules())
+    assert cap.live_weights("efficientformer_l1") == (None, {"kind": "random"})
+
+
 def test_render_numbers_reasons_and_ratios():
     rs = [
         cap.Result("fam", "m1", "onnxruntime", "fp32", "works", p50_ms=10.0, cosine=1.0),
