@@ -4,6 +4,11 @@
     python bench/capabilities.py --families efficientformer,shvit --backends onnxruntime,tflite
     python bench/capabilities.py --resume              # keep cells already in docs/capabilities.json
     python bench/capabilities.py --render-only         # rewrite the docs from docs/capabilities.json
+    python bench/capabilities.py --resume --redo shvit_s1 --cell-timeout 600
+
+Each cell runs in its own process (group) with a wall-clock limit (--cell-timeout): a cell that does not
+finish (untuned TVM of a model that takes seconds per inference on ORT) is recorded as `timeout` with the
+limit, not left "not tried", and its processes are killed.
 
 Each cell is compiled for real with `edgeopt.compile` (the passes/options come from
 `edgeopt.capabilities.CELLS`), run through the device-side runner on this host where the runtime
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import shutil
 import sys
 import tempfile
@@ -45,6 +51,43 @@ def write_docs(results: list[cap.Result], meta: dict, docs: Path, readme: Path |
             atomic_write_bytes(readme, cap.replace_block(text, matrix).encode())
 
 
+_CHILD = """
+import dataclasses, json, sys
+from pathlib import Path
+from edgeopt import capabilities as cap
+model, key, out, samples, runs, min_s = sys.argv[1:7]
+r = cap.try_cell(model, cap.get_cell(*key.split("/", 1)), Path(out), samples=int(samples), runs=int(runs), min_seconds=float(min_s))
+print("RESULT " + json.dumps(dataclasses.asdict(r), default=str))
+"""
+
+
+def run_cell(model: str, c: cap.Cell, out: Path, samples: int, runs: int, min_seconds: float, timeout: float) -> cap.Result:
+    """try_cell in a child process group, killed (with the runner it started) after `timeout` seconds."""
+    import json
+    import signal
+    import subprocess
+    import time
+
+    from edgeopt.models import get_spec
+
+    args = [sys.executable, "-c", _CHILD, model, c.key, str(out), str(samples), str(runs), str(min_seconds)]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True, cwd=REPO)
+    try:
+        stdout, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        return cap.Result(get_spec(model).family, model, c.backend, c.precision, "timeout",
+                          reason=f"not finished within {timeout:.0f} s on this machine (compile, fidelity on the samples, timing)",
+                          compile_s=round(time.perf_counter() - t0, 1))
+    line = next((x for x in reversed(stdout.splitlines()) if x.startswith("RESULT ")), None)
+    if line is None:
+        return cap.Result(get_spec(model).family, model, c.backend, c.precision, "fails",
+                          reason=f"the cell's process died (exit {p.returncode}) without a result")
+    return cap.Result(**json.loads(line[len("RESULT "):]))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", help="comma list (default: every registered family)")
@@ -60,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render-only", action="store_true")
     ap.add_argument("--cells", help="comma list of backend/precision to run, in this order (default: the whole table)")
     ap.add_argument("--breadth-first", action="store_true", help="each cell for every family, then the next cell")
+    ap.add_argument("--redo", help="with --resume: comma list of models (or model:backend/precision keys) to try again")
+    ap.add_argument("--cell-timeout", type=float, default=600.0, help="wall-clock seconds per cell (default 600)")
     a = ap.parse_args(argv)
 
     from rich.console import Console
@@ -73,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         results, old_meta = cap.load(json_path)
         if a.render_only:
             meta = old_meta
+        else:  # keep the history of resumed runs in the caption data
+            meta["earlier_runs"] = old_meta.get("earlier_runs", []) + [{k: old_meta.get(k) for k in ("date", "command")}]
+        redo = set(a.redo.split(",")) if a.redo else set()
+        results = [r for r in results if r.model not in redo and r.key not in redo]
     if a.render_only:
         write_docs(results, meta, a.docs, a.readme)
         return 0
@@ -98,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             if key in done:
                 continue
             con.log(f"[bold]{model}[/] {c.key} ...")
-            r = cap.try_cell(model, c, work / "b", samples=a.samples, runs=a.runs, min_seconds=a.min_seconds)
+            r = run_cell(model, c, work / "b", a.samples, a.runs, a.min_seconds, a.cell_timeout)
             shutil.rmtree(work / "b", ignore_errors=True)
             results = [x for x in results if x.key != r.key] + [r]
             fig = f"{r.p50_ms:.2f} ms" if r.p50_ms else ""
