@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         raw = json.loads(Path(a.render).read_text())
         a.tune_minutes, a.runs = raw["args"]["tune_minutes"], raw["args"]["runs"]
         a.min_seconds, a.max_seconds = raw["args"]["min_seconds"], raw["args"]["max_seconds"]
+        if a.note:  # keep a conditions paragraph given at render time with the figures it describes
+            raw["args"]["note"] = a.note
+            Path(a.render).write_text(json.dumps(raw, indent=1))
+        a.note = raw["args"].get("note")
         _write(a, raw["rows"], raw["top"], raw["target"], raw["target_desc"], raw["model"], raw["when"])
         return 0
     skip = set(filter(None, a.skip.split(",")))
@@ -294,6 +298,13 @@ def _write(a, rows, top, target: str, target_desc: str, model: str, when: str) -
         "- Cross-compiled targets (cortex-a72/a76/a78ae, aarch64) cannot be tuned on this host: MetaSchedule must "
         "time candidates on the target CPU (an RPC runner on the board). A database tuned on the board can be "
         "applied at compile time with `-O tuning_db=DIR`.",
+        "- QDQ graphs (ONNX Runtime static int8, e.g. `--passes reparam,quantize:mode=int8 --backend tvm`) import "
+        "and run: Relax's ONNX frontend maps QuantizeLinear/DequantizeLinear to relax quantize/dequantize, which "
+        "legalize to float arithmetic (round, clip, cast), so the convolutions and matmuls still compute in float on "
+        "dequantized weights. The outputs match ORT's integer kernels to rounding "
+        "(`tests/test_tvm_qdq.py`; efficientformer_l1 after reparam: artifact cosine 0.99981 on TVM and on ORT), but "
+        "it is no faster than fp32 TVM: int8 speed would need TVM's QNN-style integer lowering, which the Relax "
+        "frontend does not do. docs/capabilities.md has the tvm int8 column.",
         "",
         "## Reproduce",
         "",
