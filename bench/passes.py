@@ -1,7 +1,12 @@
 """Pass pipelines side by side: ORT latency p50, size, params, MACs and fidelity per model; writes docs/passes.md.
 
-    .venv/bin/python bench/passes.py [--models a,b] [--weights calibrated|random] [--samples 4] [--rounds 3]
+    .venv/bin/python bench/passes.py [--models a,b] [--weights random,calibrated] [--calibrated-models a,b]
+                                     [--samples 4] [--rounds 3]
     .venv/bin/python bench/passes.py --quant-types   # which static int8 format/types are fastest here
+
+`--weights random,calibrated` (the default) writes two sections of docs/passes.md in one run: every model
+on random weights, then `--calibrated-models` (default efficientformer_l1, shvit_s1) on `calibrated`
+weights (edgeopt/calibrate.py), with the time calibration took.
 
 Each distinct torch-pass prefix (none, reparam, reparam+prune, reparam+lowrank) is run and exported once;
 the graph passes are applied to that export. All artifacts of one model are then timed in interleaved
@@ -44,7 +49,8 @@ def _say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def bench_model(name: str, weights: str, n_samples: int, rounds: int, work: Path) -> tuple[list[dict], str]:
+def bench_model(name: str, weights: str, n_samples: int, rounds: int, work: Path) -> tuple[list[dict], str, str]:
+    """Rows of one model (one per pipeline), its task metric name, and a line on how its weights were made."""
     import torch
 
     from edgeopt._ort import ort_latency_ms, ort_run_all
@@ -60,10 +66,15 @@ def bench_model(name: str, weights: str, n_samples: int, rounds: int, work: Path
     if weights == "calibrated":
         from edgeopt.calibrate import build_calibrated
 
+        t0 = time.perf_counter()
         module, label = build_calibrated(spec)
+        secs = time.perf_counter() - t0
         wname = f"calibrated (test acc {label.get('test_accuracy', '-')})" if "test_accuracy" in label else "calibrated (BN only)"
+        made = (f"calibration took {secs:.0f} s (BN on {label.get('bn_images')} images; trained: {label.get('trained')}"
+                + (f"; held-out digit accuracy {label['test_accuracy']}, mean top-1 probability {label['mean_top1_prob']}" if "test_accuracy" in label else "")
+                + ")")
     else:
-        module, wname = spec.build(), "random"
+        module, wname, made = spec.build(), "random", "seeded random init (torch.manual_seed(0))"
     ins, outs = [i.name for i in spec.inputs], list(spec.outputs)
     samples = spec.sample_inputs(n_samples)
     refs = [torch_outputs(module, s, ins, outs) for s in samples]
@@ -111,7 +122,7 @@ def bench_model(name: str, weights: str, n_samples: int, rounds: int, work: Path
     for rec in rows:
         if rec["pipeline"] in lat:
             rec["p50_ms"] = float(np.median(lat[rec["pipeline"]]))
-    return rows, TASK_METRIC.get(spec.task, "")
+    return rows, TASK_METRIC.get(spec.task, ""), made
 
 
 def quant_types(n_samples: int, rounds: int, work: Path) -> list[dict]:
@@ -161,13 +172,16 @@ def quant_types(n_samples: int, rounds: int, work: Path) -> list[dict]:
     return rows
 
 
-def _env() -> str:
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _env(load_start: str) -> str:
     import onnxruntime
 
-    load = os.getloadavg()
     return (f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} cores, onnxruntime {onnxruntime.__version__}, load average at the end "
-            f"{load[0]:.1f} (the machine was shared with other jobs: absolute times are inflated, compare within a model)")
+            f"{os.cpu_count()} cores, onnxruntime {onnxruntime.__version__}; load average (1/5/15 min, `uptime`) "
+            f"{load_start} at the start, {_load()} at the end")
 
 
 def _fmt(v, f="{:.2f}") -> str:
@@ -177,7 +191,8 @@ def _fmt(v, f="{:.2f}") -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--weights", choices=["calibrated", "random"], default="random")
+    ap.add_argument("--weights", default="random,calibrated", help="random, calibrated, or both (comma-separated)")
+    ap.add_argument("--calibrated-models", default="efficientformer_l1,shvit_s1")
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quant-types", action="store_true", help="measure static int8 formats/types on efficientformer_l1")
@@ -188,47 +203,66 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-passes-") as tmp:
         work = Path(tmp)
         if a.quant_types:
+            load0 = _load()
             rows = quant_types(a.samples, a.rounds, work)
             lines = ["## Static int8 on x86: which format and types are fastest here (efficientformer_l1)", "",
-                     f"Command: `.venv/bin/python bench/passes.py --quant-types --rounds {a.rounds}`. {_env()}.", "",
+                     f"Command: `.venv/bin/python bench/passes.py --quant-types --rounds {a.rounds}`. {_env(load0)}.", "",
                      "| configuration | ORT p50 ms | fastest round ms | cosine vs fp32 | size MB |", "|---|---|---|---|---|"]
             lines += [f"| {r['config']} | {r['p50_ms']:.1f} | {r['min_round_ms']:.1f} | {r['cosine']:.5f} | {r['size_mb']:.1f} |" for r in rows]
             section = "\n".join(lines) + "\n"
             marker = "## Static int8 on x86"
         else:
-            lines = ["## Pipelines per model", "",
-                     f"Command: `.venv/bin/python bench/passes.py --weights {a.weights} --samples {a.samples} --rounds {a.rounds}`. {_env()}.",
-                     "Latency: ONNX Runtime CPU, one image, median of interleaved rounds. Fidelity: against the fp32 torch "
-                     "model on the real sample inputs; `task` is top-1 agreement (classification), rank agreement (CLIP), "
-                     "mAP@0.5 vs fp32 detections (detection), PSNR dB (light field).", ""]
-            for m in a.models.split(","):
-                from edgeopt.models import list_models
-
-                if m not in list_models():
-                    lines += [f"### {m}", "", "not registered in this tree when the bench ran; skipped.", ""]
-                    continue
-                _say(f"model {m}")
-                rows, metric = bench_model(m, a.weights, a.samples, a.rounds, work)
-                lines += [f"### {m}", "", f"| pipeline | p50 ms | size MB | params M | GMACs | cosine | SNR dB | {metric or 'task'} | weights | note |",
-                          "|---|---|---|---|---|---|---|---|---|---|"]
-                for r in rows:
-                    if "error" in r:
-                        lines.append(f"| {r['pipeline']} | failed | | | | | | | {r['weights']} | {r['error']} |")
-                        continue
-                    lines.append(
-                        f"| {r['pipeline']} | {_fmt(r.get('p50_ms'), '{:.1f}')} | {r['size_mb']:.1f} | {r['params_m']:.2f} | {r['gmacs']:.3f} | "
-                        f"{r['cosine']:.5f} | {_fmt(r['snr_db'], '{:.1f}')} | {_fmt(r['task_metric'], '{:.3f}')} | {r['weights']} | {r.get('note', '')} |"
-                    )
-                lines.append("")
-                # write after every model, so a long run leaves what it measured
-                section = "\n".join(lines) + "\n"
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(_replace(text, "## Pipelines per model", section))
-            section = "\n".join(lines) + "\n"
-            marker = "## Pipelines per model"
+            for weights in a.weights.split(","):
+                models = a.models if weights == "random" else a.calibrated_models
+                text = pipelines_section(weights, models.split(","), a, out, text, work)
+            return
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(_replace(text, marker, section))
     print(section)
+
+
+def pipelines_section(weights: str, models: list[str], a: argparse.Namespace, out: Path, text: str, work: Path) -> str:
+    """Run every pipeline on `models` with `weights`; (re)write its section of `out` after each model."""
+    from edgeopt.models import list_models
+
+    marker = f"## Pipelines per model: {weights} weights"
+    load0 = _load()
+    t0 = time.perf_counter()
+    head = [marker, ""]
+    lines: list[str] = []
+    for m in models:
+        if m not in list_models():
+            lines += [f"### {m}", "", "not registered in this tree when the bench ran; skipped.", ""]
+            continue
+        _say(f"model {m} ({weights} weights)")
+        tm = time.perf_counter()
+        rows, metric, made = bench_model(m, weights, a.samples, a.rounds, work)
+        lines += [f"### {m}", "", f"Weights: {made}. Whole model: {time.perf_counter() - tm:.0f} s.", "",
+                  f"| pipeline | p50 ms | size MB | params M | GMACs | cosine | SNR dB | {metric or 'task'} | weights | note |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if "error" in r:
+                lines.append(f"| {r['pipeline']} | failed | | | | | | | {r['weights']} | {r['error']} |")
+                continue
+            lines.append(
+                f"| {r['pipeline']} | {_fmt(r.get('p50_ms'), '{:.1f}')} | {r['size_mb']:.1f} | {r['params_m']:.2f} | {r['gmacs']:.3f} | "
+                f"{r['cosine']:.5f} | {_fmt(r['snr_db'], '{:.1f}')} | {_fmt(r['task_metric'], '{:.3f}')} | {r['weights']} | {r.get('note', '')} |"
+            )
+        lines.append("")
+        # write after every model, so a long run leaves what it measured
+        intro = [f"Command: `.venv/bin/python bench/passes.py --weights {a.weights} --models {a.models} "
+                 f"--calibrated-models {a.calibrated_models} --samples {a.samples} --rounds {a.rounds}`. {_env(load0)}; "
+                 f"this section took {time.perf_counter() - t0:.0f} s.",
+                 "Latency: ONNX Runtime CPU, one image, median of interleaved rounds (all rows of a model timed in the same "
+                 "rounds). Fidelity: against the fp32 torch model on the real sample inputs; the task column is top-1 "
+                 "agreement (classification), rank agreement (CLIP), mAP@0.5 vs fp32 detections (detection), PSNR dB "
+                 "(light field).", ""]
+        section = "\n".join(head + intro + lines) + "\n"
+        text = _replace(text, marker, section)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    print(section)
+    return text
 
 
 def _replace(text: str, marker: str, section: str) -> str:

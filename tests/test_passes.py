@@ -178,6 +178,15 @@ def test_bad_specs_list_the_valid_options():
         build_pipeline("lowrank:energy=high")
 
 
+def test_torch_passes_say_why_they_do_not_apply():
+    net = nn.Linear(4, 4)
+    assert build_pipeline("prune:ratio=1.5")[0].applies_to(net, None) == (False, "ratio 1.5 must lie strictly between 0 and 1")
+    assert build_pipeline("prune:round_to=0")[0].applies_to(net, None)[1] == "round_to must be at least 1"
+    assert build_pipeline("lowrank:rank_ratio=2")[0].applies_to(net, None)[1] == "rank_ratio 2.0 must lie in (0, 1]"
+    assert build_pipeline("lowrank")[0].applies_to("model.onnx", None) == (False, "lowrank works on a torch module")
+    assert build_pipeline("prune")[0].applies_to(net, None) == (True, "")
+
+
 def test_calibrated_weights_are_confident_and_deterministic():
     from _tiny import tiny_spec
 

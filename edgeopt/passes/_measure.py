@@ -16,6 +16,16 @@ import numpy as np
 from edgeopt.passes.base import PassContext, PassReport
 
 
+def torch_pass_applies(name: str, model: Any, checks: list[tuple[bool, str]]) -> tuple[bool, str]:
+    """A torch pass's `applies_to`: (True, "") when `model` is a torch module and every (holds, reason)
+    check holds, else (False, the first failing reason)."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        return False, f"{name} works on a torch module"
+    return next(((False, why) for ok, why in checks if not ok), (True, ""))
+
+
 def torch_inputs(ctx: PassContext, i: int = 0) -> tuple:
     from edgeopt.export import to_torch_inputs
 

@@ -16,7 +16,7 @@ import math
 import time
 from typing import Any
 
-from edgeopt.passes._measure import fill_graph_figures, params_macs, run_torch
+from edgeopt.passes._measure import fill_graph_figures, params_macs, run_torch, torch_pass_applies
 from edgeopt.passes.base import Pass, PassConfig, PassContext, PassReport, register_pass
 
 
@@ -101,16 +101,11 @@ class LowrankPass(Pass):
     description = "SVD factorisation of Linear / 1x1 Conv where it lowers MACs"
 
     def applies_to(self, model: Any, ctx: PassContext) -> tuple[bool, str]:
-        import torch
-
         cfg: LowrankConfig = self.config  # type: ignore[assignment]
-        if not isinstance(model, torch.nn.Module):
-            return False, "lowrank works on a torch module"
-        if not 0.0 < cfg.energy <= 1.0:
-            return False, f"energy {cfg.energy} must lie in (0, 1]"
-        if cfg.rank_ratio is not None and not 0.0 < cfg.rank_ratio <= 1.0:
-            return False, f"rank_ratio {cfg.rank_ratio} must lie in (0, 1]"
-        return True, ""
+        return torch_pass_applies(self.name, model, [
+            (0.0 < cfg.energy <= 1.0, f"energy {cfg.energy} must lie in (0, 1]"),
+            (cfg.rank_ratio is None or 0.0 < cfg.rank_ratio <= 1.0, f"rank_ratio {cfg.rank_ratio} must lie in (0, 1]"),
+        ])
 
     def run(self, model: Any, ctx: PassContext) -> tuple[Any, PassReport]:
         import torch

@@ -32,7 +32,13 @@ import warnings
 from typing import Any, Literal
 
 from edgeopt.errors import EdgeoptError
-from edgeopt.passes._measure import fill_graph_figures, params_macs, run_torch, torch_inputs
+from edgeopt.passes._measure import (
+    fill_graph_figures,
+    params_macs,
+    run_torch,
+    torch_inputs,
+    torch_pass_applies,
+)
 from edgeopt.passes.base import Pass, PassConfig, PassContext, PassReport, register_pass
 
 _ATTENTION = re.compile(r"attention|attn|multihead", re.I)
@@ -255,16 +261,11 @@ class PrunePass(Pass):
     description = "structured channel pruning (torch-pruning dependency graph), BN re-estimated on real samples"
 
     def applies_to(self, model: Any, ctx: PassContext) -> tuple[bool, str]:
-        import torch
-
         cfg: PruneConfig = self.config  # type: ignore[assignment]
-        if not isinstance(model, torch.nn.Module):
-            return False, "prune works on a torch module"
-        if not 0.0 < cfg.ratio < 1.0:
-            return False, f"ratio {cfg.ratio} must lie strictly between 0 and 1"
-        if cfg.round_to < 1:
-            return False, "round_to must be at least 1"
-        return True, ""
+        return torch_pass_applies(self.name, model, [
+            (0.0 < cfg.ratio < 1.0, f"ratio {cfg.ratio} must lie strictly between 0 and 1"),
+            (cfg.round_to >= 1, "round_to must be at least 1"),
+        ])
 
     def _importance(self, cfg: PruneConfig):
         import torch_pruning as tp
