@@ -55,13 +55,15 @@ _CHILD = """
 import dataclasses, json, sys
 from pathlib import Path
 from edgeopt import capabilities as cap
-model, key, out, samples, runs, min_s = sys.argv[1:7]
+model, key, out, samples, runs, min_s, ort_dir = sys.argv[1:8]
 r = cap.try_cell(model, cap.get_cell(*key.split("/", 1)), Path(out), samples=int(samples), runs=int(runs), min_seconds=float(min_s))
+if r.status == "works" and key != "onnxruntime/fp32":
+    r.extra["ort_p50_ms"] = cap.ort_reference(model, Path(ort_dir), int(runs), float(min_s))
 print("RESULT " + json.dumps(dataclasses.asdict(r), default=str))
 """
 
 
-def run_cell(model: str, c: cap.Cell, out: Path, samples: int, runs: int, min_seconds: float, timeout: float) -> cap.Result:
+def run_cell(model: str, c: cap.Cell, out: Path, samples: int, runs: int, min_seconds: float, timeout: float, ort_dir: Path) -> cap.Result:
     """try_cell in a child process group, killed (with the runner it started) after `timeout` seconds."""
     import json
     import signal
@@ -70,7 +72,7 @@ def run_cell(model: str, c: cap.Cell, out: Path, samples: int, runs: int, min_se
 
     from edgeopt.models import get_spec
 
-    args = [sys.executable, "-c", _CHILD, model, c.key, str(out), str(samples), str(runs), str(min_seconds)]
+    args = [sys.executable, "-c", _CHILD, model, c.key, str(out), str(samples), str(runs), str(min_seconds), str(ort_dir)]
     t0 = time.perf_counter()
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True, cwd=REPO)
     try:
@@ -147,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
             if key in done:
                 continue
             con.log(f"[bold]{model}[/] {c.key} ...")
-            r = run_cell(model, c, work / "b", a.samples, a.runs, a.min_seconds, a.cell_timeout)
+            r = run_cell(model, c, work / "b", a.samples, a.runs, a.min_seconds, a.cell_timeout, work / f"ort-{model}")
             shutil.rmtree(work / "b", ignore_errors=True)
             results = [x for x in results if x.key != r.key] + [r]
             fig = f"{r.p50_ms:.2f} ms" if r.p50_ms else ""
+            if r.extra.get("ort_p50_ms"):
+                fig += f" (ORT fp32 {r.extra['ort_p50_ms']:.2f} ms)"
             cos = f"cos {r.cosine:.5f}" if r.cosine is not None else ""
             con.log(f"  {r.status} {fig} {cos} {r.reason[:160]}")
             write_docs(results, meta, a.docs, a.readme)

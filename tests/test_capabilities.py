@@ -62,6 +62,9 @@ def test_render_numbers_reasons_and_ratios():
     ]
     cap.add_ratios(rs)
     assert rs[1].ort_ratio == pytest.approx(0.4) and rs[2].ort_ratio is None
+    side_by_side = cap.Result("fam", "m1", "tflite", "int8", "works", p50_ms=4.0, extra={"ort_p50_ms": 5.0})
+    cap.add_ratios([*rs, side_by_side])  # ORT timed right after the cell wins over ORT fp32's own cell
+    assert side_by_side.ort_ratio == pytest.approx(0.8)
     md = cap.render_markdown(rs, {"date": "d", "machine": "m", "samples": 4})
     assert "| fam (`m1`) | ✅ 1.00×, cos 1.00000 | ✅ 0.40×, cos 0.99910 | ❌ [1] | 🍎 converts [2] |" in md
     assert "| fam2 (`m2`) | · | · | ❌ [1] | · |" in md  # the same reason keeps its number
