@@ -106,7 +106,7 @@ def test_runs_and_jobs(url):
     assert [(r["name"], r["status"]) for r in st.runs()] == [("nightly", "done")]
 
 
-def test_export_csv_and_parquet(url, tiny, tmp_path):
+def test_export_csv_parquet_and_report(url, tiny, tmp_path):
     import pandas as pd
 
     _profile(tiny, url)
@@ -117,6 +117,10 @@ def test_export_csv_and_parquet(url, tiny, tmp_path):
     assert {"latency_p50_ms", "fidelity_cosine", "device_arch", "outputs_match"} <= set(df.columns)
     assert df["model"].tolist() == ["tiny_mlp"] and bool(df["outputs_match"][0]) is True
     assert pd.read_csv(tmp_path / "j.csv")["attempts"].tolist() == [1]
+    from edgeopt.report.html import write_html
+
+    page = write_html(st.measurements(), tmp_path / "r.html", db=url).read_text()  # the report reads this store too
+    assert "tiny_mlp" in page and "data-plot='pareto'" in page and "data-plot='devices'" in page
 
 
 def test_concurrent_writers_store_once(url, tiny):
