@@ -302,9 +302,10 @@ def _write(a, rows, top, target: str, target_desc: str, model: str, when: str) -
         "and run: Relax's ONNX frontend maps QuantizeLinear/DequantizeLinear to relax quantize/dequantize, which "
         "legalize to float arithmetic (round, clip, cast), so the convolutions and matmuls still compute in float on "
         "dequantized weights. The outputs match ORT's integer kernels to rounding "
-        "(`tests/test_tvm_qdq.py`; efficientformer_l1 after reparam: artifact cosine 0.99981 on TVM and on ORT), but "
-        "it is no faster than fp32 TVM: int8 speed would need TVM's QNN-style integer lowering, which the Relax "
-        "frontend does not do. docs/capabilities.md has the tvm int8 column.",
+        "(`tests/test_tvm_qdq.py`; efficientformer_l1 after reparam: artifact cosine 0.99981 on TVM and on ORT). "
+        "Integer kernels (what makes int8 fast on ORT and LiteRT) would need a QNN-style integer lowering, which the "
+        "Relax frontend does not do; whatever the untuned int8 build gains or loses against untuned fp32 comes from "
+        "the different graph, not from int8 arithmetic. docs/capabilities.md has the tvm int8 column.",
         "",
         "## Reproduce",
         "",
