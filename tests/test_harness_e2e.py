@@ -4,10 +4,12 @@ protocol on the local device."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _sshd import sshd_missing, start_sshd
 
 from edgeopt.bundle import write_bundle
 from edgeopt.harness.devices import get_device
@@ -54,7 +56,18 @@ def _head_bundle(path: Path) -> Path:
     return path
 
 
-def test_detection_e2e_runs_decode_and_nms_in_photo_pixels(tmp_path):
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    if sshd_missing():
+        pytest.skip(sshd_missing())
+    s = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize("where", ["local", "ssh"])
+def test_detection_e2e_runs_decode_and_nms_in_photo_pixels(where, request, tmp_path):
+    """On `local` and on the loopback ssh:// board, which runs only the device-side files it was sent."""
     from PIL import Image
 
     from edgeopt._ort import ort_session
@@ -62,8 +75,16 @@ def test_detection_e2e_runs_decode_and_nms_in_photo_pixels(tmp_path):
     bundle = _head_bundle(tmp_path / "head.bundle")
     photo = (np.random.default_rng(1).random((90, 150, 3)) * 255).astype(np.uint8)  # 150 x 90: letterboxed with padding
     Image.fromarray(photo).save(tmp_path / "photo.png")
-    dev = get_device("local")
-    res = measure(dev, bundle, Protocol(warmup=1, runs=3, min_seconds=0, end_to_end=str(tmp_path / "photo.png"), cooldown=False))
+    if where == "local":
+        dev = get_device("local")
+    else:
+        sshd = request.getfixturevalue("sshd")
+        dev = get_device(sshd.uri, identity=str(sshd.identity), known_hosts=str(sshd.trusted_known_hosts()), python=sys.executable,
+                         remote_dir=str(tmp_path / "board"))
+    try:
+        res = measure(dev, bundle, Protocol(warmup=1, runs=3, min_seconds=0, end_to_end=str(tmp_path / "photo.png"), cooldown=False))
+    finally:
+        dev.close()
     e2e = res["e2e"]
     assert e2e["task"] == "detection" and e2e["end_to_end"]["runs"] >= 3 and e2e["postprocess_ms_p50"] > 0
 
@@ -128,3 +149,27 @@ def test_leyolo_nano_e2e_matches_host_detect(tmp_path):
     same = np.asarray([d["label"] for d in got])[:, None] == want[None, :, 5].astype(int)
     iou = box_iou(np.asarray([d["box"] for d in got]), want[:, :4]) * same
     assert (iou.max(1) > 0.99).all() and len(set(iou.argmax(1).tolist())) == len(want)
+
+
+def test_board_side_files_hold_what_detection_e2e_imports(tmp_path):
+    """A real board has no edgeopt installed: only the zip the ssh:// device pushes. Import the e2e runner's
+    detection chain from that zip alone (this checkout's editable-install finder removed)."""
+    import subprocess
+
+    from edgeopt.harness.devices.ssh import device_side_zip
+
+    z = tmp_path / "edgeopt-device.zip"
+    z.write_bytes(device_side_zip()[0])
+    code = (
+        "import sys\n"
+        "sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+        f"sys.path.insert(0, {str(z)!r})\n"
+        "import numpy as np\n"
+        "import edgeopt\n"
+        f"assert edgeopt.__file__.startswith({str(z)!r}), edgeopt.__file__\n"
+        "from edgeopt.harness.e2e_runner import postprocess\n"
+        "maps = [np.zeros((1, 67, s, s), np.float32) for s in (8, 4, 2)]\n"
+        "print(len(postprocess('detection', dict(zip('abc', maps)), list('abc'))))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and int(r.stdout) >= 1, r.stderr[-800:]
