@@ -158,6 +158,7 @@ def test_board_side_files_hold_what_detection_e2e_imports(tmp_path):
 
     from edgeopt.harness.devices.ssh import device_side_zip
 
+    bundle = _head_bundle(tmp_path / "head.bundle")  # the plain runner's outputs check, from the zip alone too
     z = tmp_path / "edgeopt-device.zip"
     z.write_bytes(device_side_zip()[0])
     code = (
@@ -170,6 +171,10 @@ def test_board_side_files_hold_what_detection_e2e_imports(tmp_path):
         "from edgeopt.harness.e2e_runner import postprocess\n"
         "maps = [np.zeros((1, 67, s, s), np.float32) for s in (8, 4, 2)]\n"
         "print(len(postprocess('detection', dict(zip('abc', maps)), list('abc'))))\n"
+        "from edgeopt.runner import run_bundle\n"
+        f"print(run_bundle({str(bundle)!r}, warmup=0, runs=1, min_seconds=0)['outputs_match'])\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and int(r.stdout) >= 1, r.stderr[-800:]
+    assert r.returncode == 0, r.stderr[-800:]
+    n, match = r.stdout.split()
+    assert int(n) >= 1 and match == "True"
