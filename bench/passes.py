@@ -74,9 +74,19 @@ def bench_model(name: str, weights: str, n_samples: int, rounds: int, work: Path
                 + (f"; held-out digit accuracy {label['test_accuracy']}, mean top-1 probability {label['mean_top1_prob']}" if "test_accuracy" in label else "")
                 + ")")
     else:
-        module, wname, made = spec.build(), "random", "seeded random init (torch.manual_seed(0))"
+        module, wname, made, label = spec.build(), "random", "seeded random init (torch.manual_seed(0))", {}
     ins, outs = [i.name for i in spec.inputs], list(spec.outputs)
-    samples = spec.sample_inputs(n_samples)
+    if weights == "calibrated" and "test_accuracy" in label:
+        # held-out digits the head was not trained or tested on: inputs the model is confident on, so that
+        # top-1 agreement measures what a pass changed (on photos its logits are near-tied, like random ones)
+        from edgeopt.calibrate import digit_images
+
+        n_digits = max(n_samples, 16)
+        x, _ = digit_images(spec, n_digits, offset=label["train_images"] + label["test_images"])
+        samples = [{ins[0]: x[i : i + 1].numpy()} for i in range(n_digits)]
+        made += f"; fidelity and int8 calibration on {n_digits} held-out load_digits images"
+    else:
+        samples = spec.sample_inputs(n_samples)
     refs = [torch_outputs(module, s, ins, outs) for s in samples]
     rows: list[dict] = []
     exported: dict[str, tuple[Path, int, int | None]] = {}
