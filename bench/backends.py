@@ -68,7 +68,7 @@ def compile_rows(model: str, work: Path, reuse: bool, tune_minutes: float, sampl
         path = work / model / label.replace(" ", "_").replace("(", "").replace(")", "")
         kw = how(backend, precision)
         if extra.get("tune") and not tune:
-            out[label] = {"error": "not measured: not in --tune-models (see the notes below)"}
+            out[label] = {"error": "not measured: this run tuned only the models in --tune-models"}
             continue
         if extra.get("tune"):
             # a fresh database per run, so the minutes shown are all the tuning this row had
