@@ -170,6 +170,13 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***, for messages (a PostgreSQL URL may carry one)."""
+    import re
+
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
 class Store:
     """A handle on the results database. Safe to open many times; the schema is created on first use."""
 
@@ -183,9 +190,9 @@ class Store:
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             self._create_schema()
         except SQLAlchemyError as e:
-            raise EdgeoptError(f"cannot open results database {self.url}: {str(e).splitlines()[0]}", "check --db / EDGEOPT_DB") from None
+            raise EdgeoptError(f"cannot open results database {redact(self.url)}: {str(e).splitlines()[0]}", "check --db / EDGEOPT_DB") from None
         except ModuleNotFoundError as e:
-            raise EdgeoptError(f"no database driver for {self.url}: {e.name} is not installed", "for PostgreSQL: pip install 'psycopg[binary]' and use postgresql+psycopg://user@host/db") from None
+            raise EdgeoptError(f"no database driver for {redact(self.url)}: {e.name} is not installed", "for PostgreSQL: pip install 'psycopg[binary]' and use postgresql+psycopg://user@host/db") from None
 
     def _create_schema(self) -> None:
         """Create missing tables. Two processes opening a fresh database at once would both CREATE TABLE:
@@ -237,7 +244,7 @@ class Store:
                 ) from None
             raise EdgeoptError(f"the results database refused the measurement: {str(e.orig or e).splitlines()[0]}", "this is a bug: report it") from None
         except SQLAlchemyError as e:
-            raise EdgeoptError(f"cannot store the measurement in {self.url}: {str(e).splitlines()[0]}", "check the database server and --db / EDGEOPT_DB") from None
+            raise EdgeoptError(f"cannot store the measurement in {redact(self.url)}: {str(e).splitlines()[0]}", "check the database server and --db / EDGEOPT_DB") from None
 
     def _add_measurement(
         self, manifest: dict[str, Any], result: dict[str, Any], status: str, error: str | None, replace: bool, device_id: str

@@ -176,8 +176,9 @@ def test_plain_postgresql_url_and_a_server_that_is_down(pg):
     plain = url.replace("postgresql+psycopg://", "postgresql://")
     st = Store(plain)  # SQLAlchemy would pick psycopg2 (absent): the store picks psycopg
     assert st.engine.dialect.driver == "psycopg" and st.runs() == []
-    with pytest.raises(EdgeoptError, match="cannot open results database"):
-        Store(f"postgresql+psycopg://edgeopt@127.0.0.1:{_closed_port()}/x?connect_timeout=3")
+    with pytest.raises(EdgeoptError, match="cannot open results database") as e:
+        Store(f"postgresql+psycopg://edgeopt:s3cret@127.0.0.1:{_closed_port()}/x?connect_timeout=3")
+    assert "s3cret" not in str(e.value) and "edgeopt:***@127.0.0.1" in str(e.value)
 
 
 def test_sweep_on_postgresql_resumes_and_records_failures(pg, tiny):
