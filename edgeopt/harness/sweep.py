@@ -240,7 +240,11 @@ def run_sweep(
             console.print(f"todo: {j.label()}")
         console.print(f"{len(todo)} to run, {summary.skipped} already stored, {summary.total} in all")
         return summary
-    run_id = store.start_run(cfg.name, cfg.model_dump())
+    from edgeopt.store import redact
+
+    config = cfg.model_dump()
+    config["db"] = redact(config["db"]) if config.get("db") else None  # the runs table keeps no password
+    run_id = store.start_run(cfg.name, config)
     summary.run_id = run_id
     lock = threading.Lock()
 
