@@ -99,6 +99,15 @@ def test_prune_rounds_protects_outputs_and_still_runs_on_ort(tmp_path):
     assert rel_max_diff(outputs(out, ctx), ort) < 1e-3  # the pruned model exports and runs on ORT
 
 
+def test_prune_works_on_frozen_weights(tmp_path):
+    net = tiny_net(w=32)  # calibrated weights and checkpoints loaded for inference come with requires_grad off
+    for p in net.parameters():
+        p.requires_grad_(False)
+    out, rep = build_pipeline("prune:ratio=0.5,measure_latency=false")[0].run(net, make_ctx(net, tmp_path))
+    assert rep.changes and rep.params_after < rep.params_before
+    assert not any(p.requires_grad for p in net.parameters())
+
+
 def test_prune_taylor_global(tmp_path):
     net = tiny_net(w=32)
     ctx = make_ctx(net, tmp_path)

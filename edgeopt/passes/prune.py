@@ -300,6 +300,8 @@ class PrunePass(Pass):
         rep.params_before, rep.macs_before = params_macs(model, ctx)
         ref_shapes = {k: v.shape for k, v in run_torch(model, ctx, 1)[0].items()}
         work = copy.deepcopy(model).eval()  # the input model is never touched, whatever happens below
+        for prm in work.parameters():  # torch-pruning traces through autograd: frozen weights (calibrated
+            prm.requires_grad_(True)  # models, a checkpoint loaded for inference) would leave nothing to prune
         example = torch_inputs(ctx)
         leaves = leaf_pruners()
         tracker = _Tracker(work)
