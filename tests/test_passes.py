@@ -185,6 +185,8 @@ def test_bad_specs_list_the_valid_options():
         build_pipeline("prnue")
     with pytest.raises(SpecError, match="energy"):
         build_pipeline("lowrank:energy=high")
+    assert build_pipeline("lowrank:skip=head")[0].config.skip == ["head"]  # one item of a list option
+    assert build_pipeline("lowrank:skip=head|head_dist")[0].config.skip == ["head", "head_dist"]
 
 
 def test_torch_passes_say_why_they_do_not_apply():

@@ -8,6 +8,7 @@ option to the pass before it. So `reparam,quantize:mode=int8,calibration=percent
 from __future__ import annotations
 
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,10 @@ def make_pass(name: str, opts: dict[str, Any]) -> Pass:
         if cls.shorthand_key is None:
             raise SpecError(f"pass {name!r} takes no shorthand value ({value!r})", f"write {name}:key=value; options: {_options(cls)}")
         opts.setdefault(cls.shorthand_key, value)
+    for k, v in opts.items():  # `skip=head` is a one-item list (the string form writes lists as a|b)
+        f = cls.Config.model_fields.get(k)
+        if f is not None and typing.get_origin(f.annotation) is list and not isinstance(v, list):
+            opts[k] = [v]
     try:
         return cls(opts)
     except ValidationError as e:
