@@ -217,6 +217,7 @@ def opaque_leaves(model: Any, types: tuple[type, ...]):
             return None, None
 
     mods = [m for m in model.modules() if types and isinstance(m, types)]
+    own = {id(m): m.__dict__["forward"] for m in mods if "forward" in m.__dict__}  # an instance's own forward
     for m in mods:
         real = m.forward
         m.forward = lambda x, _real=real: Opaque.apply(_real, x)
@@ -224,7 +225,9 @@ def opaque_leaves(model: Any, types: tuple[type, ...]):
         yield
     finally:
         for m in mods:
-            del m.forward  # the instance attribute; the class's forward is back
+            del m.forward
+            if id(m) in own:
+                m.forward = own[id(m)]
 
 
 def frozen_modules(model: Any) -> list[Any]:
