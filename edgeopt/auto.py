@@ -67,6 +67,7 @@ class Candidate:
     latency_ms: float | None = None
     cosine: float | None = None
     top1: float | None = None
+    agreement: float | None = None  # the task's agreement metric (AGREEMENT_KEYS), where it has one
     size_bytes: int | None = None
     energy_j: float | None = None
     compile_s: float | None = None
@@ -101,9 +102,19 @@ class AutoResult:
     notes: list[str] = field(default_factory=list)
 
     def closest(self, n: int = 3) -> list[Candidate]:
-        """The candidates nearest the budget among those that missed it."""
-        missed = [c for c in self.candidates if c.cosine is not None and c.cosine < self.budget]
-        return sorted(missed, key=lambda c: self.budget - (c.cosine or 0))[:n]
+        """The candidates nearest the budget among those that missed it (cosine first, then task agreement)."""
+        missed = [c for c in self.candidates if c.status == "infeasible" and c.cosine is not None]
+        return sorted(missed, key=lambda c: (max(0.0, self.budget - c.cosine), -(c.agreement or 0.0)))[:n]
+
+
+# The task's own agreement with the fp32 model, where the task has one (edgeopt.fidelity): output cosine alone can
+# hide a changed answer, e.g. a detector whose box coordinates dominate the cosine while its classes change.
+AGREEMENT_KEYS = ("top1_agreement", "map50", "next_token_agreement", "zeroshot_top1_agreement")
+
+
+def task_agreement(fid: dict[str, float]) -> tuple[str, float] | None:
+    """(metric, value) of the first agreement metric in a fidelity dict, or None when the task has none."""
+    return next(((k, float(fid[k])) for k in AGREEMENT_KEYS if fid.get(k) is not None), None)
 
 
 def pareto_front(cands: list[Candidate]) -> list[Candidate]:
@@ -161,6 +172,7 @@ def auto_compile(
     device: str = "local",
     fidelity: float = 0.999,
     budget_minutes: float | None = None,
+    min_agreement: float = 0.99,
     backends: list[str] | None = None,
     precisions: list[str] | None = None,
     stage2: bool = True,
@@ -174,7 +186,10 @@ def auto_compile(
     overwrite: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> AutoResult:
-    """Search candidates, measure the feasible ones on `device`, write the fastest to `output`."""
+    """Search candidates, measure the feasible ones on `device`, write the fastest to `output`.
+
+    Feasible: output cosine >= `fidelity` and, where the task has an agreement metric (top-1, mAP@0.5 against the
+    fp32 detections, next token), that metric >= `min_agreement` on the sample inputs."""
     from edgeopt.api import compile as compile_bundle
     from edgeopt.api import weights_label
     from edgeopt.bundle import load_bundle
@@ -198,7 +213,7 @@ def auto_compile(
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     deadline = t_start + budget_minutes * 60 if budget_minutes else None
-    run_id = st.start_run(f"auto {model} on {device}", {"model": model, "device": device, "budget": fidelity, "backends": names})
+    run_id = st.start_run(f"auto {model} on {device}", {"model": model, "device": device, "budget": fidelity, "min_agreement": min_agreement, "backends": names})
     cands = [Candidate(b, p) for b in names for p in BACKEND_PRECISIONS[b] if not precisions or p in precisions]
     # Likely-fastest first, so that a time budget that runs out has already measured the best bets.
     cands.sort(key=lambda c: PRIOR.index((c.backend, c.precision)) if (c.backend, c.precision) in PRIOR else len(PRIOR))
@@ -230,9 +245,16 @@ def auto_compile(
         c.bundle, c.bundle_sha256 = str(b.path), b.sha256
         f = b.manifest.get("fidelity", {})
         c.cosine, c.top1, c.size_bytes = f.get("cosine"), f.get("top1_agreement"), b.size_bytes()
-        if c.cosine is None or c.cosine < fidelity:
+        agree = task_agreement(f)
+        c.agreement = agree[1] if agree else None
+        if c.cosine is None or c.cosine < fidelity or (agree is not None and agree[1] < min_agreement):
             c.status = "infeasible"
-            c.reason = f"cosine {c.cosine:.6f} < budget {fidelity} (missed by {fidelity - c.cosine:.2e})" if c.cosine is not None else "fidelity not measured on the host"
+            if c.cosine is None:
+                c.reason = "fidelity not measured on the host"
+            elif c.cosine < fidelity:
+                c.reason = f"cosine {c.cosine:.6f} < budget {fidelity} (missed by {fidelity - c.cosine:.2e})"
+            else:
+                c.reason = f"{agree[0]} {agree[1]:.3f} < {min_agreement} (missed by {min_agreement - agree[1]:.3f}) at cosine {c.cosine:.6f}"
             st.record_job(key, job, "failed", run_id=run_id, stage="fidelity", error=c.reason, bundle_sha256=b.sha256)
             return
         try:
@@ -294,7 +316,7 @@ def auto_compile(
         shutil.copytree(winner.bundle, tmp, dirs_exist_ok=True)
         mpath = tmp / "manifest.json"
         m = json.loads(mpath.read_text())
-        m["auto"] = {"budget": fidelity, "device": device, **summary}
+        m["auto"] = {"budget": fidelity, "min_agreement": min_agreement, "device": device, **summary}
         mpath.write_text(json.dumps(m, indent=2))
     load_bundle(output)  # the copy verifies like any bundle
     return result

@@ -110,13 +110,15 @@ def compile_cmd(
     auto: Annotated[bool, typer.Option("--auto", help="search passes x backends x precisions for the fastest artifact within --fidelity")] = False,
     device: Annotated[str, typer.Option("--device", "-d", help="--auto: device to measure candidates on")] = "local",
     budget_minutes: Annotated[float | None, typer.Option("--budget-minutes", help="--auto: stop searching after this long")] = None,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", help="--auto: minimum task agreement with fp32 (top-1, mAP@0.5, next token)")] = 0.99,
     backends: Annotated[str | None, typer.Option("--backends", help="--auto: comma list to consider (default: all available)")] = None,
     precisions: Annotated[str | None, typer.Option("--precisions", help="--auto: comma list, e.g. fp32,int8,dynamic,fp16")] = None,
     db: Annotated[str | None, typer.Option("--db", help="--auto: results database URL")] = None,
 ) -> None:
     """Compile MODEL through the pass pipeline into a bundle for a backend (or --auto: search for the fastest)."""
     if auto:
-        _auto(model, output, device, fidelity if fidelity is not None else 0.999, budget_minutes, backends, precisions, weights, db, overwrite)
+        _auto(model, output, device, fidelity if fidelity is not None else 0.999, budget_minutes, backends, precisions, weights, db, overwrite,
+              min_agreement)
         return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -152,7 +154,7 @@ def compile_cmd(
     console.print(t)
 
 
-def _auto(model, output, device, fidelity, budget_minutes, backends, precisions, weights, db, overwrite) -> None:
+def _auto(model, output, device, fidelity, budget_minutes, backends, precisions, weights, db, overwrite, min_agreement) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgeopt.auto import auto_compile
@@ -161,7 +163,7 @@ def _auto(model, output, device, fidelity, budget_minutes, backends, precisions,
                   console=err_console, transient=True) as prog:
         task = prog.add_task(f"auto {model}", total=None)
         res = auto_compile(
-            model, output, device=device, fidelity=fidelity, budget_minutes=budget_minutes,
+            model, output, device=device, fidelity=fidelity, budget_minutes=budget_minutes, min_agreement=min_agreement,
             backends=backends.split(",") if backends else None, precisions=precisions.split(",") if precisions else None,
             weights=weights, db=db, overwrite=overwrite,
             progress=lambda label, i, n: prog.update(task, description=f"{model}: {label}", completed=i, total=n),
@@ -177,9 +179,9 @@ def _auto(model, output, device, fidelity, budget_minutes, backends, precisions,
     for n in res.notes:
         console.print(f"[dim]{n}[/]")
     if res.winner is None:
-        near = "; ".join(f"{c.label} cosine {c.cosine:.6f} (missed by {fidelity - c.cosine:.2e})" for c in res.closest())
-        raise EdgeoptError(f"no candidate meets cosine >= {fidelity}" + (f"; closest: {near}" if near else ""),
-                           "relax --fidelity or allow more backends/precisions; measured candidates are stored")
+        near = "; ".join(f"{c.label}: {c.reason}" for c in res.closest())
+        raise EdgeoptError(f"no candidate meets cosine >= {fidelity} with task agreement >= {min_agreement}" + (f"; closest: {near}" if near else ""),
+                           "relax --fidelity / --min-agreement or allow more backends/precisions; measured candidates are stored")
     console.print(f"[bold green]winner[/] {res.winner.label}: {res.winner.latency_ms:.2f} ms p50, cosine {res.winner.cosine:.5f} -> {output}")
 
 

@@ -28,6 +28,18 @@ def l1_int8_bundle(tmp_path_factory) -> Path:
     return edgeopt.compile("efficientformer_l1", passes="quantize:int8", output=out, samples=4).path
 
 
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A real OpenSSH server on 127.0.0.1 (tests/_sshd.py), one per test module; skipped where sshd is missing."""
+    from _sshd import sshd_missing, start_sshd
+
+    if sshd_missing():
+        pytest.skip(sshd_missing())
+    s = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield s
+    s.stop()
+
+
 @pytest.fixture()
 def db_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'results.db'}"

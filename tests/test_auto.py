@@ -75,3 +75,23 @@ def test_auto_unknown_model(tmp_path, bad):
 
     with pytest.raises(EdgeoptError, match="unknown model"):
         auto_compile(bad, tmp_path / "w")
+
+
+def test_task_agreement_picks_the_task_metric():
+    from edgeopt.auto import task_agreement
+
+    assert task_agreement({"cosine": 1.0, "top1_agreement": 0.875}) == ("top1_agreement", 0.875)
+    assert task_agreement({"cosine": 0.9999999, "map50": 0.33}) == ("map50", 0.33)
+    assert task_agreement({"cosine": 1.0, "psnr_db": 40.0}) is None  # light field: no agreement metric
+
+
+def test_auto_agreement_gate_names_the_metric(tmp_path):
+    """A candidate at full cosine is still infeasible when the task's answer changed (here: an impossible 1.01)."""
+    res = auto_compile(
+        "efficientformer_l1", tmp_path / "w.bundle", fidelity=0.99, min_agreement=1.01, backends=["onnxruntime"],
+        precisions=["fp32"], stage2=False, runs=2, warmup=0, min_seconds=0, db=f"sqlite:///{tmp_path / 'a.db'}",
+        workdir=tmp_path / "cands",
+    )
+    (c,) = res.closest()
+    assert res.winner is None and c.status == "infeasible" and c.cosine > 0.9999
+    assert c.reason.startswith("top1_agreement 1.000 < 1.01")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _sshd import sshd_missing, start_sshd
 
 from edgeopt.bundle import write_bundle
 from edgeopt.harness.devices import get_device
@@ -54,15 +53,6 @@ def _head_bundle(path: Path) -> Path:
             "passes": [], "fidelity": {}, "check": {"cosine_min": 0.999}, "onnx_ir": onnx.IR_VERSION,
         })
     return path
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    if sshd_missing():
-        pytest.skip(sshd_missing())
-    s = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield s
-    s.stop()
 
 
 @pytest.mark.parametrize("where", ["local", "ssh"])

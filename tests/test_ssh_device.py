@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from _bundles import tiny_bundle
-from _sshd import sshd_missing, start_sshd
+from _sshd import sshd_missing
 
 from edgeopt.errors import DeviceError, EdgeoptError
 from edgeopt.harness.devices import get_device
@@ -18,13 +18,6 @@ from edgeopt.harness.devices.ssh import device_side_zip, parse_ssh_uri
 from edgeopt.harness.protocol import Protocol, measure
 
 pytestmark = pytest.mark.skipif(sshd_missing() is not None, reason=str(sshd_missing()))
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    s = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield s
-    s.stop()
 
 
 def _dev(sshd, tmp_path, **kw):

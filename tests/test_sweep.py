@@ -12,7 +12,6 @@ import time
 
 import pytest
 import yaml
-from _sshd import sshd_missing, start_sshd
 
 from edgeopt.errors import SpecError
 from edgeopt.harness.sweep import load_sweep, run_sweep
@@ -33,15 +32,6 @@ def _closed_port() -> int:
 def bundles(tmp_path_factory):
     """One compile folder for the module: the second sweep reuses the verified bundle instead of compiling."""
     return tmp_path_factory.mktemp("bundles")
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    if sshd_missing():
-        pytest.skip(sshd_missing())
-    s = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield s
-    s.stop()
 
 
 def test_bad_sweep_files(tmp_path):
