@@ -59,6 +59,10 @@ def interleaved_ms(fns: dict[str, object], rounds: int = 5, iters: int = 20) -> 
     per: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
+            # let the previous path's thread pool stop spinning (torch's OpenMP and ORT spin-wait after a call):
+            # without the pause the path timed next paid for it (a .tflite read 7.3 ms after eager, 6.5 alone)
+            time.sleep(0.5)
+            fn()
             ts = []
             for _ in range(n[k]):
                 t0 = time.perf_counter()
