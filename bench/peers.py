@@ -34,18 +34,20 @@ REFERENCE_VARIANTS = ("efficientformer_l1", "shvit_s1", "mobileclip_s0_image", "
 con = Console()
 
 
+def _median_call_ms(fn, n: int) -> float:
+    """Median wall time in ms of n calls."""
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(ts))
+
+
 def median_ms(fn, iters: int = 30, repeats: int = 3) -> float:
     for _ in range(3):
         fn()
-    meds = []
-    for _ in range(repeats):
-        ts = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t0) * 1e3)
-        meds.append(float(np.median(ts)))
-    return float(np.median(meds))
+    return float(np.median([_median_call_ms(fn, iters) for _ in range(repeats)]))
 
 
 def interleaved_ms(fns: dict[str, object], rounds: int = 5, iters: int = 20) -> dict[str, float]:
@@ -63,12 +65,7 @@ def interleaved_ms(fns: dict[str, object], rounds: int = 5, iters: int = 20) -> 
             # without the pause the path timed next paid for it (a .tflite read 7.3 ms after eager, 6.5 alone)
             time.sleep(0.5)
             fn()
-            ts = []
-            for _ in range(n[k]):
-                t0 = time.perf_counter()
-                fn()
-                ts.append((time.perf_counter() - t0) * 1e3)
-            per[k].append(float(np.median(ts)))
+            per[k].append(_median_call_ms(fn, n[k]))
     return {k: float(np.median(v)) for k, v in per.items()}
 
 
@@ -159,16 +156,16 @@ def family_rows(models: list[str], budget_minutes: float, threads: int, out: Pat
         if w is not None:
             paths["auto"] = session_fn(w, threads)
         with torch.inference_mode():
-            t = interleaved_ms(paths)
-        entries = [("torch eager fp32", t["eager"], "reference", sum(p.numel() * 4 for p in module.parameters()), "fp32"),
-                   ("ORT fp32 (plain export)", t["plain"], f"cos {plain.manifest['fidelity']['cosine']:.6f}", plain.size_bytes(), "fp32")]
-        t_eager = t["eager"]
+            ms = interleaved_ms(paths)
+        entries = [("torch eager fp32", ms["eager"], "reference", sum(p.numel() * 4 for p in module.parameters()), "fp32"),
+                   ("ORT fp32 (plain export)", ms["plain"], f"cos {plain.manifest['fidelity']['cosine']:.6f}", plain.size_bytes(), "fp32")]
+        t_eager = ms["eager"]
         if w is not None:
             f = w.manifest["fidelity"]
             fid = f"cos {f['cosine']:.5f}" + (f", top-1 {f['top1_agreement']:.2f}" if "top1_agreement" in f else "") + (
                 f", mAP@0.5 vs fp32 {f['map50']:.2f}" if "map50" in f else "")
             prec = w.manifest.get("precision") or "fp32"
-            entries.append((f"--auto: {res.winner.label}", t["auto"], fid, w.size_bytes(), prec))
+            entries.append((f"--auto: {res.winner.label}", ms["auto"], fid, w.size_bytes(), prec))
         else:
             entries.append(("--auto: no candidate met the budget", float("nan"), "", 0, "fp32"))
         mine = []
@@ -183,13 +180,12 @@ def family_rows(models: list[str], budget_minutes: float, threads: int, out: Pat
 
 def _remember(out: Path, name: str, rows: list[list[str]], budget_minutes: float, threads: int) -> None:
     """Keep each model's rows (measured side by side) so a later `--models X` run replaces only X's."""
-    cache = out / "family_rows.json"
-    data = json.loads(cache.read_text()) if cache.exists() else {}
+    from edgeopt._util import atomic_write_bytes
+
+    data = _remembered(out)
     data[name] = {"rows": rows, "load": round(os.getloadavg()[0], 1), "budget_minutes": budget_minutes, "threads": threads,
                   "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(cache)
+    atomic_write_bytes(out / "family_rows.json", json.dumps(data, indent=1).encode())
 
 
 def _remembered(out: Path) -> dict[str, dict]:

@@ -25,15 +25,9 @@ __all__ = ["compile", "load_bundle", "profile", "tool_versions"]
 
 
 def tool_versions(*dists: str) -> dict[str, str]:
-    import importlib.metadata as md
+    from edgeopt.runtimes.base import dist_versions
 
-    out = {"python": platform.python_version()}
-    for d in ("edgeopt", "torch", "timm", "onnx", "onnxruntime", *dists):
-        try:
-            out[d] = md.version(d)
-        except md.PackageNotFoundError:
-            pass
-    return out
+    return {"python": platform.python_version(), **dist_versions("edgeopt", "torch", "timm", "onnx", "onnxruntime", *dists)}
 
 
 def weights_label(weights: str | Path | None) -> dict[str, Any]:
@@ -116,16 +110,15 @@ def compile(  # noqa: A001 - the public name the design asks for
     def fid(outs: list[dict[str, np.ndarray]]) -> dict[str, float]:
         return task_metrics(spec.task, refs, outs)
 
-    # ORT outputs on the samples, by the sha256 of the ONNX file that gave them: the ORT artifact is a
-    # copy of the last graph the pipeline evaluated, so its fidelity needs no second session.
-    ort_outputs: dict[str, list[dict[str, np.ndarray]]] = {}
+    # The last ONNX file the pipeline ran on ORT, and its outputs: the ORT artifact is a copy of that file,
+    # so its fidelity needs no second session (the two are compared by sha256 only then, not on every run).
+    last_ort: dict[str, Any] = {}
 
     def run_onnx(path: Path) -> list[dict[str, np.ndarray]]:
         from edgeopt._ort import ort_run_all
 
         outs = ort_run_all(path, sample_list)
-        ort_outputs.clear()
-        ort_outputs[sha256_file(path)] = outs
+        last_ort.update(path=path, outs=outs)
         return outs
 
     with tempfile.TemporaryDirectory(prefix="edgeopt-") as work:
@@ -184,7 +177,7 @@ def compile(  # noqa: A001 - the public name the design asks for
             }
             # Fidelity of the artifact itself, run through its own backend on every sample.
             say("measure fidelity of the artifact")
-            fidelity_fig, why = _artifact_fidelity(be, w.root, manifest, sample_list, fid, ort_outputs)
+            fidelity_fig, why = _artifact_fidelity(be, w.root, manifest, sample_list, fid, last_ort)
             manifest["fidelity"] = fidelity_fig
             if why:
                 manifest["fidelity_note"] = why
@@ -199,17 +192,15 @@ def compile(  # noqa: A001 - the public name the design asks for
     return load_bundle(output)
 
 
-def _artifact_fidelity(be, root: Path, manifest: dict[str, Any], samples, fid, ort_outputs) -> tuple[dict[str, float], str | None]:
+def _artifact_fidelity(be, root: Path, manifest: dict[str, Any], samples, fid, last_ort: dict[str, Any]) -> tuple[dict[str, float], str | None]:
     """Run the written artifact through its backend on the host; say why when the host cannot.
 
-    An ORT artifact whose bytes the pipeline already ran (same sha256) reuses those outputs."""
+    An ORT artifact whose bytes the pipeline already ran (`last_ort`, same sha256) reuses those outputs."""
     host_ok = manifest["backend_details"].get("host_runnable", True)
     if host_ok is not True:
         return dict(manifest["passes"][-1]["fidelity"]) if manifest["passes"] else {}, str(host_ok)
-    if be.runs_pipeline_onnx:
-        seen = ort_outputs.get(sha256_file(root / manifest["artifact"]))
-        if seen is not None:
-            return fid(seen), None
+    if be.runs_pipeline_onnx and last_ort and sha256_file(root / manifest["artifact"]) == sha256_file(last_ort["path"]):
+        return fid(last_ort["outs"]), None
     sess = be.load(root, manifest)
     try:
         outs = [sess.run(s) for s in samples]

@@ -20,9 +20,7 @@ class OrtSession(Session):
         self.output_names = [o.name for o in self._s.get_outputs()]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [n for n in self.input_names if n not in inputs]
-        if missing:
-            raise EdgeoptError(f"inputs missing: {missing}", f"the model takes {self.input_names}")
+        self.check_inputs(inputs)
         outs = self._s.run(self.output_names, {n: inputs[n] for n in self.input_names})
         return dict(zip(self.output_names, outs, strict=True))
 
