@@ -27,27 +27,17 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from latency import _write_section  # noqa: E402
+from latency import _write_section, timed  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
 REFERENCE_VARIANTS = ("efficientformer_l1", "shvit_s1", "mobileclip_s0_image", "leyolo_nano", "tinygpt_v_tiny_decode", "mobile_r2l_blender")
 con = Console()
 
 
-def _median_call_ms(fn, n: int) -> float:
-    """Median wall time in ms of n calls."""
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(ts))
-
-
 def median_ms(fn, iters: int = 30, repeats: int = 3) -> float:
     for _ in range(3):
         fn()
-    return float(np.median([_median_call_ms(fn, iters) for _ in range(repeats)]))
+    return float(np.median([timed(fn, iters) for _ in range(repeats)]))
 
 
 def interleaved_ms(fns: dict[str, object], rounds: int = 5, iters: int = 20) -> dict[str, float]:
@@ -65,7 +55,7 @@ def interleaved_ms(fns: dict[str, object], rounds: int = 5, iters: int = 20) -> 
             # without the pause the path timed next paid for it (a .tflite read 7.3 ms after eager, 6.5 alone)
             time.sleep(0.5)
             fn()
-            per[k].append(_median_call_ms(fn, n[k]))
+            per[k].append(timed(fn, n[k]))
     return {k: float(np.median(v)) for k, v in per.items()}
 
 
