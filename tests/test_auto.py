@@ -28,11 +28,14 @@ def test_pareto_front_keeps_only_non_dominated():
 def test_auto_picks_fastest_within_budget(tmp_path):
     db = f"sqlite:///{tmp_path / 'a.db'}"
     res = auto_compile(
-        "efficientformer_l1", tmp_path / "win.bundle", fidelity=0.99, backends=["onnxruntime"], precisions=["fp32", "int8"],
-        stage2=False, runs=3, warmup=1, min_seconds=0, db=db, workdir=tmp_path / "cands",
+        "efficientformer_l1", tmp_path / "win.bundle", fidelity=0.9, min_agreement=0.0, backends=["onnxruntime"],
+        precisions=["fp32", "int8"], stage2=False, runs=3, warmup=1, min_seconds=0, db=db, workdir=tmp_path / "cands",
     )
+    # The budget is loose on purpose: int8's top-1 on random weights depends on the CPU's int8 kernels (it passed 0.99
+    # on an AVX512-VNNI host and missed it on CI); this test is about picking the fastest, the gate has its own tests.
     measured = [c for c in res.candidates if c.status == "measured"]
-    assert len(measured) == 2 and res.winner is min(measured, key=lambda c: c.latency_ms)
+    assert len(measured) == 2, [(c.label, c.status, c.reason) for c in res.candidates]
+    assert res.winner is min(measured, key=lambda c: c.latency_ms)
     man = json.loads((tmp_path / "win.bundle" / "manifest.json").read_text())
     assert man["auto"]["winner"]["label"] == res.winner.label and man["auto"]["front"]
     st = Store(db)
