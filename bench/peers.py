@@ -40,22 +40,54 @@ def median_ms(fn, iters: int = 30, repeats: int = 3) -> float:
     return float(np.median([timed(fn, iters) for _ in range(repeats)]))
 
 
-def interleaved_ms(fns: dict[str, object], rounds: int = 5, iters: int = 20) -> dict[str, float]:
-    """Median ms of each path, timed in alternating rounds so that a load swing hits every path alike."""
-    n: dict[str, int] = {}
-    for k, fn in fns.items():
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-        n[k] = max(3, min(iters, int(1.0 / max(time.perf_counter() - t0, 1e-6))))  # about a second per round
-    per: dict[str, list[float]] = {k: [] for k in fns}
+class PathWorker:
+    """One path (torch eager, or a bundle through its backend) timed in its own process: bench/_path_worker.py."""
+
+    def __init__(self, args: list[str], threads: int) -> None:
+        import tempfile
+
+        self.args = args
+        self._err = tempfile.TemporaryFile(mode="w+")
+        self.p = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "_path_worker.py"), *args, "--threads", str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+        hello = self._read()
+        self.first_ms, self.torch_loaded = hello["first_ms"], hello["torch_loaded"]
+
+    def _read(self) -> dict:
+        for line in self.p.stdout:
+            if line.startswith("@@ "):
+                return json.loads(line[3:])
+        self._err.seek(0)
+        tail = " | ".join(self._err.read().strip().splitlines()[-3:])
+        raise RuntimeError(f"path worker {self.args} exited with {self.p.wait()}: {tail}")
+
+    def time(self, n: int) -> float:
+        self.p.stdin.write(f"{n}\n")
+        self.p.stdin.flush()
+        return self._read()["median_ms"]
+
+    def close(self) -> None:
+        if self.p.poll() is None:
+            self.p.stdin.write("\n")
+            self.p.stdin.close()
+            self.p.wait(timeout=60)
+        self._err.close()
+
+
+def interleaved_ms(workers: dict[str, PathWorker], rounds: int = 5, iters: int = 20) -> dict[str, float]:
+    """Median ms of each path, each in its own process, timed in alternating rounds so that a load swing hits
+    every path alike."""
+    n = {k: max(3, min(iters, int(1000.0 / max(w.first_ms, 1e-3)))) for k, w in workers.items()}  # ~1 s a round
+    per: dict[str, list[float]] = {k: [] for k in workers}
     for _ in range(rounds):
-        for k, fn in fns.items():
-            # let the previous path's thread pool stop spinning (torch's OpenMP and ORT spin-wait after a call):
-            # without the pause the path timed next paid for it (a .tflite read 7.3 ms after eager, 6.5 alone)
+        for k, w in workers.items():
+            # let the previous path's thread pool stop spinning (torch's OpenMP, ORT and XNNPACK spin-wait
+            # after a call); the pools are in other processes now, but they share the two cores
             time.sleep(0.5)
-            fn()
-            per[k].append(timed(fn, n[k]))
+            per[k].append(w.time(n[k]))
     return {k: float(np.median(v)) for k, v in per.items()}
 
 
@@ -86,15 +118,6 @@ def gemm_peaks(threads: int) -> dict[str, float]:
     return {"fp32": macs / fp32_ms / 1e6, "int8": macs / int8_ms / 1e6}
 
 
-def session_fn(bundle, threads: int):
-    """A zero-argument callable running the bundle's artifact on its reference input, via its backend."""
-    from edgeopt.runtimes.base import get_backend
-
-    sess = get_backend(bundle.backend).load(bundle.path, bundle.manifest, threads=threads)
-    x = bundle.reference_inputs()
-    return lambda: sess.run(x)
-
-
 def count_macs(spec) -> int | None:
     import torch
 
@@ -114,7 +137,6 @@ def family_rows(models: list[str], budget_minutes: float, threads: int, out: Pat
     import edgeopt
     from edgeopt.auto import auto_compile
     from edgeopt.capabilities import live_weights
-    from edgeopt.export import to_torch_inputs
     from edgeopt.models import get_spec, list_models
 
     rows = []
@@ -134,19 +156,20 @@ def family_rows(models: list[str], budget_minutes: float, threads: int, out: Pat
             weights = out / f"{name}-live.pth"
             torch.save(module.state_dict(), weights)
         module.eval()
-        sample = spec.sample_inputs(1)[0]
-        args = to_torch_inputs(sample, [i.name for i in spec.inputs])
         plain = edgeopt.compile(name, output=out / f"{name}-ort-fp32.bundle", overwrite=True, weights=weights)
         res = auto_compile(name, out / f"{name}-auto.bundle", fidelity=0.999, budget_minutes=budget_minutes, weights=weights,
                            db=db, overwrite=True, workdir=out / f"{name}-auto-candidates", runs=10, min_seconds=0.5, threads=threads)
         macs = count_macs(spec)
-        torch.set_num_threads(threads)
-        paths = {"eager": lambda m=module, a=args: m(*a), "plain": session_fn(plain, threads)}
+        workers = {"eager": PathWorker(["--eager", name] + (["--weights", str(weights)] if weights else []), threads),
+                   "plain": PathWorker(["--bundle", str(plain.path)], threads)}
         w = edgeopt.load_bundle(out / f"{name}-auto.bundle") if res.winner is not None else None
         if w is not None:
-            paths["auto"] = session_fn(w, threads)
-        with torch.inference_mode():
-            ms = interleaved_ms(paths)
+            workers["auto"] = PathWorker(["--bundle", str(w.path)], threads)
+        try:
+            ms = interleaved_ms(workers)
+        finally:
+            for wk in workers.values():
+                wk.close()
         entries = [("torch eager fp32", ms["eager"], "reference", sum(p.numel() * 4 for p in module.parameters()), "fp32"),
                    ("ORT fp32 (plain export)", ms["plain"], f"cos {plain.manifest['fidelity']['cosine']:.6f}", plain.size_bytes(), "fp32")]
         t_eager = ms["eager"]
@@ -188,10 +211,11 @@ def _remembered(out: Path) -> dict[str, dict]:
 def olive_vs_edgeopt(threads: int, out: Path, weights: Path, repeats: int = 2) -> list[list[str]]:
     """Same job, two tools: PyTorch efficientformer_l1 -> ONNX -> ORT static int8 on the same 8 photographs.
 
-    edgeopt runs twice per round: with its default exporter (dynamo) and with the TorchScript exporter Olive's
-    OnnxConversion uses by default (use_dynamo_exporter=False), so the like-for-like pair is visible. The three
-    jobs alternate for `repeats` rounds (cold: Olive's cache is removed before each of its runs); the fastest
-    round of each counts (the least disturbed by other load)."""
+    Each tool runs with both exporters: dynamo (edgeopt's default; Olive's OnnxConversion with
+    use_dynamo_exporter=True) and TorchScript (Olive's default; edgeopt --exporter torchscript), so both
+    like-for-like pairs and the defaults-against-defaults pair are visible. The four jobs alternate for
+    `repeats` rounds (cold: Olive's cache is removed before each of its runs); the fastest round of each
+    counts (the least disturbed by other load)."""
     import shutil
 
     import edgeopt
@@ -210,11 +234,15 @@ def olive_vs_edgeopt(threads: int, out: Path, weights: Path, repeats: int = 2) -
         "passes": {"conversion": {"type": "OnnxConversion", "target_opset": 18},
                    "quantization": {"type": "OnnxStaticQuantization", "data_config": "photos", "quant_format": "QDQ", "per_channel": True,
                                     "activation_type": "uint8", "precision": "int8", "calibrate_method": "MinMax"}},
-        "host": "local_system", "target": "local_system", "cache_dir": str(out / "olive-cache"), "output_dir": str(out / "olive-out"),
+        "host": "local_system", "target": "local_system",
         "evaluate_input_model": False, "log_severity_level": 3,
     }
-    cfg_path = out / "olive.json"
-    cfg_path.write_text(json.dumps(cfg, indent=2))
+    cfg_paths = {}
+    for exporter in ("torchscript", "dynamo"):
+        cfg["passes"]["conversion"]["use_dynamo_exporter"] = exporter == "dynamo"
+        cfg["cache_dir"], cfg["output_dir"] = str(out / f"olive-cache-{exporter}"), str(out / f"olive-out-{exporter}")
+        cfg_paths[exporter] = out / f"olive-{exporter}.json"
+        cfg_paths[exporter].write_text(json.dumps(cfg, indent=2))
 
     def edgeopt_job(exporter: str) -> tuple[float, Path, str | None]:
         dst = out / f"peer-edgeopt-int8-{exporter}.bundle"
@@ -225,20 +253,21 @@ def olive_vs_edgeopt(threads: int, out: Path, weights: Path, repeats: int = 2) -
         wall = time.perf_counter() - t0
         return wall, dst, None if p.returncode == 0 else (p.stderr or p.stdout).strip()[-300:]
 
-    def olive_job() -> tuple[float, Path | None, str | None]:
-        shutil.rmtree(out / "olive-cache", ignore_errors=True)
-        shutil.rmtree(out / "olive-out", ignore_errors=True)
+    def olive_job(exporter: str) -> tuple[float, Path | None, str | None]:
+        shutil.rmtree(out / f"olive-cache-{exporter}", ignore_errors=True)
+        shutil.rmtree(out / f"olive-out-{exporter}", ignore_errors=True)
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "olive", "run", "--config", str(cfg_path)], env=env, capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "-m", "olive", "run", "--config", str(cfg_paths[exporter])], env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
-        found = sorted((out / "olive-out").rglob("*.onnx"), key=lambda q: q.stat().st_mtime)
+        found = sorted((out / f"olive-out-{exporter}").rglob("*.onnx"), key=lambda q: q.stat().st_mtime)
         if p.returncode != 0 or not found:
             return wall, None, " | ".join((p.stderr or p.stdout).strip().splitlines()[-3:])[:300]
         return wall, found[-1], None
 
     jobs = {"edgeopt compile --passes quantize:int8 (dynamo export, the default)": lambda: edgeopt_job("dynamo"),
             "edgeopt compile --passes quantize:int8 --exporter torchscript": lambda: edgeopt_job("torchscript"),
-            "Olive OnnxConversion + OnnxStaticQuantization": olive_job}
+            "Olive OnnxConversion + OnnxStaticQuantization (TorchScript export, Olive's default)": lambda: olive_job("torchscript"),
+            "Olive ... with use_dynamo_exporter=True": lambda: olive_job("dynamo")}
     walls: dict[str, list[float]] = {k: [] for k in jobs}
     paths: dict[str, Path | None] = {}
     errors: dict[str, str] = {}
@@ -270,10 +299,11 @@ def olive_vs_edgeopt(threads: int, out: Path, weights: Path, repeats: int = 2) -
         f = task_metrics("classification", refs, outs)
         t = median_ms(lambda s=s, x=samples[0]: s.run(x))
         rows.append([label, f"{wall:.1f} ({rounds})", f"{t:.2f}", f"{f['cosine']:.5f}", f"{f['top1_agreement']:.3f}", f"{Path(art).stat().st_size / 1e6:.2f}"])
-    t_olive = min(walls["Olive OnnxConversion + OnnxStaticQuantization"])
-    for label in list(jobs)[:2]:
-        rows.append([f"ratio {label.split(' --passes')[0]}{' --exporter torchscript' if 'torchscript' in label else ''} / Olive wall time",
-                     f"{min(walls[label]) / t_olive:.2f}", "", "", "", ""])
+    best = {label.split(" ")[0] + ("/dynamo" if "dynamo" in label else "/torchscript"): min(walls[label]) for label in jobs}
+    for mine, theirs, what in (("edgeopt/dynamo", "Olive/dynamo", "like for like: both on the dynamo exporter (edgeopt's default)"),
+                               ("edgeopt/torchscript", "Olive/torchscript", "like for like: both on the TorchScript exporter (Olive's default)"),
+                               ("edgeopt/dynamo", "Olive/torchscript", "each tool's default exporter")):
+        rows.append([f"ratio {mine} / {theirs} wall time ({what})", f"{best[mine] / best[theirs]:.2f}", "", "", "", ""])
     return rows
 
 
@@ -339,7 +369,10 @@ def main() -> None:
               f"search budget {a.budget_minutes:g} min per model. "
               "Per-family rows use random weights (cosine is the meaningful fidelity there), with timm's zero-initialised "
               "residual norm scales set to 1 (`edgeopt.capabilities.live_weights`, shvit) so that no branch is dead. "
-              f"Each model's rows are measured side by side, in alternating rounds, in one run ({runs}).", "",
+              "Each model's rows are measured side by side in alternating rounds, each path in a process of its own "
+              "(eager in a torch process, as a PyTorch app runs it; the artifacts through their backend's session in "
+              "processes without torch, as edgeopt's runner and a device run them: in one process the two thread pools "
+              f"spin against each other on 2 cores; bench/_path_worker.py) ({runs}).", "",
               "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
         md += ["| " + " | ".join(r) + " |" for r in fam]
         md += ["", f"Regenerate: `.venv/bin/python bench/peers.py --skip-olive --budget-minutes {a.budget_minutes:g}`", ""]

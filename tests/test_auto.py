@@ -25,7 +25,10 @@ def test_pareto_front_keeps_only_non_dominated():
     assert [x.latency_ms for x in front] == [3, 5, 10]
 
 
-def test_auto_picks_fastest_within_budget(tmp_path):
+def test_auto_picks_fastest_within_budget(tmp_path, monkeypatch):
+    import edgeopt.auto
+
+    monkeypatch.setattr(edgeopt.auto, "CONFIRM_FACTOR", 1e9)  # both candidates go through the confirm stage
     db = f"sqlite:///{tmp_path / 'a.db'}"
     res = auto_compile(
         "efficientformer_l1", tmp_path / "win.bundle", fidelity=0.9, min_agreement=0.0, backends=["onnxruntime"],
@@ -39,7 +42,11 @@ def test_auto_picks_fastest_within_budget(tmp_path):
     man = json.loads((tmp_path / "win.bundle" / "manifest.json").read_text())
     assert man["auto"]["winner"]["label"] == res.winner.label and man["auto"]["front"]
     st = Store(db)
-    assert len(st.measurements()) == 2
+    assert len(st.measurements()) == 2  # the confirm stage replaced each candidate's row, it did not add one
+    for c in measured:  # ranked on the median of 1 + CONFIRM_ROUNDS real measurements, the stored one
+        assert len(c.confirm_ms) == 1 + edgeopt.auto.CONFIRM_ROUNDS and c.latency_ms == sorted(c.confirm_ms)[1]
+        assert {m["id"]: m["p50_ms"] for m in st.measurements()}[c.measurement_id] == pytest.approx(c.latency_ms)
+    assert {j["stage"] for j in st.jobs()} == {"confirm"}
     assert st.run_config(res.run_id)["result"]["winner"]["bundle_sha256"] == man["bundle_sha256"]
     assert {j["status"] for j in st.jobs()} == {"ok"}
     # the front for this model/device as a plot
