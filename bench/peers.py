@@ -226,6 +226,7 @@ def olive_vs_edgeopt(threads: int, out: Path, weights: Path, repeats: int = 2) -
     env = dict(os.environ, EDGEOPT_WEIGHTS=str(weights), PYTHONPATH=str(REPO))
     cfg = {
         "input_model": {"type": "PyTorchModel", "model_loader": "load_model", "model_script": str(REPO / "bench" / "_olive_user_script.py"),
+                        "dummy_inputs_func": "dummy_inputs",
                         "io_config": {"input_names": ["image"], "input_shapes": [[1, 3, 224, 224]], "output_names": ["logits"]}},
         "systems": {"local_system": {"type": "LocalSystem", "accelerators": [{"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}},
         "data_configs": [{"name": "photos", "user_script": str(REPO / "bench" / "_olive_user_script.py"),
@@ -299,11 +300,12 @@ def olive_vs_edgeopt(threads: int, out: Path, weights: Path, repeats: int = 2) -
         f = task_metrics("classification", refs, outs)
         t = median_ms(lambda s=s, x=samples[0]: s.run(x))
         rows.append([label, f"{wall:.1f} ({rounds})", f"{t:.2f}", f"{f['cosine']:.5f}", f"{f['top1_agreement']:.3f}", f"{Path(art).stat().st_size / 1e6:.2f}"])
-    best = {label.split(" ")[0] + ("/dynamo" if "dynamo" in label else "/torchscript"): min(walls[label]) for label in jobs}
+    best = {label.split(" ")[0] + ("/dynamo" if "dynamo" in label else "/torchscript"): min(walls[label]) for label in jobs if label not in errors}
     for mine, theirs, what in (("edgeopt/dynamo", "Olive/dynamo", "like for like: both on the dynamo exporter (edgeopt's default)"),
                                ("edgeopt/torchscript", "Olive/torchscript", "like for like: both on the TorchScript exporter (Olive's default)"),
                                ("edgeopt/dynamo", "Olive/torchscript", "each tool's default exporter")):
-        rows.append([f"ratio {mine} / {theirs} wall time ({what})", f"{best[mine] / best[theirs]:.2f}", "", "", "", ""])
+        ratio = f"{best[mine] / best[theirs]:.2f}" if mine in best and theirs in best else "- (a job failed)"
+        rows.append([f"ratio {mine} / {theirs} wall time ({what})", ratio, "", "", "", ""])
     return rows
 
 
