@@ -127,8 +127,10 @@ def live_weights(model: str) -> tuple[Any, dict[str, Any]]:
     BatchNorms). With gamma = 0 a branch outputs a constant, so LiteRT's converter folds it away (shvit_s1 fp32
     .tflite 6.6 MB with 18 of 77 convs, against 25.9 MB ONNX that ORT runs in full) and the features left are
     so small that int8 rounds them off (static int8 cosine 0). Trained weights never have gamma = 0, so the
-    figures set those scales to 1 (timm's init for every other norm) and say so in the label; None means the
-    model has no such norms and is built as usual.
+    figures set those scales to 1 (timm's init for every other norm) and say so in the label. Layer scales
+    (EfficientFormer's ls1/ls2, MobileCLIP's layer_scale: every element the same constant of at most 1e-4,
+    1e-5 at init) mute a branch the same way, to 1e-5 of its output, so pruning it or quantizing it changes
+    nothing measurable; they are set to 1 too. None means the model has neither and is built as usual.
     """
     import torch
 
@@ -137,17 +139,24 @@ def live_weights(model: str) -> tuple[Any, dict[str, Any]]:
     spec = get_spec(model)
     m = spec.build()
     norms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.LayerNorm, torch.nn.GroupNorm)
-    revived = 0
+    revived = scales = 0
     with torch.no_grad():
         for mod in m.modules():
             w = getattr(mod, "weight", None)
             if isinstance(mod, norms) and w is not None and w.numel() and bool(torch.all(w == 0)):
                 w.fill_(1.0)
                 revived += 1
-    if not revived:
+        for p in m.parameters():
+            v = p.detach().flatten()
+            if v.numel() and 0 < float(v[0].abs()) <= 1e-4 and bool(torch.all(v == v[0])):
+                p.fill_(1.0)
+                scales += 1
+    if not revived and not scales:
         return None, {"kind": "random"}
-    return m.eval(), {"kind": "random", "note": f"random init with {revived} zero-initialised residual-branch norm scales set to 1 "
-                      "(gamma = 0 makes those branches dead, which converters fold away)", "revived_norms": revived}
+    what = [f"{revived} zero-initialised residual-branch norm scales"] * bool(revived) + [f"{scales} layer scales (1e-5 at init)"] * bool(scales)
+    return m.eval(), {"kind": "random", "note": f"random init with {' and '.join(what)} set to 1 "
+                      "(they make those branches dead or mute, which converters fold away and int8 cannot get wrong)",
+                      "revived_norms": revived, "revived_layer_scales": scales}
 
 
 @dataclass

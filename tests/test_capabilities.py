@@ -43,13 +43,17 @@ def test_every_family_has_a_representative():
 
 def test_live_weights_revive_zero_init_norm_scales():
     """shvit's residual branches end in a BatchNorm with gamma 0 (timm's init): dead branches that converters
-    fold away. The figures' weights set those scales to 1; a model without them is built as usual."""
+    fold away; EfficientFormer's layer scales start at 1e-5. The figures' weights set those scales to 1; a
+    model with neither is built as usual."""
     import torch
 
     m, label = cap.live_weights("shvit_s1")
     assert label["revived_norms"] == 35 and "set to 1" in label["note"]
     assert not any(isinstance(x, torch.nn.BatchNorm2d) and bool(torch.all(x.weight == 0)) for x in m.modules())
-    assert cap.live_weights("efficientformer_l1") == (None, {"kind": "random"})
+    m, label = cap.live_weights("efficientformer_l1")  # ls1/ls2 layer scales, 1e-5 at init, mute each branch
+    assert label["revived_layer_scales"] == 30 and label["revived_norms"] == 0
+    assert all(bool(torch.all(b.ls1.gamma == 1)) for b in m.stages[0].blocks)
+    assert cap.live_weights("leyolo_nano") == (None, {"kind": "random"})
 
 
 def test_render_numbers_reasons_and_ratios():
