@@ -160,8 +160,17 @@ def calibrate(
 
 
 def build_calibrated(spec: ModelSpec, seed: int = 0, **kwargs: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Build `spec` with a fixed seed and calibrate it: the same call gives the same weights."""
+    """Build `spec` with a fixed seed and calibrate it: the same call gives the same weights.
+
+    Muted branches are revived first (`edgeopt.models.liveinit`): calibrated on a network whose residual branches
+    add 1e-5 of their output, efficientformer_l1 would be its stem, downsamplers and head."""
     import torch
 
+    from edgeopt.models.liveinit import describe, revive_muted_branches
+
     torch.manual_seed(seed)
-    return calibrate(spec.build(), spec, seed=seed, **kwargs)
+    module = spec.build()
+    counts = revive_muted_branches(module)
+    module, label = calibrate(module, spec, seed=seed, **kwargs)
+    note = describe(counts)
+    return module, {**label, **counts, **({"revived": note} if note else {})}

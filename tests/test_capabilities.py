@@ -53,7 +53,10 @@ def test_live_weights_revive_zero_init_norm_scales():
     m, label = cap.live_weights("efficientformer_l1")  # ls1/ls2 layer scales, 1e-5 at init, mute each branch
     assert label["revived_layer_scales"] == 30 and label["revived_norms"] == 0
     assert all(bool(torch.all(b.ls1.gamma == 1)) for b in m.stages[0].blocks)
-    assert cap.live_weights("leyolo_nano") == (None, {"kind": "random"})
+    a, la = cap.live_weights("leyolo_nano")  # neither: built as usual, with the fixed seed
+    b, _ = cap.live_weights("leyolo_nano")
+    assert la == {"kind": "random", "seed": 0, "revived_norms": 0, "revived_layer_scales": 0}
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
 def test_render_numbers_reasons_and_ratios():
