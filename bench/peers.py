@@ -150,20 +150,25 @@ def family_rows(models: list[str], budget_minutes: float, threads: int, out: Pat
         # Classifiers: calibrated weights (confident on real images, so top-1 agreement means something; with flat
         # random logits one photograph of eight flipped between two random inits). Others: seeded random init.
         # Both without muted branches (edgeopt.models.liveinit).
+        weights: Path | None = out / f"{name}-figures.pth"
         if spec.task == "classification":
             from edgeopt.calibrate import build_calibrated
 
-            module, _label = build_calibrated(spec)
+            module, label = build_calibrated(spec)
         else:
-            module, _label = live_weights(name)
-        weights = out / f"{name}-figures.pth"
-        torch.save(module.state_dict(), weights)
+            module, label = live_weights(name)
+        if label.get("kind") == "random" and not label.get("note"):
+            # nothing revived: plain random init, as compile builds it (tinygpt_v's loader takes only whole-model
+            # checkpoints, not a decode step's state dict)
+            weights = None
+        else:
+            torch.save(module.state_dict(), weights)
         module.eval()
         plain = edgeopt.compile(name, output=out / f"{name}-ort-fp32.bundle", overwrite=True, weights=weights)
         res = auto_compile(name, out / f"{name}-auto.bundle", fidelity=0.999, budget_minutes=budget_minutes, weights=weights,
                            db=db, overwrite=True, workdir=out / f"{name}-auto-candidates", runs=10, min_seconds=0.5, threads=threads)
         macs = count_macs(spec)
-        workers = {"eager": PathWorker(["--eager", name, "--weights", str(weights)], threads),
+        workers = {"eager": PathWorker(["--eager", name] + (["--weights", str(weights)] if weights else []), threads),
                    "plain": PathWorker(["--bundle", str(plain.path)], threads)}
         w = edgeopt.load_bundle(out / f"{name}-auto.bundle") if res.winner is not None else None
         if w is not None:
