@@ -53,6 +53,9 @@ STAGE2_PREFIXES: tuple[str, ...] = (
 )
 # A stage-1 pair slower than this factor times the best feasible pair is dominated: stage 2 skips it.
 DOMINATED_FACTOR = 1.5
+# A plain fp32 artifact at least this close to torch is the same model numerically; its task agreement is then the
+# agreement metric's own noise floor on these weights, and the gate is never set above it.
+NOISE_FLOOR_COSINE = 0.99999
 # Confirm stage: one measurement per candidate is one sample of a noisy machine (sub-millisecond models swapped
 # places between runs here), so the contenders within this factor of the best (at most CONFIRM_MAX of them) are
 # measured again, CONFIRM_ROUNDS times in alternating order, and ranked by the median of their p50s.
@@ -225,6 +228,7 @@ def auto_compile(
     # Likely-fastest first, so that a time budget that runs out has already measured the best bets.
     cands.sort(key=lambda c: PRIOR.index((c.backend, c.precision)) if (c.backend, c.precision) in PRIOR else len(PRIOR))
     notes: list[str] = []
+    need = min_agreement  # the task-agreement gate; lowered to the metric's noise floor (see evaluate)
     results: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {}  # label -> (job key, job, first measurement)
     consecutive_device_failures = 0
     wlabel = weights_label(weights)
@@ -255,14 +259,22 @@ def auto_compile(
         c.cosine, c.top1, c.size_bytes = f.get("cosine"), f.get("top1_agreement"), b.size_bytes()
         agree = task_agreement(f)
         c.agreement = agree[1] if agree else None
-        if c.cosine is None or c.cosine < fidelity or (agree is not None and agree[1] < min_agreement):
+        nonlocal need
+        if agree is not None and not c.prefix and c.precision == "fp32" and (c.cosine or 0) >= NOISE_FLOOR_COSINE and agree[1] < need:
+            # A plain fp32 artifact is the model itself, numerically: what it agrees is the metric's noise floor on
+            # these weights (near-tied scores of a random detector reorder under 1e-6 differences: mAP@0.5 0.986
+            # at cosine 1.000000). Nothing can be asked to beat that floor, so the gate comes down to it.
+            need = agree[1]
+            notes.append(f"{agree[0]} gate lowered from {min_agreement} to {need:.3f}: the plain fp32 {c.backend} artifact "
+                         f"(cosine {c.cosine:.6f}) agrees only that well with torch, the metric's noise floor on these weights")
+        if c.cosine is None or c.cosine < fidelity or (agree is not None and agree[1] < need):
             c.status = "infeasible"
             if c.cosine is None:
                 c.reason = "fidelity not measured on the host"
             elif c.cosine < fidelity:
                 c.reason = f"cosine {c.cosine:.6f} < budget {fidelity} (missed by {fidelity - c.cosine:.2e})"
             else:
-                c.reason = f"{agree[0]} {agree[1]:.3f} < {min_agreement} (missed by {min_agreement - agree[1]:.3f}) at cosine {c.cosine:.6f}"
+                c.reason = f"{agree[0]} {agree[1]:.3f} < {need:.3g} (missed by {need - agree[1]:.3f}) at cosine {c.cosine:.6f}"
             st.record_job(key, job, "failed", run_id=run_id, stage="fidelity", error=c.reason, bundle_sha256=b.sha256)
             return
         try:

@@ -96,12 +96,25 @@ def test_task_agreement_picks_the_task_metric():
 
 
 def test_auto_agreement_gate_names_the_metric(tmp_path):
-    """A candidate at full cosine is still infeasible when the task's answer changed (here: an impossible 1.01)."""
+    """A candidate within the cosine budget is still infeasible when the task's answer changed (here: an
+    impossible 1.01; no plain fp32 candidate in the search, so the gate keeps it)."""
+    res = auto_compile(
+        "efficientformer_l1", tmp_path / "w.bundle", fidelity=0.9, min_agreement=1.01, backends=["onnxruntime"],
+        precisions=["int8"], stage2=False, runs=2, warmup=0, min_seconds=0, db=f"sqlite:///{tmp_path / 'a.db'}",
+        workdir=tmp_path / "cands",
+    )
+    (c,) = res.closest()
+    assert res.winner is None and c.status == "infeasible" and c.cosine > 0.9
+    assert c.reason.startswith("top1_agreement ") and " < 1.01 (missed by " in c.reason
+
+
+def test_auto_agreement_gate_never_above_the_fp32_floor(tmp_path):
+    """The plain fp32 artifact is the model itself: the gate comes down to what it agrees (the metric's noise
+    floor), so an impossible 1.01 becomes 1.0 and the fp32 artifact is feasible, with a note saying so."""
     res = auto_compile(
         "efficientformer_l1", tmp_path / "w.bundle", fidelity=0.99, min_agreement=1.01, backends=["onnxruntime"],
         precisions=["fp32"], stage2=False, runs=2, warmup=0, min_seconds=0, db=f"sqlite:///{tmp_path / 'a.db'}",
         workdir=tmp_path / "cands",
     )
-    (c,) = res.closest()
-    assert res.winner is None and c.status == "infeasible" and c.cosine > 0.9999
-    assert c.reason.startswith("top1_agreement 1.000 < 1.01")
+    assert res.winner is not None and res.winner.label == "onnxruntime/fp32" and res.winner.agreement == 1.0
+    assert any("gate lowered from 1.01 to 1.000" in n for n in res.notes), res.notes
