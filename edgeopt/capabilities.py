@@ -306,9 +306,11 @@ def render_markdown(results: list[Result], meta: dict[str, Any]) -> str:
     if m.get("earlier_runs"):
         first = m["earlier_runs"][0].get("date", "?")
         out.append(f"It resumed {len(m['earlier_runs'])} earlier run(s), the first on {first}; cells keep the figures of the run that tried them.")
-    if any(r.extra.get("weights") for r in results):
-        out.append("Models whose random init zeroes residual-branch norm scales (shvit) have them set to 1 "
-                   "(`edgeopt.capabilities.live_weights`): otherwise those branches are dead and converters fold them away.")
+    revived = sorted({r.model for r in results if (r.extra.get("weights") or {}).get("note")})
+    if revived:
+        out.append(f"Weights: `edgeopt.capabilities.live_weights`, a random init whose muted branches are revived ({', '.join(revived)}: "
+                   "zero-initialised residual norm scales and 1e-5 layer scales set to 1): otherwise those branches are dead "
+                   "or mute, converters fold them away and int8 cannot get them wrong.")
     return "\n".join(out) + "\n"
 
 
