@@ -238,8 +238,8 @@ Both came from one cause: the zoo's random init, not a converter bug.
   weights). On the random-init shvit_s1 that alone gave cosine 0.62 through the interpreter (the body's int8
   activations still lose a signal that small); `tests/test_tflite.py::test_static_int8_keeps_small_logits_in_float`
   reproduces the 0 on a tiny model and checks it is gone. (2) These figures, and the capability matrix, build
-  models with `edgeopt.capabilities.live_weights`: random init with zero-initialised norm scales set to 1 (only
-  shvit has them in the zoo). PT2E static int8 of shvit_s1 then keeps cosine 0.9996 (torch-level simulation of
+  models with `edgeopt.capabilities.live_weights`: a seeded random init with zero-initialised norm scales (shvit)
+  and 1e-5 layer scales (efficientformer, mobileclip) set to 1. PT2E static int8 of shvit_s1 then keeps cosine 0.9996 (torch-level simulation of
   the quantized graph) and the rows above compare the same network on every backend.
 """
 
