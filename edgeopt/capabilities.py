@@ -276,6 +276,7 @@ def render_markdown(results: list[Result], meta: dict[str, Any]) -> str:
     for r in results:
         if (r.family, r.model) not in models:
             models.append((r.family, r.model))
+    models.sort()  # by family: a resumed run that re-tried a family does not move its row to the end
     by = {(r.model, r.backend, r.precision): r for r in results}
     notes: list[str] = []
     head = "| family (variant) | " + " | ".join(f"{c.backend} {c.precision}" for c in used) + " |"
