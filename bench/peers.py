@@ -53,8 +53,7 @@ class PathWorker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True,
             env=dict(os.environ, PYTHONPATH=str(REPO)),
         )
-        hello = self._read()
-        self.first_ms, self.torch_loaded = hello["first_ms"], hello["torch_loaded"]
+        self.first_ms = self._read()["first_ms"]
 
     def _read(self) -> dict:
         for line in self.p.stdout:
@@ -274,21 +273,23 @@ def olive_vs_edgeopt(threads: int, out: Path, weights: Path, repeats: int = 2) -
             return wall, None, " | ".join((p.stderr or p.stdout).strip().splitlines()[-3:])[:300]
         return wall, found[-1], None
 
-    jobs = {"edgeopt compile --passes quantize:int8 (dynamo export, the default)": lambda: edgeopt_job("dynamo"),
-            "edgeopt compile --passes quantize:int8 --exporter torchscript": lambda: edgeopt_job("torchscript"),
-            "Olive OnnxConversion + OnnxStaticQuantization (TorchScript export, Olive's default)": lambda: olive_job("torchscript"),
-            "Olive ... with use_dynamo_exporter=True": lambda: olive_job("dynamo")}
-    walls: dict[str, list[float]] = {k: [] for k in jobs}
-    paths: dict[str, Path | None] = {}
-    errors: dict[str, str] = {}
+    # (tool, exporter) -> (row label, job)
+    jobs = {("edgeopt", "dynamo"): ("edgeopt compile --passes quantize:int8 (dynamo export, the default)", lambda: edgeopt_job("dynamo")),
+            ("edgeopt", "torchscript"): ("edgeopt compile --passes quantize:int8 --exporter torchscript", lambda: edgeopt_job("torchscript")),
+            ("Olive", "torchscript"): ("Olive OnnxConversion + OnnxStaticQuantization (TorchScript export, Olive's default)",
+                                       lambda: olive_job("torchscript")),
+            ("Olive", "dynamo"): ("Olive ... with use_dynamo_exporter=True", lambda: olive_job("dynamo"))}
+    walls: dict[tuple[str, str], list[float]] = {k: [] for k in jobs}
+    paths: dict[tuple[str, str], Path | None] = {}
+    errors: dict[tuple[str, str], str] = {}
     for _ in range(repeats):
-        for label, job in jobs.items():
+        for k, (_label, job) in jobs.items():
             wall, path, err = job()
-            walls[label].append(wall)
+            walls[k].append(wall)
             if err:
-                errors[label] = err
+                errors[k] = err
             else:
-                paths[label] = path
+                paths[k] = path
     spec = get_spec("efficientformer_l1")
     samples = spec.sample_inputs(8)
     module = spec.build(weights=weights)
@@ -296,25 +297,25 @@ def olive_vs_edgeopt(threads: int, out: Path, weights: Path, repeats: int = 2) -
 
     refs = [torch_outputs(module, s, ["image"], ["logits"]) for s in samples]
     rows = []
-    for label in jobs:
-        wall = min(walls[label])
-        rounds = "/".join(f"{w:.1f}" for w in walls[label])
-        if label in errors:
-            rows.append([label, f"{wall:.1f} ({rounds})", f"failed: {errors[label]}", "", "", ""])
+    for k, (label, _job) in jobs.items():
+        wall = min(walls[k])
+        rounds = "/".join(f"{w:.1f}" for w in walls[k])
+        if k in errors:
+            rows.append([label, f"{wall:.1f} ({rounds})", f"failed: {errors[k]}", "", "", ""])
             continue
-        path = paths[label]
+        path = paths[k]
         art = edgeopt.load_bundle(path).artifact if path.suffix == ".bundle" else path
         s = OrtSession(Path(art), threads)
         outs = [{"logits": s.run(x)[s.output_names[0]]} for x in samples]
         f = task_metrics("classification", refs, outs)
         t = median_ms(lambda s=s, x=samples[0]: s.run(x))
         rows.append([label, f"{wall:.1f} ({rounds})", f"{t:.2f}", f"{f['cosine']:.5f}", f"{f['top1_agreement']:.3f}", f"{Path(art).stat().st_size / 1e6:.2f}"])
-    best = {label.split(" ")[0] + ("/dynamo" if "dynamo" in label else "/torchscript"): min(walls[label]) for label in jobs if label not in errors}
-    for mine, theirs, what in (("edgeopt/dynamo", "Olive/dynamo", "like for like: both on the dynamo exporter (edgeopt's default)"),
-                               ("edgeopt/torchscript", "Olive/torchscript", "like for like: both on the TorchScript exporter (Olive's default)"),
-                               ("edgeopt/dynamo", "Olive/torchscript", "each tool's default exporter")):
+    best = {k: min(walls[k]) for k in jobs if k not in errors}
+    for mine, theirs, what in ((("edgeopt", "dynamo"), ("Olive", "dynamo"), "like for like: both on the dynamo exporter (edgeopt's default)"),
+                               (("edgeopt", "torchscript"), ("Olive", "torchscript"), "like for like: both on the TorchScript exporter (Olive's default)"),
+                               (("edgeopt", "dynamo"), ("Olive", "torchscript"), "each tool's default exporter")):
         ratio = f"{best[mine] / best[theirs]:.2f}" if mine in best and theirs in best else "- (a job failed)"
-        rows.append([f"ratio {mine} / {theirs} wall time ({what})", ratio, "", "", "", ""])
+        rows.append([f"ratio {'/'.join(mine)} / {'/'.join(theirs)} wall time ({what})", ratio, "", "", "", ""])
     return rows
 
 

@@ -143,6 +143,12 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
     return sorted(front, key=lambda c: c.latency_ms or 0)
 
 
+def _energy_j(result: dict[str, Any]) -> float | None:
+    """Joules per inference of one measurement, None where the device has no meter."""
+    e = result.get("energy") or {}
+    return e.get("joules_per_inference") if isinstance(e, dict) else None
+
+
 def available_backends(device_info: dict[str, Any], requested: list[str] | None) -> list[str]:
     """Backends that can compile here and run on the device (by the runtimes the device reports)."""
     from edgeopt.runtimes.base import get_backend
@@ -230,7 +236,7 @@ def auto_compile(
     notes: list[str] = []
     need = min_agreement  # the task-agreement gate; lowered to the metric's noise floor (see evaluate)
     floor_from: str | None = None  # the candidate that set that floor
-    results: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {}  # label -> (job key, job, first measurement)
+    results: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {}  # label -> (job key, job, manifest, 1st measurement)
     consecutive_device_failures = 0
     wlabel = weights_label(weights)
 
@@ -291,10 +297,9 @@ def auto_compile(
             return
         consecutive_device_failures = 0
         c.latency_ms = res["latency_ms"]["p50"]
-        e = res.get("energy") or {}
-        c.energy_j = e.get("joules_per_inference") if isinstance(e, dict) else None
+        c.energy_j = _energy_j(res)
         c.measurement_id = st.add_measurement(b.manifest, res, replace=True)
-        results[c.label] = (key, job, res)
+        results[c.label] = (key, job, b.manifest, res)
         c.status = "measured"
         st.record_job(key, job, "ok", run_id=run_id, stage="measure", bundle_sha256=b.sha256, measurement_id=c.measurement_id, error=None)
 
@@ -319,7 +324,7 @@ def auto_compile(
         todo = sorted((c for c in feasible if best and c.latency_ms <= CONFIRM_FACTOR * best), key=lambda c: c.latency_ms)[:CONFIRM_MAX]
         if len(todo) < 2:
             return
-        runs_of: dict[str, list[dict[str, Any]]] = {c.label: [results[c.label][2]] for c in todo}
+        runs_of: dict[str, list[dict[str, Any]]] = {c.label: [results[c.label][3]] for c in todo}
         for r in range(CONFIRM_ROUNDS):
             for c in todo if r % 2 else reversed(todo):
                 if progress:
@@ -337,10 +342,9 @@ def auto_compile(
             c.confirm_ms = [x["latency_ms"]["p50"] for x in runs_of[c.label]]
             mid = rs[(len(rs) - 1) // 2]  # a real measurement: the (lower) median one
             c.latency_ms = mid["latency_ms"]["p50"]
-            e = mid.get("energy") or {}
-            c.energy_j = e.get("joules_per_inference") if isinstance(e, dict) else None
-            c.measurement_id = st.add_measurement(load_bundle(c.bundle).manifest, mid, replace=True)
-            key, job, _ = results[c.label]
+            c.energy_j = _energy_j(mid)
+            key, job, manifest, _ = results[c.label]
+            c.measurement_id = st.add_measurement(manifest, mid, replace=True)
             st.record_job(key, job, "ok", run_id=run_id, stage="confirm", bundle_sha256=c.bundle_sha256, measurement_id=c.measurement_id, error=None)
         notes.append(f"confirm stage: {len(todo)} contenders within {CONFIRM_FACTOR}x of the best re-measured in alternating "
                      f"rounds, ranked by the median p50 ({', '.join(f'{c.label} {c.latency_ms:.3g} ms' for c in todo)})")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-NORMS = ("BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm")
 MUTED_SCALE_MAX = 1e-4  # a layer scale whose every element is one constant at most this is still at its init
 
 
@@ -22,11 +21,12 @@ def revive_muted_branches(module: Any) -> dict[str, int]:
     """Set zero norm scales and constant tiny layer scales to 1, in place; how many of each."""
     import torch
 
+    kinds = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.LayerNorm, torch.nn.GroupNorm)  # and subclasses (timm's BatchNormAct2d)
     norms = revived = 0
     with torch.no_grad():
         for mod in module.modules():
             w = getattr(mod, "weight", None)
-            if type(mod).__name__ in NORMS and w is not None and w.numel() and bool(torch.all(w == 0)):
+            if isinstance(mod, kinds) and w is not None and w.numel() and bool(torch.all(w == 0)):
                 w.fill_(1.0)
                 norms += 1
         for p in module.parameters():
