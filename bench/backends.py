@@ -56,7 +56,7 @@ def _live(model: str, kw: dict) -> dict:
     module, label = live_weights(model)
     if module is None:
         return kw
-    return {**kw, "module": module, "options": {**kw.get("options", {}), "weights_label": label}}
+    return {**kw, "module": module, "weights_info": label}
 
 
 def compile_rows(model: str, work: Path, reuse: bool, tune_minutes: float, samples: int, log, no_compile: bool = False,

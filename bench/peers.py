@@ -135,9 +135,9 @@ def family_rows(models: list[str], budget_minutes: float, threads: int, out: Pat
     import torch
 
     import edgeopt
-    from edgeopt.auto import auto_compile
     from edgeopt.capabilities import live_weights
     from edgeopt.models import get_spec, list_models
+    from edgeopt.orchestrate.auto import auto_compile
 
     rows = []
     have = set(list_models())

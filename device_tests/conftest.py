@@ -87,8 +87,7 @@ def _csv(v: str | None) -> list[str] | None:
 
 def _variants(config: pytest.Config) -> dict[str, str]:
     """family -> variant under test."""
-    from edgeopt.models import _discover
-    from edgeopt.models.registry import all_specs
+    from edgeopt.models.registry import _discover, all_specs
 
     _discover()
     by_family: dict[str, list[Any]] = {}

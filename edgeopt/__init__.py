@@ -2,7 +2,7 @@
 
     import edgeopt
     b = edgeopt.compile("efficientformer_l1", backend="onnxruntime", passes="quantize:int8", output="l1.bundle")
-    print(edgeopt.profile(b.path)["latency_ms"]["p50"])
+    print(edgeopt.profile(b.path).latency_ms.p50)
 """
 
 from __future__ import annotations

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from edgeopt._util import sha256_file
-from edgeopt.bundle import Bundle, load_bundle, write_bundle
+from edgeopt.bundle import Bundle, Manifest, ModelInfo, TensorSpec, WeightsLabel, load_bundle, write_bundle
 from edgeopt.errors import EdgeoptError
 from edgeopt.fidelity import task_metrics
+from edgeopt.measurement import Measurement, Protocol
 
 __all__ = ["compile", "load_bundle", "profile", "tool_versions"]
 
@@ -30,14 +31,14 @@ def tool_versions(*dists: str) -> dict[str, str]:
     return {"python": platform.python_version(), **dist_versions("edgeopt", "torch", "timm", "onnx", "onnxruntime", *dists)}
 
 
-def weights_label(weights: str | Path | None) -> dict[str, Any]:
+def weights_label(weights: str | Path | None) -> WeightsLabel:
     """Name the weights every fidelity figure was measured on (random weights make top-1 meaningless)."""
     if weights is None:
-        return {"kind": "random", "note": "random init: task agreement metrics say little; output cosine/SNR still hold"}
+        return WeightsLabel("random", {"note": "random init: task agreement metrics say little; output cosine/SNR still hold"})
     if weights == "calibrated":
-        return {"kind": "calibrated"}
+        return WeightsLabel("calibrated")
     p = Path(weights)
-    return {"kind": "checkpoint", "path": str(p), "sha256": sha256_file(p)}
+    return WeightsLabel("checkpoint", {"path": str(p), "sha256": sha256_file(p)})
 
 
 def check_threshold(cos: float) -> float:
@@ -62,12 +63,14 @@ def compile(  # noqa: A001 - the public name the design asks for
     module: Any = None,
     progress: Callable[[str], None] | None = None,
     exporter: str = "dynamo",
+    weights_info: WeightsLabel | dict[str, Any] | None = None,
 ) -> Bundle:
     """Compile a registered model into a bundle folder and return it (verified).
 
     `weights`: a local checkpoint file, None (random init), or "calibrated" (edgeopt.calibrate: seeded
     random init, BN statistics re-estimated and a short training on real data; the manifest says so).
-    `module` lets a caller pass an already built (e.g. calibrated) torch module for `model`.
+    `module` lets a caller pass an already built (e.g. calibrated) torch module for `model`, and
+    `weights_info` the label of its weights (what the manifest records; default: from `weights`).
     `exporter`: "dynamo" (torch.export, the default) or "torchscript" (the older tracer: about twice as
     fast to export, and what Olive uses by default); either falls back as export.export_onnx says.
     """
@@ -96,11 +99,11 @@ def compile(  # noqa: A001 - the public name the design asks for
         from edgeopt.calibrate import build_calibrated
 
         say("calibrate weights (BN statistics + short training on load_digits)")
-        module, wlabel = build_calibrated(spec) if module is None else (module, (options or {}).get("weights_label", {"kind": "calibrated"}))
-    else:
         if module is None:
-            module = spec.build(weights=weights)
-        wlabel = weights_label(weights) if weights is not None or "weights_label" not in (options or {}) else (options or {})["weights_label"]
+            module, weights_info = build_calibrated(spec)
+    elif module is None:
+        module = spec.build(weights=weights)
+    wlabel = WeightsLabel.of(weights_info) if weights_info is not None else weights_label(weights)
     input_names = [i.name for i in spec.inputs]
     output_names = list(spec.outputs)
     say("sample inputs and fp32 reference")
@@ -151,55 +154,52 @@ def compile(  # noqa: A001 - the public name the design asks for
             delegated=result.delegated, workdir=workdir,
         )
         opts = {"precision": result.precision, **(options or {})}
-        opts.pop("weights_label", None)
         with write_bundle(output, overwrite=overwrite) as w:
             say(f"compile with {be.name}")
             t0 = time.perf_counter()
             cres = be.compile(inp, w.root, target or "host", opts)
             compile_s = time.perf_counter() - t0
             w.write_reference(sample_list[0], refs[0])
-            manifest: dict[str, Any] = {
-                "model": {"name": spec.name, "family": spec.family, "task": spec.task},
-                "weights": wlabel,
-                "backend": be.name,
-                "target": cres.target,
-                "precision": cres.precision,
-                "artifact": cres.artifact,
-                "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in spec.inputs],
-                "outputs": [{"name": n, "shape": list(refs[0][n].shape), "dtype": str(refs[0][n].dtype)} for n in output_names],
-                "passes": [r.to_dict() for r in result.reports],
-                "delegated_passes": result.delegated,
-                "export": result.export,
-                "backend_details": cres.details,
-                "tools": {**tool_versions(), **cres.tools},
-                "compile_seconds": {"backend": compile_s, "total": None},
-                "samples": len(sample_list),
-            }
+            manifest = Manifest(
+                model=ModelInfo(spec.name, spec.family, spec.task),
+                weights=wlabel,
+                backend=be.name,
+                target=cres.target,
+                precision=cres.precision,
+                artifact=cres.artifact,
+                inputs=[TensorSpec(i.name, list(i.shape), i.dtype) for i in spec.inputs],
+                outputs=[TensorSpec(n, list(refs[0][n].shape), str(refs[0][n].dtype)) for n in output_names],
+                passes=[r.to_dict() for r in result.reports],
+                delegated_passes=result.delegated,
+                export=result.export,
+                backend_details=cres.details,
+                tools={**tool_versions(), **cres.tools},
+                compile_seconds={"backend": compile_s, "total": None},
+                samples=len(sample_list),
+            )
             # Fidelity of the artifact itself, run through its own backend on every sample.
             say("measure fidelity of the artifact")
-            fidelity_fig, why = _artifact_fidelity(be, w.root, manifest, sample_list, fid, last_ort)
-            manifest["fidelity"] = fidelity_fig
-            if why:
-                manifest["fidelity_note"] = why
-            if fidelity is not None and fidelity_fig.get("cosine", 1.0) < fidelity:
+            manifest.fidelity, manifest.fidelity_note = _artifact_fidelity(be, w.root, manifest, sample_list, fid, last_ort)
+            cos = manifest.fidelity.get("cosine", 1.0)
+            if fidelity is not None and cos < fidelity:
                 raise EdgeoptError(
-                    f"the {be.name} artifact broke the fidelity budget: cosine {fidelity_fig['cosine']:.6f} < {fidelity}",
+                    f"the {be.name} artifact broke the fidelity budget: cosine {cos:.6f} < {fidelity}",
                     "relax --fidelity or change precision; no bundle was written",
                 )
-            manifest["check"] = {"cosine_min": check_threshold(fidelity_fig.get("cosine", 1.0))}
-            manifest["compile_seconds"]["total"] = time.perf_counter() - t_start
+            manifest.check = {"cosine_min": check_threshold(cos)}
+            manifest.compile_seconds["total"] = time.perf_counter() - t_start
             w.finish(manifest)
     return load_bundle(output)
 
 
-def _artifact_fidelity(be, root: Path, manifest: dict[str, Any], samples, fid, last_ort: dict[str, Any]) -> tuple[dict[str, float], str | None]:
+def _artifact_fidelity(be, root: Path, manifest: Manifest, samples, fid, last_ort: dict[str, Any]) -> tuple[dict[str, float], str | None]:
     """Run the written artifact through its backend on the host; say why when the host cannot.
 
     An ORT artifact whose bytes the pipeline already ran (`last_ort`, same sha256) reuses those outputs."""
-    host_ok = manifest["backend_details"].get("host_runnable", True)
+    host_ok = manifest.backend_details.get("host_runnable", True)
     if host_ok is not True:
-        return dict(manifest["passes"][-1]["fidelity"]) if manifest["passes"] else {}, str(host_ok)
-    if be.runs_pipeline_onnx and last_ort and sha256_file(root / manifest["artifact"]) == sha256_file(last_ort["path"]):
+        return dict(manifest.passes[-1]["fidelity"]) if manifest.passes else {}, str(host_ok)
+    if be.runs_pipeline_onnx and last_ort and sha256_file(root / manifest.artifact) == sha256_file(last_ort["path"]):
         return fid(last_ort["outs"]), None
     sess = be.load(root, manifest)
     try:
@@ -220,19 +220,23 @@ def profile(
     store: bool = True,
     timeout: float = 600.0,
     device_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Measure a bundle on a device with the standard protocol; store the result unless store=False."""
+    protocol: Protocol | None = None,
+) -> Measurement:
+    """Measure a bundle on a device with the standard protocol; store the result unless store=False.
+
+    `protocol` gives every protocol field at once (it wins over runs/warmup/min_seconds/threads/timeout)."""
     from edgeopt.harness.devices import get_device
-    from edgeopt.harness.protocol import Protocol, measure
+    from edgeopt.harness.protocol import measure
     from edgeopt.store import Store
 
     b = load_bundle(bundle)
     st = Store(db) if store else None  # open the database first: a bad URL fails before the run
+    proto = protocol or Protocol(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads, timeout=timeout)
     dev = get_device(device, **(device_options or {}))
     try:
-        res = measure(dev, b.path, Protocol(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads, timeout=timeout))
+        res = measure(dev, b, proto)
     finally:
         dev.close()
     if st is not None:
-        res["measurement_id"] = st.add_measurement(b.manifest, res, replace=True)
+        res.measurement_id = st.add_measurement(b.manifest, res, replace=True)
     return res

@@ -15,7 +15,7 @@ import platform
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,9 @@ from edgeopt._util import atomic_dir, sha256_file
 from edgeopt.errors import BundleError
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: written from the typed Manifest; the JSON layout of 1 is unchanged, so both load
 REFERENCE_DIR = "reference"
+DEFAULT_COSINE_MIN = 0.999
 
 
 def _files(root: Path) -> dict[str, str]:
@@ -43,28 +44,171 @@ def content_hash(files: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str | None = None
+    task: str = "classification"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: list[Any]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class WeightsLabel:
+    """The weights every fidelity figure was measured on: `kind` (random, calibrated, checkpoint, ...) and
+    what identifies them (a checkpoint's path and sha256, a seed, a note)."""
+
+    kind: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, value: WeightsLabel | dict[str, Any]) -> WeightsLabel:
+        if isinstance(value, WeightsLabel):
+            return value
+        d = dict(value)
+        return cls(str(d.pop("kind")), d)
+
+    @property
+    def sha256(self) -> str | None:
+        return self.details.get("sha256")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.details}
+
+
+@dataclass
+class Manifest:
+    """What a bundle is, how it was made, the sha256 of every file and the fidelity it kept.
+
+    Written and read here only (`to_json` / `from_json`); every other module reads attributes. Keys this
+    version does not know (a newer minor addition, a tool's own notes) are kept in `extra` and written back."""
+
+    model: ModelInfo
+    weights: WeightsLabel
+    backend: str
+    target: str
+    precision: str | None
+    artifact: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    passes: list[dict[str, Any]] = field(default_factory=list)  # each pass's report (PassReport.to_dict())
+    delegated_passes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    export: dict[str, Any] | None = None
+    backend_details: dict[str, Any] = field(default_factory=dict)
+    tools: dict[str, str] = field(default_factory=dict)
+    compile_seconds: dict[str, float | None] = field(default_factory=dict)
+    samples: int = 0
+    fidelity: dict[str, float] = field(default_factory=dict)
+    fidelity_note: str | None = None
+    check: dict[str, float] = field(default_factory=dict)  # cosine_min: what a device must reach on the reference
+    preprocess: dict[str, Any] | None = None  # end-to-end preprocessing overrides (mean, std, crop_pct)
+    auto: dict[str, Any] | None = None  # the --auto search that picked this artifact
+    # -- completed by BundleWriter.finish --
+    schema: int = SCHEMA_VERSION
+    created: str = ""
+    host: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    bundle_sha256: str = ""
+    size_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cosine_min(self) -> float:
+        return float(self.check.get("cosine_min", DEFAULT_COSINE_MIN))
+
+    @property
+    def pass_names(self) -> list[str]:
+        return [p["name"] for p in self.passes]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "schema": self.schema, "created": self.created, "host": self.host,
+            "model": asdict(self.model), "weights": self.weights.to_json(),
+            "backend": self.backend, "target": self.target, "precision": self.precision, "artifact": self.artifact,
+            "inputs": [asdict(t) for t in self.inputs], "outputs": [asdict(t) for t in self.outputs],
+            "passes": self.passes, "delegated_passes": self.delegated_passes, "export": self.export,
+            "backend_details": self.backend_details, "tools": self.tools, "compile_seconds": self.compile_seconds,
+            "samples": self.samples, "fidelity": self.fidelity,
+        }
+        for k in ("fidelity_note", "preprocess", "auto"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        d["check"] = self.check
+        d.update(self.extra)
+        d.update({"files": self.files, "bundle_sha256": self.bundle_sha256, "size_bytes": self.size_bytes})
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], where: str = "manifest") -> Manifest:
+        for key in ("schema", "artifact", "backend", "files", "bundle_sha256", "model"):
+            if key not in d:
+                raise BundleError(f"{where} lacks {key!r}", "recompile the bundle with this edgeopt version")
+        if d["schema"] > SCHEMA_VERSION:
+            raise BundleError(f"bundle schema {d['schema']} is newer than this edgeopt's ({SCHEMA_VERSION})", "upgrade edgeopt on this machine")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        try:
+            return cls(
+                model=ModelInfo(**d["model"]),
+                weights=WeightsLabel.of(d.get("weights") or {"kind": "unknown"}),
+                inputs=[TensorSpec(**t) for t in d.get("inputs", [])],
+                outputs=[TensorSpec(**t) for t in d.get("outputs", [])],
+                target=d.get("target", "host"),
+                precision=d.get("precision"),
+                **{k: d[k] for k in known - {"model", "weights", "inputs", "outputs", "target", "precision"} if k in d and d[k] is not None},
+                extra={k: v for k, v in d.items() if k not in known},
+            )
+        except TypeError as e:
+            raise BundleError(f"{where} is malformed: {e}", "recompile the bundle with this edgeopt version") from None
+
+    @classmethod
+    def draft(cls, d: dict[str, Any]) -> Manifest:
+        """A manifest for BundleWriter.finish to complete (hashes, sizes, dates), from its JSON fields: for
+        tools and tests that assemble a bundle by hand."""
+        return cls.from_json({"schema": SCHEMA_VERSION, "files": {}, "bundle_sha256": "", **d}, "draft manifest")
+
+    # The JSON view, for code written against the dict the Python API returned before the manifest was typed.
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_json().get(key, default)
+
+
 @dataclass
 class Bundle:
     """A bundle on disk whose files have been checked against its manifest."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def sha256(self) -> str:
-        return self.manifest["bundle_sha256"]
+        return self.manifest.bundle_sha256
 
     @property
     def artifact(self) -> Path:
-        return self.path / self.manifest["artifact"]
+        return self.path / self.manifest.artifact
 
     @property
     def backend(self) -> str:
-        return self.manifest["backend"]
+        return self.manifest.backend
 
     @property
     def model(self) -> str:
-        return self.manifest["model"]["name"]
+        return self.manifest.model.name
 
     def reference_inputs(self) -> dict[str, np.ndarray]:
         with np.load(self.path / REFERENCE_DIR / "inputs.npz") as z:
@@ -76,8 +220,29 @@ class Bundle:
 
     def size_bytes(self) -> int:
         """Size of the deployable artifact (file or folder), not of the reference data."""
-        a = self.artifact
-        return sum(p.stat().st_size for p in a.rglob("*") if p.is_file()) if a.is_dir() else a.stat().st_size
+        return artifact_size(self.artifact)
+
+
+def artifact_size(a: Path) -> int:
+    return sum(p.stat().st_size for p in a.rglob("*") if p.is_file()) if a.is_dir() else a.stat().st_size
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """The manifest of a bundle folder, without checking its files (see load_bundle for that)."""
+    mpath = Path(path) / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{path} is not a bundle: it has no {MANIFEST}", "pass the folder that `edgeopt compile -o DIR` wrote")
+    try:
+        d = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{mpath} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})", "recompile the bundle") from None
+    if not isinstance(d, dict):
+        raise BundleError(f"{mpath} is not a manifest (a JSON object)", "recompile the bundle")
+    return Manifest.from_json(d, str(mpath))
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    (folder / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=False, default=_json_default))
 
 
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
@@ -85,26 +250,14 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"{path} is not a folder", "pass the folder that `edgeopt compile -o DIR` wrote")
-    mpath = path / MANIFEST
-    if not mpath.is_file():
-        raise BundleError(f"{path} is not a bundle: it has no {MANIFEST}", "pass the folder that `edgeopt compile -o DIR` wrote")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{mpath} is not valid JSON ({e.msg if hasattr(e, 'msg') else e})", "recompile the bundle") from None
-    for key in ("schema", "artifact", "backend", "files", "bundle_sha256", "model"):
-        if key not in manifest:
-            raise BundleError(f"{mpath} lacks {key!r}", "recompile the bundle with this edgeopt version")
-    if manifest["schema"] > SCHEMA_VERSION:
-        raise BundleError(f"bundle schema {manifest['schema']} is newer than this edgeopt's ({SCHEMA_VERSION})", "upgrade edgeopt on this machine")
-    bundle = Bundle(path, manifest)
+    bundle = Bundle(path, read_manifest(path))
     if verify:
         verify_bundle(bundle)
     return bundle
 
 
 def verify_bundle(bundle: Bundle) -> None:
-    files: dict[str, str] = bundle.manifest["files"]
+    files = bundle.manifest.files
     for rel, want in files.items():
         p = bundle.path / rel
         if not p.is_file():
@@ -142,22 +295,19 @@ class BundleWriter:
         np.savez(self.root / REFERENCE_DIR / "inputs.npz", **inputs)
         np.savez(self.root / REFERENCE_DIR / "outputs.npz", **outputs)
 
-    def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    def finish(self, manifest: Manifest) -> Manifest:
         """Hash every file, complete and write the manifest. Returns the manifest written."""
-        art = self.root / manifest["artifact"]
+        art = self.root / manifest.artifact
         if not art.exists():
-            raise BundleError(f"backend wrote no {manifest['artifact']}", "this is a bug in the backend")
+            raise BundleError(f"backend wrote no {manifest.artifact}", "this is a bug in the backend")
         files = _files(self.root)
-        manifest = {
-            "schema": SCHEMA_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "host": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version()},
-            **manifest,
-            "files": files,
-            "bundle_sha256": content_hash(files),
-        }
-        manifest["size_bytes"] = Bundle(self.root, manifest).size_bytes()
-        (self.root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False, default=_json_default))
+        manifest.schema = SCHEMA_VERSION
+        manifest.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        manifest.host = {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version()}
+        manifest.files = files
+        manifest.bundle_sha256 = content_hash(files)
+        manifest.size_bytes = artifact_size(art)
+        write_manifest(self.root, manifest)
         self.finished = True
         return manifest
 

@@ -26,7 +26,7 @@ _state = {"debug": False}
 # Sub-apps that live in their own modules: (command name, "module:attribute"). One line each.
 _SUBAPPS: list[tuple[str, str]] = [
     ("devices", "edgeopt.harness.cli:devices_app"),
-    ("bench", "edgeopt.harness.cli:bench_app"),
+    ("bench", "edgeopt.orchestrate.cli:bench_app"),
     ("board", "edgeopt.harness.board_cli:board_app"),
 ]
 
@@ -142,22 +142,21 @@ def compile_cmd(
             progress=lambda msg: prog.update(task, description=f"{model}: {msg}"),
         )
     m = b.manifest
-    f = m.get("fidelity", {})
     console.print(f"[bold green]bundle[/] {b.path}")
     t = Table(show_header=False, box=None)
-    t.add_row("model", f"{m['model']['name']} ({m['weights']['kind']} weights)")
-    t.add_row("backend", f"{m['backend']} / {m['target']} / {m['precision']}")
-    t.add_row("passes", ", ".join(p["name"] for p in m["passes"]) or "none")
-    t.add_row("size", f"{m['size_bytes'] / 1e6:.2f} MB")
-    t.add_row("fidelity", ", ".join(f"{k} {v:.4g}" for k, v in f.items()) or m.get("fidelity_note", "-"))
-    t.add_row("sha256", m["bundle_sha256"][:16])
+    t.add_row("model", f"{m.model.name} ({m.weights.kind} weights)")
+    t.add_row("backend", f"{m.backend} / {m.target} / {m.precision}")
+    t.add_row("passes", ", ".join(m.pass_names) or "none")
+    t.add_row("size", f"{(m.size_bytes or 0) / 1e6:.2f} MB")
+    t.add_row("fidelity", ", ".join(f"{k} {v:.4g}" for k, v in m.fidelity.items()) or m.fidelity_note or "-")
+    t.add_row("sha256", m.bundle_sha256[:16])
     console.print(t)
 
 
 def _auto(model, output, device, fidelity, budget_minutes, backends, precisions, weights, db, overwrite, min_agreement) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edgeopt.auto import auto_compile
+    from edgeopt.orchestrate.auto import auto_compile
 
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                   console=err_console, transient=True) as prog:
@@ -205,16 +204,20 @@ def profile(
         res = do_profile(bundle, device=device, runs=runs, warmup=warmup, min_seconds=min_seconds, threads=threads,
                          db=db, store=not no_store, timeout=timeout)
     if as_json:
-        print(json.dumps(res, default=str))
+        print(json.dumps(res.to_dict(), default=str))
         return
-    lat = res["latency_ms"]
-    t = Table(title=f"{res['model']} on {device}")
+    lat = res.latency_ms
+    t = Table(title=f"{res.model} on {device}")
     for c in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "CV", "runs", "init ms", "peak RSS MB", "outputs match", "energy"):
         t.add_column(c)
-    energy = res["energy"]["meter"] if res.get("energy") else f"null ({res.get('energy_reason', '')})"
-    t.add_row(f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{lat['mean']:.2f}", f"{res['cv']:.3f}",
-              str(res["runs"]), f"{res['init_ms']:.0f}", f"{res['peak_rss_mb'] or 0:.0f}", str(res["outputs_match"]), energy)
+    energy = res.energy.meter if res.energy else f"null ({res.energy_reason or ''})"
+    t.add_row(_ms(lat.p50), _ms(lat.p90), _ms(lat.p99), _ms(lat.mean), "-" if res.cv is None else f"{res.cv:.3f}",
+              str(res.runs), f"{res.init_ms or 0:.0f}", f"{res.peak_rss_mb or 0:.0f}", str(res.outputs_match), energy)
     console.print(t)
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 class _null:

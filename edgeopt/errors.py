@@ -30,3 +30,12 @@ class CheckpointError(EdgeoptError):
 
 class DeviceError(EdgeoptError):
     """A device that cannot be reached, refuses us, or fails while running."""
+
+
+class DeviceUnreachable(DeviceError):
+    """A device that cannot be reached at all (connection refused, timed out, gone mid-run): jobs still queued
+    for it are not worth trying in this run."""
+
+
+class AlreadyStored(EdgeoptError):
+    """A measurement with this (bundle, device, protocol) key is already in the results database."""

@@ -8,9 +8,15 @@ numpy only: the device runner uses `output_metrics`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from edgeopt._registry import Registry
+
+TaskMetric = Callable[[Sequence[dict[str, np.ndarray]], Sequence[dict[str, np.ndarray]]], dict[str, float]]
+# task -> its metric function (classification's is built into task_metrics); the functions below register here.
+TASK_METRICS: Registry[TaskMetric] = Registry("task metric")
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -86,23 +92,14 @@ def task_metrics(task: str, refs: Sequence[dict[str, np.ndarray]], outs: Sequenc
     if task == "classification":
         name = next(iter(refs[0]))
         m.update(classification_metrics([r[name] for r in refs], [o[name] for o in outs]))
-    else:
-        extra = _TASK_METRICS.get(task)
-        if extra is not None:
-            m.update(extra(refs, outs))
+    elif task in TASK_METRICS:
+        m.update(TASK_METRICS.get(task)(refs, outs))
     return m
 
 
-# Other tasks (clip, detection, light_field, language_model) register their metric functions here.
-_TASK_METRICS: dict = {}
-
-
-def register_task_metric(task: str):
-    def deco(fn):
-        _TASK_METRICS[task] = fn
-        return fn
-
-    return deco
+def register_task_metric(task: str) -> Callable[[TaskMetric], TaskMetric]:
+    """Decorator: `fn(refs, outs) -> {metric: value}` adds the task's own metrics to task_metrics()."""
+    return TASK_METRICS.register(task)
 
 
 @register_task_metric("detection")

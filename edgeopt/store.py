@@ -33,7 +33,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from edgeopt.errors import EdgeoptError
+from edgeopt.bundle import Manifest
+from edgeopt.errors import AlreadyStored, EdgeoptError
+from edgeopt.measurement import Measurement, Protocol
 
 DEFAULT_URL = "sqlite:///edgeopt.db"
 _SCHEMA_LOCK = 0x6564_6765_6F70  # "edgeop": the advisory-lock id that serialises schema creation on PostgreSQL
@@ -221,24 +223,38 @@ class Store:
                 q = q.where(MeasurementRow.status == status)
             return s.execute(q).first() is not None
 
-    def add_measurement(
-        self, manifest: dict[str, Any], result: dict[str, Any], status: str = "ok", error: str | None = None, replace: bool = False
-    ) -> int:
+    def add_measurement(self, manifest: Manifest, result: Measurement, replace: bool = False) -> int:
         """Store one measurement (and its bundle and device) in one transaction.
 
         A failed row for the same key is replaced; an ok row is replaced only with `replace` (a user
-        re-profiling on purpose), otherwise refused, so a sweep can never count a job twice. Two writers
-        racing for one key (two sweeps on one PostgreSQL store) meet the UNIQUE constraint: the loser gets
-        the same "already stored" error and its transaction leaves nothing behind."""
-        sha = manifest["bundle_sha256"]
-        dev = result.get("device") or {}
-        device_id = dev.get("uri") or result.get("device_id") or "unknown"
-        key = result["protocol_key"]
+        re-profiling on purpose), otherwise refused with AlreadyStored, so a sweep can never count a job
+        twice. Two writers racing for one key (two sweeps on one PostgreSQL store) meet the UNIQUE
+        constraint: the loser gets AlreadyStored too and its transaction leaves nothing behind."""
+        lat = result.latency_ms
+        energy = result.energy
+        values = {
+            "p50_ms": _num(lat.p50), "p90_ms": _num(lat.p90), "p99_ms": _num(lat.p99), "mean_ms": _num(lat.mean),
+            "std_ms": _num(lat.std), "cv": _num(result.cv), "runs": result.runs, "init_ms": _num(result.init_ms),
+            "peak_rss_mb": _num(result.peak_rss_mb),
+            "energy_j": _num(energy.joules_per_inference) if energy is not None else None,
+            "energy_meter": energy.meter if energy is not None else None,
+            "outputs_match": None if result.outputs_match is None else bool(result.outputs_match),
+            "result": _clean(result.to_dict()),
+        }
+        return self._write(manifest, result.device_id, result.protocol_key, result.protocol, result.device, "ok", None, values, replace)
+
+    def add_failure(self, manifest: Manifest, device_id: str, protocol: Protocol, error: str) -> int:
+        """Store that a bundle failed to measure on a device with this protocol (replaced by a later success)."""
+        return self._write(manifest, device_id, protocol.key(), {"threads": protocol.threads}, {"uri": device_id}, "failed", error[:2000], {}, False)
+
+    def _write(self, manifest: Manifest, device_id: str, key: str, protocol: dict[str, Any], device: dict[str, Any],
+               status: str, error: str | None, values: dict[str, Any], replace: bool) -> int:
+        sha = manifest.bundle_sha256
         try:
-            return self._add_measurement(manifest, result, status, error, replace, device_id)
+            return self._write_row(manifest, device_id, key, protocol, device, status, error, values, replace)
         except IntegrityError as e:
             if self.has(sha, device_id, key, status=None):
-                raise EdgeoptError(
+                raise AlreadyStored(
                     f"a measurement of bundle {sha[:12]} on {device_id} with this protocol is already stored (written by another run just now)",
                     "nothing to do: the stored one stands",
                 ) from None
@@ -246,25 +262,22 @@ class Store:
         except SQLAlchemyError as e:
             raise EdgeoptError(f"cannot store the measurement in {redact(self.url)}: {str(e).splitlines()[0]}", "check the database server and --db / EDGEOPT_DB") from None
 
-    def _add_measurement(
-        self, manifest: dict[str, Any], result: dict[str, Any], status: str, error: str | None, replace: bool, device_id: str
-    ) -> int:
-        lat = result.get("latency_ms") or {}
-        energy = result.get("energy") or {}
-        dev = _clean(result.get("device") or {})
-        key = result["protocol_key"]
+    def _write_row(self, manifest: Manifest, device_id: str, key: str, protocol: dict[str, Any], device: dict[str, Any],
+                   status: str, error: str | None, values: dict[str, Any], replace: bool) -> int:
+        sha = manifest.bundle_sha256
+        dev = _clean(device)
         with Session(self.engine) as s, s.begin():
             old = s.execute(
                 select(MeasurementRow).where(
-                    MeasurementRow.bundle_sha256 == manifest["bundle_sha256"],
+                    MeasurementRow.bundle_sha256 == sha,
                     MeasurementRow.device_id == device_id,
                     MeasurementRow.protocol_key == key,
                 )
             ).scalar_one_or_none()
             if old is not None:
                 if old.status == "ok" and not replace:
-                    raise EdgeoptError(
-                        f"a measurement of bundle {manifest['bundle_sha256'][:12]} on {device_id} with this protocol is already stored",
+                    raise AlreadyStored(
+                        f"a measurement of bundle {sha[:12]} on {device_id} with this protocol is already stored",
                         "change the protocol (runs, threads) or use another --db",
                     )
                 s.delete(old)
@@ -275,42 +288,23 @@ class Store:
                 s,
                 BundleRow.__table__,
                 {
-                    "sha256": manifest["bundle_sha256"],
-                    "model": manifest["model"]["name"],
-                    "backend": manifest["backend"],
-                    "precision": manifest.get("precision"),
-                    "target": manifest.get("target"),
-                    "passes": ",".join(p["name"] for p in manifest.get("passes", [])),
-                    "size_bytes": manifest.get("size_bytes"),
-                    "weights": (manifest.get("weights") or {}).get("kind"),
-                    "fidelity": _clean(manifest.get("fidelity", {})),
-                    "manifest": _clean({k: v for k, v in manifest.items() if k != "files"}),
+                    "sha256": sha,
+                    "model": manifest.model.name,
+                    "backend": manifest.backend,
+                    "precision": manifest.precision,
+                    "target": manifest.target,
+                    "passes": ",".join(manifest.pass_names),
+                    "size_bytes": manifest.size_bytes,
+                    "weights": manifest.weights.kind,
+                    "fidelity": _clean(manifest.fidelity),
+                    "manifest": _clean({k: v for k, v in manifest.to_json().items() if k != "files"}),
                 },
                 ["sha256"],
                 update=True,
             )
-            om = result.get("outputs_match")
             row = MeasurementRow(
-                created=_now(),
-                bundle_sha256=manifest["bundle_sha256"],
-                device_id=device_id,
-                protocol_key=key,
-                protocol=_clean(result.get("protocol", {})),
-                status=status,
-                error=error,
-                p50_ms=_num(lat.get("p50")),
-                p90_ms=_num(lat.get("p90")),
-                p99_ms=_num(lat.get("p99")),
-                mean_ms=_num(lat.get("mean")),
-                std_ms=_num(lat.get("std")),
-                cv=_num(result.get("cv")),
-                runs=result.get("runs"),
-                init_ms=_num(result.get("init_ms")),
-                peak_rss_mb=_num(result.get("peak_rss_mb")),
-                energy_j=_num(energy.get("joules_per_inference")) if isinstance(energy, dict) else None,
-                energy_meter=energy.get("meter") if isinstance(energy, dict) else None,
-                outputs_match=None if om is None else bool(om),
-                result=_clean(result),
+                created=_now(), bundle_sha256=sha, device_id=device_id, protocol_key=key, protocol=_clean(protocol),
+                status=status, error=error, **values,
             )
             s.add(row)
             s.flush()

@@ -43,29 +43,29 @@ def main() -> None:
             prog.update(task, description=f"{label}: done", completed=1, total=1)
             results[label] = (b, r, compile_s)
 
-    w = results["fp32"][0].manifest["weights"]
+    w = results["fp32"][0].manifest.weights
     t = Table(title="efficientformer_l1 on ONNX Runtime, this machine, batch 1")
     for c in ("precision", "p50 ms", "p90 ms", "CV", "size MB", "cosine vs fp32", "SNR dB", "top-1 agreement", "outputs match", "compile s"):
         t.add_column(c, justify="right")
     for label, (b, r, cs) in results.items():
-        f = b.manifest["fidelity"]
+        f = b.manifest.fidelity
         t.add_row(
-            label, f"{r['latency_ms']['p50']:.2f}", f"{r['latency_ms']['p90']:.2f}", f"{r['cv']:.3f}",
+            label, f"{r.latency_ms.p50:.2f}", f"{r.latency_ms.p90:.2f}", f"{r.cv:.3f}",
             f"{b.size_bytes() / 1e6:.1f}", f"{f['cosine']:.5f}", f"{f['snr_db']:.1f}", f"{f['top1_agreement']:.3f}",
-            str(r["outputs_match"]), f"{cs:.1f}",
+            str(r.outputs_match), f"{cs:.1f}",
         )
     con.print(t)
-    speed = results["fp32"][1]["latency_ms"]["p50"] / results["int8"][1]["latency_ms"]["p50"]
+    speed = results["fp32"][1].latency_ms.p50 / results["int8"][1].latency_ms.p50
     con.print(f"int8 vs fp32: {speed:.2f}x p50 speed-up, {results['fp32'][0].size_bytes() / results['int8'][0].size_bytes():.1f}x smaller")
-    n = results["int8"][0].manifest["samples"]
-    if w["kind"] == "random":
+    n = results["int8"][0].manifest.samples
+    if w.kind == "random":
         con.print(
             f"[yellow]weights: random init[/] (no checkpoint given). Fidelity is measured on {n} real photographs, but with "
             "random weights the logits are nearly flat, so top-1 agreement says little; cosine and SNR still hold. "
             "Pass --weights PATH for meaningful agreement figures."
         )
     else:
-        con.print(f"weights: {w['path']} (sha256 {w['sha256'][:12]}), fidelity on {n} real photographs")
+        con.print(f"weights: {w.details.get('path')} (sha256 {(w.sha256 or '')[:12]}), fidelity on {n} real photographs")
     con.print(f"stored in {a.db}; bundles in {out}/  (see: edgeopt report --db {a.db})")
 
 

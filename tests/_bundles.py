@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.bundle import Bundle, load_bundle, write_bundle
+from edgeopt.bundle import Bundle, Manifest, load_bundle, write_bundle
 
 
 def tiny_bundle(path: Path, seed: int = 0, n: int = 64, model: str = "tiny_mlp", broken: bool = False, passes: list | None = None, cosine: float = 1.0) -> Bundle:
@@ -32,13 +32,13 @@ def tiny_bundle(path: Path, seed: int = 0, n: int = 64, model: str = "tiny_mlp",
     with write_bundle(path, overwrite=True) as wr:
         (wr.root / "model.onnx").write_bytes(b"not an onnx file" if broken else m.SerializeToString())
         wr.write_reference({"x": x}, {"y": y})
-        wr.finish({
+        wr.finish(Manifest.draft({
             "model": {"name": model, "family": "tiny", "task": "classification"}, "weights": {"kind": "random"},
             "backend": "onnxruntime", "target": "host", "precision": "fp32", "artifact": "model.onnx",
             "inputs": [{"name": "x", "shape": [1, n], "dtype": "float32"}], "outputs": [{"name": "y", "shape": [1, n], "dtype": "float32"}],
             "passes": passes or [], "fidelity": {"cosine": cosine}, "check": {"cosine_min": 0.999},
             "onnx_ir": onnx.IR_VERSION,
-        })
+        }))
     return load_bundle(path)
 
 
@@ -56,10 +56,10 @@ def tiny_tvm_bundle(path: Path, seed: int = 0, n: int = 32) -> Bundle:
                            onnx_path=src.artifact, workdir=Path(work))
         res = be.compile(inp, wr.root, "host", {"precision": "fp32"})
         wr.write_reference(x, y)
-        wr.finish({
+        wr.finish(Manifest.draft({
             "model": {"name": "tiny_mlp", "family": "tiny", "task": "classification"}, "weights": {"kind": "random"},
             "backend": "tvm", "target": res.target, "precision": res.precision, "artifact": res.artifact,
             "inputs": [{"name": "x", "shape": [1, n], "dtype": "float32"}], "outputs": [{"name": "y", "shape": [1, n], "dtype": "float32"}],
             "passes": [], "backend_details": res.details, "fidelity": {"cosine": 1.0}, "check": {"cosine_min": 0.999},
-        })
+        }))
     return load_bundle(path)

@@ -50,7 +50,7 @@ def _samples(n: int):
 
 def tiny_spec(name: str = "tiny_backend_test") -> ModelSpec:
     """Register (once) and return the tiny spec."""
-    from edgeopt.models import _discover
+    from edgeopt.models.registry import _discover
 
     _discover()
     if name not in _REGISTRY:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from edgeopt.auto import Candidate, auto_compile, pareto_front
+from edgeopt.orchestrate.auto import Candidate, auto_compile, pareto_front
 from edgeopt.store import Store
 
 
@@ -26,9 +26,9 @@ def test_pareto_front_keeps_only_non_dominated():
 
 
 def test_auto_picks_fastest_within_budget(tmp_path, monkeypatch):
-    import edgeopt.auto
+    import edgeopt.orchestrate.auto
 
-    monkeypatch.setattr(edgeopt.auto, "CONFIRM_FACTOR", 1e9)  # both candidates go through the confirm stage
+    monkeypatch.setattr(edgeopt.orchestrate.auto, "CONFIRM_FACTOR", 1e9)  # both candidates go through the confirm stage
     db = f"sqlite:///{tmp_path / 'a.db'}"
     res = auto_compile(
         "efficientformer_l1", tmp_path / "win.bundle", fidelity=0.5, min_agreement=0.0, backends=["onnxruntime"],
@@ -44,7 +44,7 @@ def test_auto_picks_fastest_within_budget(tmp_path, monkeypatch):
     st = Store(db)
     assert len(st.measurements()) == 2  # the confirm stage replaced each candidate's row, it did not add one
     for c in measured:  # ranked on the median of 1 + CONFIRM_ROUNDS real measurements, the stored one
-        assert len(c.confirm_ms) == 1 + edgeopt.auto.CONFIRM_ROUNDS and c.latency_ms == sorted(c.confirm_ms)[1]
+        assert len(c.confirm_ms) == 1 + edgeopt.orchestrate.auto.CONFIRM_ROUNDS and c.latency_ms == sorted(c.confirm_ms)[1]
         assert {m["id"]: m["p50_ms"] for m in st.measurements()}[c.measurement_id] == pytest.approx(c.latency_ms)
     assert {j["stage"] for j in st.jobs()} == {"confirm"}
     assert st.run_config(res.run_id)["result"]["winner"]["bundle_sha256"] == man["bundle_sha256"]
@@ -88,7 +88,7 @@ def test_auto_unknown_model(tmp_path, bad):
 
 
 def test_task_agreement_picks_the_task_metric():
-    from edgeopt.auto import task_agreement
+    from edgeopt.orchestrate.auto import task_agreement
 
     assert task_agreement({"cosine": 1.0, "top1_agreement": 0.875}) == ("top1_agreement", 0.875)
     assert task_agreement({"cosine": 0.9999999, "map50": 0.33}) == ("map50", 0.33)

@@ -7,6 +7,7 @@ tests/test_tvm.py); `-m slow` re-checks every one.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from edgeopt.runtimes import get_backend
 
 REPO = Path(__file__).resolve().parents[1]
 JSON = REPO / "docs" / "capabilities.json"
+sys.path.insert(0, str(REPO / "bench"))
+import _matrix as mx  # noqa: E402  (the matrix renderer lives with the bench scripts)
 
 
 def test_every_cell_is_a_valid_compile_call():
@@ -67,34 +70,34 @@ def test_render_numbers_reasons_and_ratios():
         cap.Result("fam", "m1", "coreml", "fp16", "converts", reason="Core ML runs only on macOS/iOS"),
         cap.Result("fam2", "m2", "tvm", "fp32", "fails", reason="op X has no lowering"),
     ]
-    cap.add_ratios(rs)
+    mx.add_ratios(rs)
     assert rs[1].ort_ratio == pytest.approx(0.4) and rs[2].ort_ratio is None
     side_by_side = cap.Result("fam", "m1", "tflite", "int8", "works", p50_ms=4.0, extra={"ort_p50_ms": 5.0})
-    cap.add_ratios([*rs, side_by_side])  # ORT timed right after the cell wins over ORT fp32's own cell
+    mx.add_ratios([*rs, side_by_side])  # ORT timed right after the cell wins over ORT fp32's own cell
     assert side_by_side.ort_ratio == pytest.approx(0.8)
-    md = cap.render_markdown(rs, {"date": "d", "machine": "m", "samples": 4})
+    md = mx.render_markdown(rs, {"date": "d", "machine": "m", "samples": 4})
     assert "| fam (`m1`) | ✅ 1.00×, cos 1.00000 | ✅ 0.40×, cos 0.99910 | ❌ [1] | 🍎 converts [2] |" in md
     assert "| fam2 (`m2`) | · | · | ❌ [1] | · |" in md  # the same reason keeps its number
     assert "1. op X has no lowering" in md and "2. Core ML runs only on macOS/iOS" in md
     text = "a\n<!-- capabilities:start -->\nold\n<!-- capabilities:end -->\nb\n"
-    assert cap.replace_block(text, "new") == "a\n<!-- capabilities:start -->\nnew\n<!-- capabilities:end -->\nb\n"
+    assert mx.replace_block(text, "new") == "a\n<!-- capabilities:start -->\nnew\n<!-- capabilities:end -->\nb\n"
     with pytest.raises(EdgeoptError, match="markers"):
-        cap.replace_block("no markers", "x")
+        mx.replace_block("no markers", "x")
 
 
 def _recorded() -> tuple[list[cap.Result], dict]:
     if not JSON.is_file():
         pytest.skip("docs/capabilities.json not generated yet (python bench/capabilities.py)")
-    return cap.load(JSON)
+    return mx.load(JSON)
 
 
 def test_docs_and_readme_match_the_data():
     results, meta = _recorded()
-    cap.add_ratios(results)
-    matrix = cap.render_markdown(results, meta)
+    mx.add_ratios(results)
+    matrix = mx.render_markdown(results, meta)
     assert matrix in (REPO / "docs" / "capabilities.md").read_text()
     readme = (REPO / "README.md").read_text()
-    assert cap.README_START + "\n" + matrix in readme
+    assert mx.README_START + "\n" + matrix in readme
 
 
 def _working() -> list[cap.Result]:

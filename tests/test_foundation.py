@@ -145,19 +145,38 @@ def test_store_refuses_duplicate_and_keeps_db_intact(l1_bundle, db_url):
 
 
 def test_min_seconds_is_honoured(l1_int8_bundle):
+    from edgeopt.measurement import MeasureRequest, Protocol
     from edgeopt.runner import run_bundle
 
-    res = run_bundle(str(l1_int8_bundle), warmup=0, runs=1, min_seconds=0.5)
-    assert sum([res["latency_ms"]["mean"]] * res["runs"]) >= 450
+    res = run_bundle(str(l1_int8_bundle), MeasureRequest(Protocol(warmup=0, runs=1, min_seconds=0.5)))
+    assert res.latency_ms.mean * res.runs >= 450
 
 
 def test_summarize_percentiles():
-    from edgeopt.runner import summarize
+    from edgeopt.measurement import summarize
 
-    s = summarize([float(i) for i in range(1, 101)])
-    assert s["latency_ms"]["p50"] == pytest.approx(50.5)
-    assert s["latency_ms"]["p99"] == pytest.approx(99.01)
-    assert s["cv"] == pytest.approx(np.std(np.arange(1, 101), ddof=1) / 50.5)
+    x = np.arange(1, 101, dtype=np.float64)
+    lat, cv = summarize(list(x))
+    assert lat.p50 == pytest.approx(50.5) and lat.p50 == pytest.approx(np.percentile(x, 50))
+    assert lat.p99 == pytest.approx(99.01) and lat.p90 == pytest.approx(np.percentile(x, 90))
+    assert cv == pytest.approx(np.std(x, ddof=1) / 50.5)
+
+
+def test_measurement_round_trips_through_the_runner_codec():
+    """What the runner prints is what the harness reads: one JSON line, typed on both sides."""
+    from edgeopt.errors import DeviceError
+    from edgeopt.measurement import Energy, Measurement, MeasureRequest, Protocol, summarize
+
+    lat, cv = summarize([1.0, 2.0, 3.0])
+    m = Measurement("ab" * 32, "m", "onnxruntime", "fp32", lat, cv, 3, check={"cosine": 1.0}, energy=Energy("rapl", 1, 1, 0, 0.3, 0.3, 5))
+    back = Measurement.from_runner_output("some runtime log line\n" + m.to_json() + "\n", "here")
+    assert back == m and back.energy.meter == "rapl" and back["latency_ms"]["p50"] == 2.0
+    with pytest.raises(DeviceError, match="runner on here failed: boom"):
+        Measurement.from_runner_output('{"error": "boom"}', "here")
+    with pytest.raises(DeviceError, match="printed no result"):
+        Measurement.from_runner_output("Segmentation fault", "here")
+    req = MeasureRequest(Protocol(runs=3, pin_cpus="0"), image="/x.png")
+    assert MeasureRequest.from_json(req.to_json()) == req
 
 
 def test_public_api_lists_models():

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeopt.bundle import write_bundle
+from edgeopt.bundle import Manifest, write_bundle
 from edgeopt.harness.devices import get_device
 from edgeopt.harness.protocol import Protocol, measure
 from edgeopt.postprocess import letterbox
@@ -45,13 +45,13 @@ def _head_bundle(path: Path) -> Path:
         (wr.root / "model.onnx").write_bytes(m.SerializeToString())
         ref = dict(zip(["p3", "p4", "p5"], ort_session(wr.root / "model.onnx").run(None, {"images": x}), strict=True))
         wr.write_reference({"images": x}, ref)
-        wr.finish({
+        wr.finish(Manifest.draft({
             "model": {"name": "tiny_head", "family": "tiny", "task": "detection"}, "weights": {"kind": "random"},
             "backend": "onnxruntime", "target": "host", "precision": "fp32", "artifact": "model.onnx",
             "inputs": [{"name": "images", "shape": [1, 3, SIZE, SIZE], "dtype": "float32"}],
             "outputs": [{"name": n, "shape": list(a.shape), "dtype": "float32"} for n, a in ref.items()],
             "passes": [], "fidelity": {}, "check": {"cosine_min": 0.999}, "onnx_ir": onnx.IR_VERSION,
-        })
+        }))
     return path
 
 
@@ -127,7 +127,7 @@ def test_leyolo_nano_e2e_matches_host_detect(tmp_path):
     Image.fromarray(photo).save(tmp_path / "astronaut.png")
     res = measure(get_device("local"), b.path, Protocol(warmup=1, runs=2, min_seconds=0, end_to_end=str(tmp_path / "astronaut.png"), cooldown=False))
     got = res["e2e"]["output"]
-    x, meta = letterbox(np.asarray(Image.open(tmp_path / "astronaut.png").convert("RGB")), b.manifest["inputs"][0]["shape"][2])
+    x, meta = letterbox(np.asarray(Image.open(tmp_path / "astronaut.png").convert("RGB")), b.manifest.inputs[0].shape[2])
     with torch.no_grad():
         outs = [o.numpy() for o in module(torch.from_numpy(x))]
     want = detect(outs, meta=meta)
@@ -162,7 +162,8 @@ def test_board_side_files_hold_what_detection_e2e_imports(tmp_path):
         "maps = [np.zeros((1, 67, s, s), np.float32) for s in (8, 4, 2)]\n"
         "print(len(postprocess('detection', dict(zip('abc', maps)), list('abc'))))\n"
         "from edgeopt.runner import run_bundle\n"
-        f"print(run_bundle({str(bundle)!r}, warmup=0, runs=1, min_seconds=0)['outputs_match'])\n"
+        "from edgeopt.measurement import MeasureRequest, Protocol\n"
+        f"print(run_bundle({str(bundle)!r}, MeasureRequest(Protocol(warmup=0, runs=1, min_seconds=0))).outputs_match)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-800:]

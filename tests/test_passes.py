@@ -181,7 +181,7 @@ def test_pipeline_budget_stops_with_reports_so_far(tmp_path):
 def test_bad_specs_list_the_valid_options():
     with pytest.raises(SpecError, match="ratio"):
         build_pipeline("prune:rate=0.3")
-    with pytest.raises(SpecError, match="valid passes"):
+    with pytest.raises(SpecError, match="unknown pass 'prnue'.*did you mean prune"):
         build_pipeline("prnue")
     with pytest.raises(SpecError, match="energy"):
         build_pipeline("lowrank:energy=high")
@@ -189,13 +189,33 @@ def test_bad_specs_list_the_valid_options():
     assert build_pipeline("lowrank:skip=head|head_dist")[0].config.skip == ["head", "head_dist"]
 
 
+@pytest.mark.parametrize("spec, message", [
+    ("prune:ratio=1.5", "pass 'prune': option ratio: must lie in (0, 1), got 1.5"),
+    ("prune:ratio=0", "pass 'prune': option ratio: must lie in (0, 1), got 0.0"),
+    ("prune:round_to=0", "pass 'prune': option round_to: must be at least 1, got 0"),
+    ("prune:max_layer_ratio=1.2", "pass 'prune': option max_layer_ratio: must lie in (0, 1], got 1.2"),
+    ("lowrank:rank_ratio=2", "pass 'lowrank': option rank_ratio: must lie in (0, 1], got 2.0"),
+    ("lowrank:energy=0", "pass 'lowrank': option energy: must lie in (0, 1], got 0.0"),
+])
+def test_option_ranges_fail_when_the_pipeline_is_parsed(spec, message):
+    with pytest.raises(SpecError) as e:
+        build_pipeline(spec)
+    assert e.value.message == message and "\n" not in str(e.value)
+    assert build_pipeline("lowrank:energy=1,rank_ratio=1")[0].config.rank_ratio == 1.0  # closed ends hold
+
+
 def test_torch_passes_say_why_they_do_not_apply():
     net = nn.Linear(4, 4)
-    assert build_pipeline("prune:ratio=1.5")[0].applies_to(net, None) == (False, "ratio 1.5 must lie strictly between 0 and 1")
-    assert build_pipeline("prune:round_to=0")[0].applies_to(net, None)[1] == "round_to must be at least 1"
-    assert build_pipeline("lowrank:rank_ratio=2")[0].applies_to(net, None)[1] == "rank_ratio 2.0 must lie in (0, 1]"
     assert build_pipeline("lowrank")[0].applies_to("model.onnx", None) == (False, "lowrank works on a torch module")
+    assert build_pipeline("reparam")[0].applies_to("model.onnx", None) == (False, "reparam works on a torch module")
     assert build_pipeline("prune")[0].applies_to(net, None) == (True, "")
+
+
+def test_pass_registry_lists_passes_without_importing_them():
+    from edgeopt.passes.base import PASSES, get_pass_class
+
+    assert set(PASSES.names()) == set(pass_names())
+    assert get_pass_class("reparam").name == "reparam"
 
 
 def test_calibrated_weights_are_confident_and_deterministic():

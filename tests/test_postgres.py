@@ -189,7 +189,7 @@ def test_sweep_on_postgresql_resumes_and_records_failures(pg, tiny):
 
     import yaml
 
-    from edgeopt.harness.sweep import CompileUnit, load_sweep, run_sweep
+    from edgeopt.orchestrate.sweep import CompileUnit, load_sweep, run_sweep
 
     url = pg.new_database()
     work = Path(tempfile.mkdtemp(prefix="pg-sweep-"))

@@ -41,6 +41,16 @@ def _shsa(model):
     return [m for m in model.modules() if isinstance(m, SHSA)]
 
 
+def test_shvit_registers_its_prune_rule():
+    from timm.models.shvit import SHSA
+
+    from edgeopt.passes.prune_rules import PRUNE_RULES, family_rules
+
+    rules = family_rules()  # imports prune_rules/*, where each family registers its rule
+    rule = PRUNE_RULES.get("shvit")
+    assert rule in rules and SHSA in rule.leaf_pruners() and rule.reason == "attention blocks"
+
+
 def test_prune_shvit_protects_attention_and_measures_latency(tmp_path):
     net, ctx = _ctx("shvit_s1", tmp_path)
     before = {k: v.clone() for k, v in net.state_dict().items()}

@@ -16,9 +16,9 @@ from _passes_util import export, make_ctx, tiny_net
 from torch import nn
 
 from edgeopt._ort import ort_run_all, ort_session
-from edgeopt.errors import EdgeoptError
+from edgeopt.errors import EdgeoptError, SpecError
+from edgeopt.passes._measure import op_histogram
 from edgeopt.passes.pipeline import build_pipeline, run_pipeline
-from edgeopt.passes.quantize import op_histogram
 
 
 class TokenNet(nn.Module):
@@ -49,6 +49,27 @@ def _run(spec: str, model_ctx) -> tuple[Path, dict, dict]:
     (p,) = build_pipeline(spec)
     out, rep = p.run(path, ctx)
     return out, rep.to_dict(), ctx.fidelity(ort_run_all(out, ctx.samples))
+
+
+def test_every_mode_has_a_strategy():
+    import typing
+
+    from edgeopt.passes.quantize import QuantizeConfig
+    from edgeopt.passes.quantize_modes import QUANTIZE_MODES
+
+    assert set(QUANTIZE_MODES.names()) == set(typing.get_args(QuantizeConfig.model_fields["mode"].annotation))
+
+
+@pytest.mark.parametrize("spec, option", [
+    ("quantize:int4,block_size=48", "block_size"),
+    ("quantize:int8,calibration_samples=0", "calibration_samples"),
+    ("quantize:mixed,max_float_fraction=0", "max_float_fraction"),
+    ("quantize:int8,percentile=101", "percentile"),
+    ("quantize:int9", "mode"),
+])
+def test_bad_options_fail_when_the_pipeline_is_parsed(spec, option):
+    with pytest.raises(SpecError, match=f"pass 'quantize': option {option}: "):
+        build_pipeline(spec)
 
 
 def test_int8_static_qdq_default(token_model):
@@ -157,7 +178,7 @@ def test_int8_survives_a_shared_bias_whose_copy_name_clashes(tmp_path):
     from _passes_util import make_ctx as _mk
     from onnxruntime.quantization import QuantFormat, quantize_static
 
-    from edgeopt.passes.quantize import _Reader, unshare_initializers
+    from edgeopt.passes._ort_quant import SampleReader, unshare_initializers
 
     src = _shared_bias_graph(tmp_path / "shared.onnx")
     ctx = _mk(nn.Identity(), tmp_path, n=2)
@@ -165,7 +186,7 @@ def test_int8_survives_a_shared_bias_whose_copy_name_clashes(tmp_path):
     ctx.references = float_out
     # the clash is real: ORT's own quantizer fails on this graph as it is
     with pytest.raises(ValueError, match="shared mode"):
-        quantize_static(str(src), str(tmp_path / "raw.onnx"), _Reader(ctx.samples, ["image"]), quant_format=QuantFormat.QDQ, per_channel=True)
+        quantize_static(str(src), str(tmp_path / "raw.onnx"), SampleReader(ctx.samples, ["image"]), quant_format=QuantFormat.QDQ, per_channel=True)
     before = src.read_bytes()
     assert unshare_initializers(src, tmp_path / "unshared.onnx") == 1
     assert src.read_bytes() == before  # the source graph is never rewritten in place

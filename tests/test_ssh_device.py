@@ -61,16 +61,16 @@ def test_push_once_per_hash_run_and_verify(sshd, tmp_path):
     b = tiny_bundle(tmp_path / "t.bundle")
     d = _dev(sshd, tmp_path)
     try:
-        remote = d.push(b.path, b.sha256)
+        remote = d.push(b)
         assert d.last_push_skipped is False
         assert (tmp_path / "board" / "bundles" / b.sha256 / "manifest.json").is_file()
         t0 = time.perf_counter()
-        assert d.push(b.path, b.sha256) == remote
+        assert d.push(b) == remote
         assert d.last_push_skipped is True  # verified on the board, not copied again
         skip_s = time.perf_counter() - t0
         # An altered copy on the board is detected and replaced.
         (tmp_path / "board" / "bundles" / b.sha256 / "model.onnx").write_bytes(b"tampered")
-        d.push(b.path, b.sha256)
+        d.push(b)
         assert d.last_push_skipped is False
         res = measure(d, b.path, Protocol(warmup=1, runs=5, min_seconds=0.0, cooldown=False))
     finally:
@@ -132,7 +132,7 @@ def test_end_to_end_over_ssh(sshd, tmp_path):
     from onnx import TensorProto, helper
     from PIL import Image
 
-    from edgeopt.bundle import write_bundle
+    from edgeopt.bundle import Manifest, write_bundle
 
     g = helper.make_graph([helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["y"])], "gap",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
@@ -142,9 +142,9 @@ def test_end_to_end_over_ssh(sshd, tmp_path):
     with write_bundle(tmp_path / "img.bundle") as w:
         (w.root / "model.onnx").write_bytes(m.SerializeToString())
         w.write_reference({"x": x}, {"y": x.mean(axis=(2, 3))})
-        w.finish({"model": {"name": "gap", "family": "tiny", "task": "classification"}, "backend": "onnxruntime", "artifact": "model.onnx",
+        w.finish(Manifest.draft({"model": {"name": "gap", "family": "tiny", "task": "classification"}, "backend": "onnxruntime", "artifact": "model.onnx",
                   "precision": "fp32", "target": "host", "inputs": [{"name": "x", "shape": [1, 3, 16, 16], "dtype": "float32"}],
-                  "outputs": [{"name": "y", "shape": [1, 3], "dtype": "float32"}], "passes": [], "check": {"cosine_min": 0.999}})
+                  "outputs": [{"name": "y", "shape": [1, 3], "dtype": "float32"}], "passes": [], "check": {"cosine_min": 0.999}}))
     img = tmp_path / "red.png"
     Image.new("RGB", (40, 30), (250, 10, 10)).save(img)
     d = _dev(sshd, tmp_path)

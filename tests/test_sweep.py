@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from edgeopt.errors import SpecError
-from edgeopt.harness.sweep import load_sweep, run_sweep
+from edgeopt.orchestrate.sweep import load_sweep, run_sweep
 from edgeopt.store import Store
 
 MODEL = "efficientformerv2_s0"
@@ -44,6 +44,30 @@ def test_bad_sweep_files(tmp_path):
         load_sweep(p)
     p.write_text("models: [a\n")
     with pytest.raises(SpecError, match="not valid YAML"):
+        load_sweep(p)
+
+
+def test_sweep_file_takes_every_protocol_field(tmp_path):
+    """The sweep file's protocol section is the Protocol type itself: every field is accepted, typed and
+    carried into the measurement's protocol (and a field Protocol lacks is refused)."""
+    from dataclasses import fields
+
+    from edgeopt.measurement import Protocol
+
+    img = tmp_path / "img.png"
+    img.write_bytes(b"not read here")
+    values = {"warmup": 2, "runs": 7, "min_seconds": 0.25, "threads": 3, "timeout": 90.0, "pin_cpus": "0", "end_to_end": "img.png",
+              "cooldown": False, "cooldown_timeout_s": 30.0, "cooldown_tolerance_c": 1.5, "throttle_c": 80.0, "idle_seconds": 0.5}
+    assert set(values) == {f.name for f in fields(Protocol)}, "a Protocol field this test does not set"
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"models": [MODEL], "protocol": values}))
+    (proto,) = load_sweep(p).protocols().values()
+    assert proto == Protocol(**{**values, "end_to_end": str(img)})  # relative to the sweep file
+    p.write_text(yaml.safe_dump({"models": [MODEL], "protocol": {**values, "repeats": 3}}))
+    with pytest.raises(SpecError, match="protocol.repeats: Extra inputs"):
+        load_sweep(p)
+    p.write_text(yaml.safe_dump({"models": [MODEL], "protocol": {"runs": "many"}}))
+    with pytest.raises(SpecError, match="protocol.runs"):
         load_sweep(p)
 
 

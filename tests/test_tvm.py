@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from edgeopt.bundle import load_bundle, write_bundle  # noqa: E402
+from edgeopt.bundle import Manifest, load_bundle, write_bundle  # noqa: E402
 from edgeopt.errors import EdgeoptError, SpecError  # noqa: E402
 from edgeopt.fidelity import output_metrics  # noqa: E402
 from edgeopt.runtimes import CompileInput, get_backend  # noqa: E402
@@ -97,15 +97,13 @@ def _bundle(tiny, out: Path, target: str, options: dict | None = None) -> Path:
     with write_bundle(out, overwrite=True) as w:
         res = be.compile(inp, w.root, target, {"precision": "fp32", **(options or {})})
         w.write_reference(tiny["samples"][0], tiny["refs"][0])
-        w.finish(
-            {
+        w.finish(Manifest.draft({
                 "model": {"name": "tiny_cnn", "family": "test", "task": "classification"},
                 "backend": "tvm", "target": res.target, "precision": res.precision, "artifact": res.artifact,
                 "inputs": [{"name": "image", "shape": [1, 3, HW, HW], "dtype": "float32"}],
                 "outputs": [{"name": "logits", "shape": [1, 10], "dtype": "float32"}],
                 "backend_details": res.details, "tools": res.tools, "check": {"cosine_min": 0.9999},
-            }
-        )
+            }))
     return out
 
 

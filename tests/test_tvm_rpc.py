@@ -76,7 +76,7 @@ def test_tvm_bundle_over_rpc(tracker, tmp_path):
     try:
         res = measure(d, b.path, Protocol(warmup=2, runs=10, min_seconds=0.0, cooldown=False))
         assert d.last_push_skipped is False
-        d.push(b.path, b.sha256)
+        d.push(b)
         assert d.last_push_skipped is True  # once per sha256 per session
         onnx_b = tiny_bundle(tmp_path / "onnx.bundle")
         with pytest.raises(DeviceError, match="runs TVM bundles only"):

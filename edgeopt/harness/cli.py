@@ -1,4 +1,4 @@
-"""CLI sub-apps of the harness: `edgeopt devices [list|info URI]` and `edgeopt bench SWEEP.yaml`."""
+"""CLI sub-app of the harness: `edgeopt devices [list|info URI]`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 devices_app = typer.Typer(no_args_is_help=False, invoke_without_command=True, help="Configured devices (devices.yaml) and their snapshots.")
-bench_app = typer.Typer(context_settings={"allow_interspersed_args": True}, help="Run a sweep: models x pipelines x backends x precisions x devices x threads (resumable).")
 console = Console()
 
 
@@ -64,29 +63,3 @@ def info(
     for k, v in snap.items():
         t.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
     console.print(t)
-
-
-@bench_app.callback(invoke_without_command=True)
-def bench(
-    sweep: Annotated[Path, typer.Argument(help="sweep YAML (see examples/sweep.yaml, docs/sweeps.md)")],
-    db: Annotated[str | None, typer.Option("--db", help="results database URL (default: the sweep's db, then EDGEOPT_DB)")] = None,
-    trust_new_host: Annotated[bool, typer.Option("--trust-new-host", help="accept unknown SSH host keys once")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="list the jobs still to run and stop")] = False,
-    export: Annotated[Path | None, typer.Option("--export", help="also write all measurements to this .csv or .parquet")] = None,
-) -> None:
-    """Run or resume a sweep; failed and missing jobs are (re)tried, stored ones skipped."""
-    from edgeopt.harness.sweep import load_sweep, run_sweep
-    from edgeopt.store import Store
-
-    cfg = load_sweep(sweep)
-    s = run_sweep(cfg, db=db, trust_new_host=trust_new_host, dry_run=dry_run)
-    if dry_run:
-        return
-    console.print(f"sweep {cfg.name}: {s.total} jobs, {s.skipped} already stored, {s.ok} measured, {s.failed} failed")
-    for label, why in s.failures[:20]:
-        console.print(f"  [red]failed[/red] {label}: {why}")
-    if export is not None:
-        n = Store(db or cfg.db).export(export)
-        console.print(f"wrote {n} rows to {export}")
-    if s.failed:
-        raise typer.Exit(1)

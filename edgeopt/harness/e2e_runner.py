@@ -98,33 +98,34 @@ def postprocess(task: str, outs: dict[str, np.ndarray], names: list[str] | None 
 
 
 def run(path: str, image: str, warmup: int, runs: int, min_seconds: float, threads: int | None) -> dict[str, Any]:
+    from edgeopt._loop import measure_session, summary_dict
     from edgeopt.bundle import load_bundle
-    from edgeopt.runner import measure_session, summarize
     from edgeopt.runtimes.base import get_backend
 
     bundle = load_bundle(path)
-    spec = bundle.manifest["inputs"][0]
-    task = bundle.manifest["model"].get("task", "classification")
-    cfg = bundle.manifest.get("preprocess", {})
-    names = [o["name"] for o in bundle.manifest.get("outputs", [])] or None
-    session = get_backend(bundle.backend).load(bundle.path, bundle.manifest, threads=threads)
+    m = bundle.manifest
+    spec = m.inputs[0]
+    task = m.model.task
+    cfg = m.preprocess or {}
+    names = m.output_names or None
+    session = get_backend(bundle.backend).load(bundle.path, m, threads=threads)
     pre_ms: list[float] = []
     post_ms: list[float] = []
     result: dict[str, Any] = {}
 
     def e2e() -> None:
         t0 = time.perf_counter()
-        x, meta = preprocess(image, spec["shape"], cfg, task)
+        x, meta = preprocess(image, spec.shape, cfg, task)
         t1 = time.perf_counter()
-        outs = session.run({spec["name"]: x})
+        outs = session.run({spec.name: x})
         t2 = time.perf_counter()
         result["post"] = postprocess(task, outs, names, meta)
         pre_ms.append((t1 - t0) * 1e3)
         post_ms.append((time.perf_counter() - t2) * 1e3)
 
-    x, _ = preprocess(image, spec["shape"], cfg, task)
-    model_only = summarize(measure_session(lambda: session.run({spec["name"]: x}), warmup, runs, min_seconds))
-    full = summarize(measure_session(e2e, warmup, runs, min_seconds))
+    x, _ = preprocess(image, spec.shape, cfg, task)
+    model_only = summary_dict(measure_session(lambda: session.run({spec.name: x}), warmup, runs, min_seconds))
+    full = summary_dict(measure_session(e2e, warmup, runs, min_seconds))
     session.close()
     return {
         "bundle_sha256": bundle.sha256,
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-seconds", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args(argv)
-    from edgeopt.runner import print_result
+    from edgeopt._loop import print_result
 
     return print_result(lambda: run(a.bundle, a.image, a.warmup, a.runs, a.min_seconds, a.threads))
 

@@ -6,31 +6,22 @@ variants on import; they are imported on first use so that `import edgeopt` stay
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeopt.models.registry import InputSpec, ModelSpec, PaperFigures, all_specs, get_spec, register
+from edgeopt.models.registry import (
+    InputSpec,
+    ModelSpec,
+    PaperFigures,
+    all_specs,
+    get_spec,
+    register,
+)
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["InputSpec", "ModelSpec", "PaperFigures", "build", "get_spec", "list_models", "register"]
-
-_HELPERS = {"registry", "inputs", "checkpoints", "counting"}
-_discovered = False
-
-
-def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    for info in pkgutil.iter_modules(__path__):
-        if info.name not in _HELPERS and not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
-
 
 def list_models() -> list[str]:
     """Names of every registered variant."""

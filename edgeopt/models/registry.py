@@ -6,11 +6,14 @@ A family module (one file per family, as in timm) calls `register(ModelSpec(...)
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeopt._registry import Registry
 from edgeopt._util import closest
 from edgeopt.errors import EdgeoptError
 
@@ -85,30 +88,42 @@ class ModelSpec:
         return module
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
+MODELS: Registry[ModelSpec] = Registry("model")
+# The registered specs by name, live (tests/_tiny.py reads it to register a test model once).
+_REGISTRY: dict[str, ModelSpec] = MODELS._entries
 
 
 def register(spec: ModelSpec) -> ModelSpec:
-    if spec.name in _REGISTRY:
-        raise ValueError(f"model {spec.name!r} registered twice")
-    _REGISTRY[spec.name] = spec
-    return spec
+    """Add a variant; a family module calls this at import time for each of its variants."""
+    return MODELS.register(spec.name)(spec)
+
+
+# Modules of this package that are not model families.
+_HELPERS = {"registry", "inputs", "checkpoints", "counting"}
+_discovered = False
+
+
+def _discover() -> None:
+    """Import every family module of edgeopt.models once (each registers its variants on import)."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if info.name not in _HELPERS and not info.name.startswith("_"):
+            importlib.import_module(f"edgeopt.models.{info.name}")
 
 
 def get_spec(name: str) -> ModelSpec:
-    from edgeopt.models import _discover
-
     _discover()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        near = closest(name, _REGISTRY)
+    if name not in MODELS:
+        # the zoo is too long to list in one line: suggest the closest names instead
+        near = closest(name, MODELS.names())
         hint = f"did you mean {', '.join(near)}?" if near else "run `edgeopt models` for the list"
-        raise EdgeoptError(f"unknown model {name!r}", hint) from None
+        raise EdgeoptError(f"unknown model {name!r}", hint)
+    return MODELS.get(name)
 
 
 def all_specs() -> list[ModelSpec]:
-    from edgeopt.models import _discover
-
     _discover()
-    return sorted(_REGISTRY.values(), key=lambda s: (s.family, s.name))
+    return sorted(MODELS.loaded().values(), key=lambda s: (s.family, s.name))

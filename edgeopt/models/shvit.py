@@ -4,6 +4,9 @@ S1-S3 run at 224, S4 at 256 (as in the paper). The official repo (ysj9909/SHViT)
 `blocks1..3` and keeps each downsampling section inside the next stage's Sequential; timm splits it out as
 `stages.i.downsample`, so `shvit_official_to_timm` renames official checkpoints (timm's own filter only
 unwraps `model`).
+
+Pruning SHViT's single-head attention needs a rule of its own; it lives with the prune pass, in
+`edgeopt/passes/prune_rules/shvit.py` (models lie below passes and do not import them).
 """
 
 from __future__ import annotations

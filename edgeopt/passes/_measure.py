@@ -1,4 +1,5 @@
-"""Before/after figures shared by the torch passes: params, MACs, and the ONNX node count and ORT latency.
+"""Before/after figures for pass reports (params and MACs of a torch module, node counts of an ONNX graph,
+ORT latency), and `TorchPass`, the run every torch pass shares, which fills them.
 
 A torch pass's worth is decided by what the exported graph does on a runtime, not by its MAC count, so
 each torch pass can export its input and output (into the pass's scratch folder) and time both on ONNX
@@ -8,22 +9,28 @@ pipeline of several torch passes exports each intermediate model once.
 
 from __future__ import annotations
 
+import time
+from abc import abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from edgeopt.passes.base import PassContext, PassReport
+from edgeopt.passes.base import ConfigT, Pass, PassContext, PassReport
 
 
-def torch_pass_applies(name: str, model: Any, checks: list[tuple[bool, str]]) -> tuple[bool, str]:
-    """A torch pass's `applies_to`: (True, "") when `model` is a torch module and every (holds, reason)
-    check holds, else (False, the first failing reason)."""
-    import torch
+def op_histogram(path: Path) -> dict[str, int]:
+    """Node count per op type of an ONNX file."""
+    import onnx
 
-    if not isinstance(model, torch.nn.Module):
-        return False, f"{name} works on a torch module"
-    return next(((False, why) for ok, why in checks if not ok), (True, ""))
+    out: dict[str, int] = {}
+    for n in onnx.load(str(path), load_external_data=False).graph.node:
+        out[n.op_type] = out.get(n.op_type, 0) + 1
+    return out
+
+
+def onnx_node_count(path: Path) -> int:
+    return sum(op_histogram(path).values())
 
 
 def torch_inputs(ctx: PassContext, i: int = 0) -> tuple:
@@ -84,7 +91,6 @@ def export_for_report(module: Any, ctx: PassContext, tag: str) -> Path | None:
 def fill_graph_figures(rep: PassReport, before: Any, after: Any, ctx: PassContext, runs: int = 20) -> None:
     """Set nodes_before/after and latency_ms_before/after (ORT, medians, interleaved) on the report."""
     from edgeopt._ort import ort_latency_ms
-    from edgeopt.passes.quantize import onnx_node_count
 
     pb = export_for_report(before, ctx, f"{rep.name}_in")
     pa = export_for_report(after, ctx, f"{rep.name}_out")
@@ -98,3 +104,30 @@ def fill_graph_figures(rep: PassReport, before: Any, after: Any, ctx: PassContex
         lb.append(ort_latency_ms(pb, ctx.samples[0], runs=runs, warmup=3))
         la.append(ort_latency_ms(pa, ctx.samples[0], runs=runs, warmup=3))
     rep.latency_ms_before, rep.latency_ms_after = float(np.median(lb)), float(np.median(la))
+
+
+class TorchPass(Pass[ConfigT]):
+    """A pass on the torch module. `run` gives every torch pass's report the same figures: params and MACs
+    before and after, the pass's own time, then (see `measure_latency`) the ONNX node count and ORT latency
+    of its input and output; a subclass implements `transform`."""
+
+    works_on: ClassVar[Literal["torch", "onnx"]] = "torch"
+
+    @abstractmethod
+    def transform(self, model: Any, ctx: PassContext, rep: PassReport) -> Any:
+        """Return the transformed copy of `model` (never mutate the input); add changes and notes to `rep`."""
+
+    def measure_latency(self, rep: PassReport) -> bool:
+        """Whether to export input and output and time both for the report: the config's `measure_latency`."""
+        return bool(getattr(self.config, "measure_latency", True))
+
+    def run(self, model: Any, ctx: PassContext) -> tuple[Any, PassReport]:
+        rep = self.new_report()
+        t0 = time.perf_counter()
+        rep.params_before, rep.macs_before = params_macs(model, ctx)
+        out = self.transform(model, ctx, rep)
+        rep.params_after, rep.macs_after = params_macs(out, ctx)
+        rep.seconds = time.perf_counter() - t0
+        if self.measure_latency(rep):
+            fill_graph_figures(rep, model, out, ctx)
+        return out, rep

@@ -14,15 +14,14 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from edgeopt.errors import EdgeoptError
-
-if TYPE_CHECKING:
-    from edgeopt.passes.base import PassContext
-    from edgeopt.passes.quantize import QuantizeConfig
+from edgeopt.passes._ort_quant import SampleReader, preprocess, static_int8
+from edgeopt.passes.base import PassContext
+from edgeopt.passes.quantize_config import QuantizeConfig
 
 _CAP_DB = 120.0
 
@@ -44,15 +43,13 @@ def rank_nodes(float_pre: Path, qdq: Path, ctx: PassContext, samples: int = 4) -
         modify_model_output_intermediate_tensors,
     )
 
-    from edgeopt.passes.quantize import _Reader
-
     work = ctx.workdir
     aug_f, aug_q = work / "sens_float.onnx", work / "sens_qdq.onnx"
     modify_model_output_intermediate_tensors(str(float_pre), str(aug_f))
     modify_model_output_intermediate_tensors(str(qdq), str(aug_q))
     data = ctx.samples[:samples]
-    fa = collect_activations(str(aug_f), _ReaderIter(_Reader(data, ctx.input_names)))
-    qa = collect_activations(str(aug_q), _ReaderIter(_Reader(data, ctx.input_names)))
+    fa = collect_activations(str(aug_f), SampleReader(data, ctx.input_names))
+    qa = collect_activations(str(aug_q), SampleReader(data, ctx.input_names))
     aug_f.unlink(missing_ok=True)
     aug_q.unlink(missing_ok=True)
 
@@ -84,21 +81,9 @@ def rank_nodes(float_pre: Path, qdq: Path, ctx: PassContext, samples: int = 4) -
     return ranked
 
 
-class _ReaderIter:
-    """collect_activations iterates its reader; ORT's CalibrationDataReader protocol is get_next()."""
-
-    def __init__(self, reader: Any) -> None:
-        self.reader = reader
-
-    def __iter__(self):
-        while (x := self.reader.get_next()) is not None:
-            yield x
-
-
 def mixed_precision(src: Path, dst: Path, cfg: QuantizeConfig, ctx: PassContext, target: float) -> dict[str, Any]:
     """Static int8 of src into dst with the fewest float nodes that keep cosine >= target."""
     from edgeopt._ort import ort_run_all
-    from edgeopt.passes.quantize import preprocess, static_int8
 
     if ctx.fidelity is None:
         raise EdgeoptError("quantize:mixed needs the pipeline's fidelity function", "run it through edgeopt.compile")

@@ -13,28 +13,21 @@ from __future__ import annotations
 
 import copy
 import math
-import time
-from typing import Any
+from typing import Annotated, Any
 
-from edgeopt.passes._measure import fill_graph_figures, params_macs, run_torch, torch_pass_applies
-from edgeopt.passes.base import Pass, PassConfig, PassContext, PassReport, register_pass
+from edgeopt.passes._measure import TorchPass, run_torch
+from edgeopt.passes.base import PassConfig, PassContext, PassReport, in_range, register_pass
 
 
 class LowrankConfig(PassConfig):
-    energy: float = 0.95  # keep this share of sum(s^2)
-    rank_ratio: float | None = None  # if set: rank = ratio x min(in, out), overriding energy
-    round_to: int = 8
+    energy: Annotated[float, in_range("(0, 1]")] = 0.95  # keep this share of sum(s^2)
+    # if set: rank = ratio x min(in, out), overriding energy
+    rank_ratio: Annotated[float | None, in_range("(0, 1]")] = None
+    round_to: Annotated[int, in_range("[1, inf)")] = 8
     min_features: int = 64  # skip layers narrower than this on either side
     max_cost: float = 0.9  # factorise only if the new MACs are below this share of the old
     skip: list[str] = []  # module-name prefixes left alone
     measure_latency: bool = True
-
-
-def _parent(root: Any, name: str) -> tuple[Any, str]:
-    *path, last = name.split(".")
-    for p in path:
-        root = getattr(root, p)
-    return root, last
 
 
 def choose_rank(s: Any, cfg: LowrankConfig) -> tuple[int, float]:
@@ -93,27 +86,18 @@ def _candidate(m: Any) -> tuple[int, int] | None:
 
 
 @register_pass
-class LowrankPass(Pass):
+class LowrankPass(TorchPass[LowrankConfig]):
     name = "lowrank"
-    works_on = "torch"
-    Config = LowrankConfig
     shorthand_key = "energy"
     description = "SVD factorisation of Linear / 1x1 Conv where it lowers MACs"
 
-    def applies_to(self, model: Any, ctx: PassContext) -> tuple[bool, str]:
-        cfg: LowrankConfig = self.config  # type: ignore[assignment]
-        return torch_pass_applies(self.name, model, [
-            (0.0 < cfg.energy <= 1.0, f"energy {cfg.energy} must lie in (0, 1]"),
-            (cfg.rank_ratio is None or 0.0 < cfg.rank_ratio <= 1.0, f"rank_ratio {cfg.rank_ratio} must lie in (0, 1]"),
-        ])
+    def measure_latency(self, rep: PassReport) -> bool:
+        return self.config.measure_latency and any(c["applied"] for c in rep.changes)
 
-    def run(self, model: Any, ctx: PassContext) -> tuple[Any, PassReport]:
+    def transform(self, model: Any, ctx: PassContext, rep: PassReport) -> Any:
         import torch
 
-        cfg: LowrankConfig = self.config  # type: ignore[assignment]
-        rep = self.new_report()
-        t0 = time.perf_counter()
-        rep.params_before, rep.macs_before = params_macs(model, ctx)
+        cfg = self.config
         out = copy.deepcopy(model).eval()
         done = 0
         with torch.no_grad():
@@ -133,20 +117,15 @@ class LowrankPass(Pass):
                     row["applied"] = False
                     row["why"] = f"rank {r} would cost {new / old:.0%} of the MACs (limit {cfg.max_cost:.0%})"
                 else:
-                    parent, last = _parent(out, name)
-                    setattr(parent, last, factorise(m, r))
+                    out.set_submodule(name, factorise(m, r))
                     row["applied"] = True
                     done += 1
                 rep.changes.append(row)
         out.eval()
-        rep.params_after, rep.macs_after = params_macs(out, ctx)
+        # touch the outputs once so a layer that cannot take the new shape fails here, named by the pipeline
+        run_torch(out, ctx, 1)
         rule = f"rank_ratio {cfg.rank_ratio}" if cfg.rank_ratio is not None else f"energy {cfg.energy}"
         rep.notes.append(f"{done} of {len(rep.changes)} Linear/1x1 layers factorised ({rule}, rank rounded to {cfg.round_to})")
         if done == 0:
             rep.notes.append("no layer's spectrum allows a cheaper factorisation at this setting")
-        rep.seconds = time.perf_counter() - t0
-        if cfg.measure_latency and done:
-            fill_graph_figures(rep, model, out, ctx)
-        # touch the outputs once so a layer that cannot take the new shape fails here, named by the pipeline
-        run_torch(out, ctx, 1)
-        return out, rep
+        return out

@@ -164,18 +164,23 @@ def run_pipeline(
                 result.reports,
             )
 
-    for p in torch_passes:
-        ok, why = p.applies_to(result.module, ctx)
-        if not ok:
-            raise EdgeoptError(f"pass {p.name!r} does not apply to {ctx.model_name}: {why}", "remove it from --passes")
-        if progress:
-            progress(f"pass {p.name}")
-        t0 = time.perf_counter()
-        result.module, rep = p.run(result.module, ctx)
-        rep.seconds = rep.seconds or time.perf_counter() - t0
-        result.precision = rep.precision or result.precision
-        check(rep, evaluate_torch(result.module))
+    def run_stage(stage: list[Pass], model: Any, evaluate: Callable[[Any], list[dict[str, np.ndarray]]]) -> Any:
+        for p in stage:
+            ok, why = p.applies_to(model, ctx)
+            if not ok:
+                raise EdgeoptError(f"pass {p.name!r} does not apply to {ctx.model_name}: {why}", "remove it from --passes")
+            if progress:
+                progress(f"pass {p.name}")
+            t0 = time.perf_counter()
+            model, rep = p.run(model, ctx)
+            if p.works_on == "onnx":
+                model = Path(model)
+            rep.seconds = rep.seconds or time.perf_counter() - t0
+            result.precision = rep.precision or result.precision
+            check(rep, evaluate(model))
+        return model
 
+    result.module = run_stage(torch_passes, result.module, evaluate_torch)
     if export is None:
         for p in graph_passes:
             if p.name not in delegate:
@@ -188,17 +193,6 @@ def run_pipeline(
 
     if progress:
         progress("export to ONNX")
-    result.onnx_path, result.export = export(result.module, ctx.workdir / "exported.onnx")
-    for p in graph_passes:
-        ok, why = p.applies_to(result.onnx_path, ctx)
-        if not ok:
-            raise EdgeoptError(f"pass {p.name!r} does not apply to {ctx.model_name}: {why}", "remove it from --passes")
-        if progress:
-            progress(f"pass {p.name}")
-        t0 = time.perf_counter()
-        new_path, rep = p.run(result.onnx_path, ctx)
-        result.onnx_path = Path(new_path)
-        rep.seconds = rep.seconds or time.perf_counter() - t0
-        result.precision = rep.precision or result.precision
-        check(rep, evaluate_onnx(result.onnx_path))
+    onnx_path, result.export = export(result.module, ctx.workdir / "exported.onnx")
+    result.onnx_path = run_stage(graph_passes, onnx_path, evaluate_onnx)
     return result

@@ -1,25 +1,24 @@
 """prune: structured channel pruning with torch-pruning's dependency graph (torch).
 
 Channels are removed from whole coupled groups (a conv, its BN, the residual adds it feeds and every
-consumer), so the result is a smaller dense model that every backend runs. Defaults follow the issue:
-L2 magnitude importance (Taylor on the calibration samples as an option), a ratio applied per layer
-or globally, channel counts kept multiples of 8 (SIMD-friendly), attention blocks and output layers
-protected. There is no training here, so BatchNorm statistics are re-estimated on the calibration
-samples afterwards (when reparam ran first there is no BN left: it was folded, and the note says so).
+consumer), so the result is a smaller dense model that every backend runs. Defaults: L2 magnitude
+importance (Taylor on the calibration samples as an option), a ratio applied per layer or globally,
+channel counts kept multiples of 8 (SIMD-friendly), attention blocks and output layers protected. There
+is no training here, so BatchNorm statistics are re-estimated on the calibration samples afterwards (when
+reparam ran first there is no BN left: it was folded, and the note says so).
 
 Output layers are found on the dependency graph itself: a conv/linear from which the model output is
 reached without passing another conv/linear. Taylor importance needs a loss without labels: for
 classification the cross-entropy against the model's own top-1, otherwise half the squared output norm.
 
-Two kinds of layer torch-pruning cannot handle on its own are declared to it rather than given up on:
-- modules it must not trace into (`_leaf_pruners`): SHViT's single-head attention (SHSA) splits its
-  input channels into an attended part and a pass-through part and reshapes the attention result back
-  to channels, which torch-pruning's reshape analysis divides by zero on. SHSA is handed to it as one
-  leaf with its own pruner (`_SHSAPruner`), which removes residual channels from the pre-norm, the qkv
-  input, the value and the projection consistently; with `protect_attention` (default) it is frozen.
+Layers torch-pruning cannot handle on its own are declared to it rather than given up on:
 - frozen modules: a group touching one (as input or output) is not pruned at all. Grouped convs that
-  are not depthwise (MobileCLIP/FastViT's stride-2 7x7 conv with groups = in, out = 2 x in) are frozen:
-  torch-pruning's importance and index mapping assume in/groups == 1 means depthwise and fail on them.
+  are neither dense nor depthwise (e.g. MobileCLIP/FastViT's stride-2 7x7 conv with groups = in,
+  out = 2 x in) are frozen for every model: torch-pruning's importance and index mapping take
+  in/groups == 1 to mean depthwise.
+- a family's own layers, through its rule in `prune_rules/` (`PruneRule`): module types traced as one
+  leaf with the family's pruner (`opaque_leaves`), and modules to freeze. SHViT's single-head attention
+  is one (`prune_rules/shvit.py`).
 """
 
 from __future__ import annotations
@@ -27,33 +26,29 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
-import time
 import warnings
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from edgeopt.errors import EdgeoptError
-from edgeopt.passes._measure import (
-    fill_graph_figures,
-    params_macs,
-    run_torch,
-    torch_inputs,
-    torch_pass_applies,
-)
-from edgeopt.passes.base import Pass, PassConfig, PassContext, PassReport, register_pass
+from edgeopt.passes._measure import TorchPass, run_torch, torch_inputs
+from edgeopt.passes.base import PassConfig, PassContext, PassReport, in_range, register_pass
+from edgeopt.passes.prune_rules import family_rules
 
 _ATTENTION = re.compile(r"attention|attn|multihead", re.I)
 
 
 class PruneConfig(PassConfig):
-    ratio: float = 0.3  # share of channels removed (per prunable group, or over the model when global)
+    # share of channels removed (per prunable group, or over the model when global)
+    ratio: Annotated[float, in_range("(0, 1)")] = 0.3
     scope: Literal["layer", "global"] = "layer"
     importance: Literal["l2", "taylor"] = "l2"
-    round_to: int = 8
-    max_layer_ratio: float = 0.8  # global scope: no group loses more than this share
+    round_to: Annotated[int, in_range("[1, inf)")] = 8
+    # global scope: no group loses more than this share
+    max_layer_ratio: Annotated[float, in_range("(0, 1]")] = 0.8
     protect_attention: bool = True
     protect_outputs: bool = True
     ignore: list[str] = []  # module-name prefixes never pruned
-    calibration_samples: int = 8
+    calibration_samples: Annotated[int, in_range("[1, inf)")] = 8
     recalibrate_bn: bool = True
     measure_latency: bool = True
 
@@ -133,71 +128,6 @@ def recalibrate_bn(model: Any, ctx: PassContext, n: int) -> int:
     return reestimate_bn(model, [_batch(ctx, n)])
 
 
-def _conv_bn(m: Any) -> tuple[Any, Any]:
-    """(conv, bn or None) of timm's Conv2dNorm, or (conv, None) once reparam fused it."""
-    from torch import nn
-
-    if isinstance(m, nn.Conv2d):
-        return m, None
-    return m.c, m.bn
-
-
-def _shsa_pruner() -> Any:
-    """torch-pruning pruner for timm's SHSA, traced as one leaf (None when timm has no SHViT).
-
-    Residual channel i < pdim feeds the attention (pre_norm, qkv input) and, since pdim is shared by the
-    split of x and of qkv, takes value channel i and projection input i with it; channel i >= pdim only
-    reaches the projection's input. Output channels are the projection's outputs.
-    """
-    try:
-        from timm.models.shvit import SHSA
-    except ImportError:
-        return None
-    from torch_pruning.pruner import function as F
-
-    class SHSAPruner(F.BasePruningFunc):
-        TARGET_MODULES = (SHSA,)
-
-        def prune_out_channels(self, layer: Any, idxs: list[int]) -> Any:
-            conv, bn = _conv_bn(layer.proj[1])
-            F.prune_conv_out_channels(conv, idxs)
-            if bn is not None:
-                F.prune_batchnorm_out_channels(bn, idxs)
-            return layer
-
-        def prune_in_channels(self, layer: Any, idxs: list[int]) -> Any:
-            att = sorted(i for i in idxs if i < layer.pdim)
-            if att:
-                F.prune_groupnorm_out_channels(layer.pre_norm, att)
-                conv, bn = _conv_bn(layer.qkv)
-                F.prune_conv_in_channels(conv, att)
-                v = [2 * layer.qk_dim + i for i in att]
-                F.prune_conv_out_channels(conv, v)
-                if bn is not None:
-                    F.prune_batchnorm_out_channels(bn, v)
-            F.prune_conv_in_channels(_conv_bn(layer.proj[1])[0], sorted(idxs))
-            layer.pdim -= len(att)
-            layer.dim -= len(idxs)
-            return layer
-
-        def get_out_channels(self, layer: Any) -> int:
-            return _conv_bn(layer.proj[1])[0].out_channels
-
-        def get_in_channels(self, layer: Any) -> int:
-            return layer.dim
-
-    return SHSA, SHSAPruner()
-
-
-def leaf_pruners() -> dict[type, Any]:
-    """Module types torch-pruning must treat as leaves, with edgeopt's pruner for each."""
-    out = {}
-    shsa = _shsa_pruner()
-    if shsa is not None:
-        out[shsa[0]] = shsa[1]
-    return out
-
-
 @contextlib.contextmanager
 def opaque_leaves(model: Any, types: tuple[type, ...]):
     """While tracing, each module of `types` is one autograd node from its input to its output.
@@ -256,19 +186,10 @@ def _skip_groups_touching(dg: Any, frozen: list[Any]) -> None:
 
 
 @register_pass
-class PrunePass(Pass):
+class PrunePass(TorchPass[PruneConfig]):
     name = "prune"
-    works_on = "torch"
-    Config = PruneConfig
     shorthand_key = "ratio"
     description = "structured channel pruning (torch-pruning dependency graph), BN re-estimated on real samples"
-
-    def applies_to(self, model: Any, ctx: PassContext) -> tuple[bool, str]:
-        cfg: PruneConfig = self.config  # type: ignore[assignment]
-        return torch_pass_applies(self.name, model, [
-            (0.0 < cfg.ratio < 1.0, f"ratio {cfg.ratio} must lie strictly between 0 and 1"),
-            (cfg.round_to >= 1, "round_to must be at least 1"),
-        ])
 
     def _importance(self, cfg: PruneConfig):
         import torch_pruning as tp
@@ -293,20 +214,18 @@ class PrunePass(Pass):
                 loss = 0.5 * (out.float() ** 2).mean()
             loss.backward()
 
-    def run(self, model: Any, ctx: PassContext) -> tuple[Any, PassReport]:
+    def transform(self, model: Any, ctx: PassContext, rep: PassReport) -> Any:
         import torch
         import torch_pruning as tp
 
-        cfg: PruneConfig = self.config  # type: ignore[assignment]
-        rep = self.new_report()
-        t0 = time.perf_counter()
-        rep.params_before, rep.macs_before = params_macs(model, ctx)
+        cfg = self.config
         ref_shapes = {k: v.shape for k, v in run_torch(model, ctx, 1)[0].items()}
         work = copy.deepcopy(model).eval()  # the input model is never touched, whatever happens below
         for prm in work.parameters():  # torch-pruning traces through autograd: frozen weights (calibrated
             prm.requires_grad_(True)  # models, a checkpoint loaded for inference) would leave nothing to prune
         example = torch_inputs(ctx)
-        leaves = leaf_pruners()
+        rules = family_rules()
+        leaves = {t: pruner for rule in rules for t, pruner in rule.leaf_pruners().items()}
         tracker = _Tracker(work)
         try:
             with torch.enable_grad(), warnings.catch_warnings(), opaque_leaves(work, tuple(leaves)):
@@ -330,11 +249,15 @@ class PrunePass(Pass):
         frozen = frozen_modules(work)
         if frozen:
             reasons["grouped convs (neither dense nor depthwise)"] = len(frozen)
+        for rule in rules:
+            mods = rule.frozen(work, cfg.protect_attention)
+            if mods:
+                frozen += mods
+                reasons[rule.reason] = reasons.get(rule.reason, 0) + len(mods)
+        frozen_ids = {id(m) for m in frozen}
         for n, m in work.named_modules():
-            if cfg.protect_attention and isinstance(m, tuple(leaves)):
-                frozen.append(m)
-                reasons["attention blocks"] = reasons.get("attention blocks", 0) + 1
-            elif cfg.protect_attention and (_ATTENTION.search(type(m).__name__) or isinstance(m, torch.nn.MultiheadAttention)):
+            attention = _ATTENTION.search(type(m).__name__) or isinstance(m, torch.nn.MultiheadAttention)
+            if cfg.protect_attention and attention and id(m) not in frozen_ids:
                 sub = [c for c in m.modules() if isinstance(c, (torch.nn.Linear, torch.nn.modules.conv._ConvNd, torch.nn.MultiheadAttention))]
                 ignored += sub
                 reasons["attention layers"] = reasons.get("attention layers", 0) + len(sub)
@@ -378,7 +301,6 @@ class PrunePass(Pass):
         for n, m in work.named_modules():
             if n in before and hasattr(m, "weight") and m.weight is not None and m.weight.shape[0] != before[n]:
                 rep.changes.append({"module": n, "type": type(m).__name__, "out_channels": [before[n], int(m.weight.shape[0])]})
-        rep.params_after, rep.macs_after = params_macs(work, ctx)
         rep.notes.append(
             f"{cfg.scope} {cfg.importance} pruning at ratio {cfg.ratio}, channels rounded to {cfg.round_to}; "
             f"{len(rep.changes)} layers narrowed; protected: " + (", ".join(f"{v} {k}" for k, v in reasons.items()) or "none")
@@ -387,7 +309,4 @@ class PrunePass(Pass):
             f"BatchNorm statistics re-estimated on {min(cfg.calibration_samples, len(ctx.samples))} real samples ({n_bn} layers)" if n_bn
             else "no BatchNorm to re-estimate" + (" (folded by reparam)" if cfg.recalibrate_bn else " (recalibrate_bn off)")
         )
-        rep.seconds = time.perf_counter() - t0
-        if cfg.measure_latency:
-            fill_graph_figures(rep, model, work, ctx)
-        return work, rep
+        return work

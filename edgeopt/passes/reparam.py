@@ -19,12 +19,11 @@ Three steps, each checked numerically, in this order:
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any
 
 from edgeopt.errors import EdgeoptError
-from edgeopt.passes._measure import fill_graph_figures, params_macs, rel_max_diff, run_torch, torch_inputs
-from edgeopt.passes.base import Pass, PassConfig, PassContext, PassReport, register_pass
+from edgeopt.passes._measure import TorchPass, rel_max_diff, run_torch, torch_inputs
+from edgeopt.passes.base import PassConfig, PassContext, PassReport, register_pass
 
 
 class ReparamConfig(PassConfig):
@@ -36,19 +35,6 @@ class ReparamConfig(PassConfig):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _parent_of(root: Any, name: str) -> tuple[Any, str]:
-    parent = root
-    *path, last = name.split(".")
-    for p in path:
-        parent = getattr(parent, p)
-    return parent, last
-
-
-def _set_module(root: Any, name: str, new: Any) -> None:
-    parent, last = _parent_of(root, name)
-    setattr(parent, last, new)
-
-
 def bn_scale_shift(bn: Any) -> tuple[Any, Any]:
     """BatchNorm in eval as y = x * s + t (per channel)."""
     import torch
@@ -61,19 +47,15 @@ def bn_scale_shift(bn: Any) -> tuple[Any, Any]:
 
 
 def fold_bn_into(layer: Any, bn: Any) -> None:
-    """layer -> bn becomes layer' (Conv*d or Linear, out channels on dim 0): in place, no grad."""
+    """layer -> bn becomes layer' (Conv*d or Linear), in place, by torch's `fuse_conv_bn_weights`, whose
+    arithmetic holds for any weight with the output channels on dim 0."""
     import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
 
     with torch.no_grad():
-        s, t = bn_scale_shift(bn)
-        w = layer.weight
-        layer.weight.copy_(w * s.reshape(-1, *([1] * (w.dim() - 1))))
-        b = layer.bias if layer.bias is not None else torch.zeros_like(s)
-        new_b = b * s + t
-        if layer.bias is None:
-            layer.bias = torch.nn.Parameter(new_b.to(w.dtype))
-        else:
-            layer.bias.copy_(new_b)
+        layer.weight, layer.bias = fuse_conv_bn_weights(
+            layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias,
+        )
 
 
 def fold_bn_before_linear(bn: Any, linear: Any) -> None:
@@ -226,7 +208,7 @@ def apply_bn_pair(model: Any, pair: tuple[str, str, str]) -> None:
         fold_bn_into(mods[layer], mods[bn])
     else:
         fold_bn_before_linear(mods[bn], mods[layer])
-    _set_module(model, bn, nn.Identity())
+    model.set_submodule(bn, nn.Identity())
 
 
 # ------------------------------------------------------------------------------------------ step 3
@@ -279,32 +261,20 @@ def fold_residual_identities(model: Any) -> list[dict[str, Any]]:
             new = copy.deepcopy(conv)
             kh, kw = new.kernel_size
             new.weight[:, 0, kh // 2, kw // 2] += 1.0
-        _set_module(model, name, new)
+        model.set_submodule(name, new)
         done.append({"module": name, "type": type(m).__name__, "how": "x + dwconv(x) -> dwconv with identity"})
     return done
 
 
 # -------------------------------------------------------------------------------------------- pass
 @register_pass
-class ReparamPass(Pass):
+class ReparamPass(TorchPass[ReparamConfig]):
     name = "reparam"
-    works_on = "torch"
-    Config = ReparamConfig
     description = "fold BatchNorm, merge multi-branch blocks, fold residual identities (exact)"
 
-    def applies_to(self, model: Any, ctx: PassContext) -> tuple[bool, str]:
-        import torch
-
-        if not isinstance(model, torch.nn.Module):
-            return False, "reparam works on a torch module"
-        return True, ""
-
-    def run(self, model: Any, ctx: PassContext) -> tuple[Any, PassReport]:
-        cfg: ReparamConfig = self.config  # type: ignore[assignment]
-        rep = self.new_report()
-        t0 = time.perf_counter()
+    def transform(self, model: Any, ctx: PassContext, rep: PassReport) -> Any:
+        cfg = self.config
         refs = run_torch(model, ctx)
-        rep.params_before, rep.macs_before = params_macs(model, ctx)
         example = torch_inputs(ctx)
         out = copy.deepcopy(model).eval()
 
@@ -348,11 +318,7 @@ class ReparamPass(Pass):
                 "run reparam:fold_residual=false or reparam:library=false to find the step, and report the model",
             )
         out.eval()
-        rep.params_after, rep.macs_after = params_macs(out, ctx)
         rep.notes.append(f"{len(rep.changes)} rewrites; output equal within {err:.1e} of its range on {len(refs)} samples")
         if not rep.changes:
             rep.notes.append("nothing to re-parameterise in this model")
-        rep.seconds = time.perf_counter() - t0
-        if cfg.measure_latency:
-            fill_graph_figures(rep, model, out, ctx)
-        return out, rep
+        return out

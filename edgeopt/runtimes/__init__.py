@@ -1,5 +1,13 @@
-"""Backends: ONNX Runtime (default), TVM, TFLite/LiteRT, Core ML. See base.py."""
+"""Backends: ONNX Runtime (default), TVM, TFLite/LiteRT, Core ML. See base.py; the capability table is table.py."""
 
-from edgeopt.runtimes.base import Backend, CompileInput, CompileResult, Session, backend_names, get_backend
+from edgeopt.runtimes.base import (
+    Backend,
+    CompileInput,
+    CompileResult,
+    Mode,
+    Session,
+    backend_names,
+    get_backend,
+)
 
-__all__ = ["Backend", "CompileInput", "CompileResult", "Session", "backend_names", "get_backend"]
+__all__ = ["Backend", "CompileInput", "CompileResult", "Mode", "Session", "backend_names", "get_backend"]

@@ -9,8 +9,8 @@ Why a module of its own: tuning is the slow, stateful part of TVM. It must
 - keep what it measured: records go to a JSON database that is appended to after every measured batch,
   one folder per model x target, reused (and extended) by the next run. A run that is interrupted
   (Ctrl-C, a killed process) keeps every committed record; a half-written last line is dropped on open.
-- give the builder time: its worker processes import TVM's tensor intrinsics first (~24 s here), which
-  exceeds MetaSchedule's default 30 s build timeout under load.
+- give the builder time: its worker processes import TVM's tensor intrinsics first (tens of seconds),
+  which can exceed MetaSchedule's default 30 s build timeout under load.
 Host-side only (imports tvm, never torch).
 """
 

@@ -1,8 +1,14 @@
-"""Backend and Session: what every runtime implements.
+"""Backend and Session: what every runtime implements, and the table of what each backend builds.
 
 A backend has two halves. `compile()` runs on the host (it may import torch lazily); `load()` runs on the
 device inside the runner and must need only numpy and the runtime itself. Backends register by name;
 `get_backend(name)` imports only that backend's module, so a board needs only the runtime it uses.
+
+Each backend declares the precisions it builds as `Mode`s (`Backend.modes`): how each is asked for, what
+it gives, and whether `--auto` tries it. That declaration is the one capability table: `--auto`'s grid,
+the capability matrix (`edgeopt.capabilities`), `check_request` and LiteRT's quantize-mode spellings are
+read from it (`edgeopt.runtimes.table`). Backend modules import their runtime lazily, so reading the table
+imports every backend module without needing any runtime installed.
 """
 
 from __future__ import annotations
@@ -11,12 +17,40 @@ import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from edgeopt._util import closest
+from edgeopt._registry import Registry
 from edgeopt.errors import EdgeoptError
+
+if TYPE_CHECKING:
+    from edgeopt.bundle import Manifest
+
+
+RUNS_ANYWHERE = "Linux, macOS, Windows, Android, arm64 boards"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One precision a backend builds: how to ask for it, what it gives, and whether `--auto` tries it.
+
+    `passes` and `options` are the `edgeopt.compile` arguments that build it (`passes` a pipeline string
+    such as "quantize:int8", None for none). `modes` are the quantize-pass modes and `precision` option
+    spellings that ask for it on a backend that implements the quantize pass itself (LiteRT, Core ML);
+    where the quantize pass runs on the ONNX graph (ONNX Runtime, TVM) it is empty and unused.
+    `auto_rank` is the place in `--auto`'s search order on a CPU (1 first, across all backends); None
+    where `--auto` does not try this mode.
+    """
+
+    precision: str
+    passes: str | None
+    artifact: str
+    meaning: str
+    options: dict[str, Any] = field(default_factory=dict)
+    runs_on: str = RUNS_ANYWHERE
+    modes: tuple[str, ...] = ()
+    auto_rank: int | None = None
 
 
 class Session(ABC):
@@ -75,8 +109,14 @@ class Backend(ABC):
     name: ClassVar[str]
     # What compile() consumes: the ONNX graph after passes, or the torch module.
     consumes: ClassVar[Literal["onnx", "torch"]] = "onnx"
-    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    # The precisions this backend builds, in the capability matrix's column order.
+    modes: ClassVar[tuple[Mode, ...]] = ()
+    # Quantize modes this backend refuses, with the reason given in check_request's message.
+    refusals: ClassVar[dict[str, str]] = {}
     targets: ClassVar[tuple[str, ...]] = ("host",)
+    # Distributions a device must have (any one of them) to run this backend's artifacts: --auto skips the
+    # backend on a device whose snapshot lists runtimes and none of these.
+    device_runtimes: ClassVar[tuple[str, ...]] = ()
     # Names of passes this backend implements itself (their config is delegated to compile()).
     implements: ClassVar[tuple[str, ...]] = ()
     # True when the artifact is the pipeline's final ONNX file, run by ONNX Runtime's CPU provider with
@@ -93,7 +133,7 @@ class Backend(ABC):
         """Write the artifact into out_dir (a bundle folder being written)."""
 
     @abstractmethod
-    def load(self, bundle_dir: Path, manifest: dict[str, Any], threads: int | None = None) -> Session:
+    def load(self, bundle_dir: Path, manifest: Manifest, threads: int | None = None) -> Session:
         """Open the bundle's artifact for inference (device side: no torch)."""
 
     def require(self) -> None:
@@ -101,12 +141,47 @@ class Backend(ABC):
         if not ok:
             raise EdgeoptError(f"backend {self.name!r} is not available here: {why}")
 
-    def check_request(self, passes: list[Any], options: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+    def check_request(self, passes: list[Any], options: dict[str, Any]) -> None:
         """Refuse, before any slow work (model build, export, passes), a request this backend cannot build.
 
-        `passes` is the parsed pipeline (objects with `.name` and `.config`); a backend that implements a pass
-        itself checks that pass's config here. The default accepts everything and lets compile() decide.
+        `passes` is the parsed pipeline (objects with `.name` and `.config`). A backend that implements the
+        quantize pass itself builds only its `modes`: the pass's mode (or, without the pass, the `precision`
+        option) must be one of their spellings. Where the quantize pass runs on the ONNX graph, the graph
+        is what the backend compiles and the `precision` option only labels the bundle: nothing to check.
         """
+        if "quantize" not in self.implements:
+            return
+        q = next((p for p in passes if p.name == "quantize"), None)
+        if q is not None:
+            self.mode_for(str(getattr(q.config, "mode", "int8")), "quantize mode")
+        elif "precision" in options:
+            self.mode_for(str(options["precision"]), "precision")
+
+    @classmethod
+    def get_mode(cls, precision: str) -> Mode:
+        """The Mode of this backend with that precision name (a capability-matrix cell)."""
+        for m in cls.modes:
+            if m.precision == precision:
+                return m
+        raise EdgeoptError(
+            f"no capability cell {cls.name}/{precision}",
+            "known: " + ", ".join(f"{cls.name}/{m.precision}" for m in cls.modes),
+        )
+
+    @classmethod
+    def mode_for(cls, raw: str, source: str = "quantize mode") -> Mode:
+        """The Mode a quantize mode or `precision` option spelling asks for, or a one-line refusal that says
+        what this backend builds. `source` names what was asked for in the message."""
+        key = raw.lower()
+        for m in cls.modes:
+            if key in m.modes:
+                return m
+        why = cls.refusals.get(key, "")
+        supported = ", ".join(m.precision for m in cls.modes if m.modes)
+        raise EdgeoptError(
+            f"{cls.name} cannot build {source} {raw!r}" + (f": {why}" if why else ""),
+            f"supported on {cls.name}: {supported}; or use --backend onnxruntime for {raw!r}",
+        )
 
 
 def torch_converter(backend: str, module: str, extra: str, inp: CompileInput) -> Any:
@@ -135,37 +210,33 @@ def dist_versions(*dists: str) -> dict[str, str]:
     return found
 
 
-# name -> module under edgeopt.runtimes; aliases map to the canonical name.
+# name -> module under edgeopt.runtimes, in the capability matrix's column order; aliases map to the name.
 BACKEND_MODULES: dict[str, str] = {
     "onnxruntime": "onnxruntime",
-    "tvm": "tvm",
     "tflite": "tflite",
+    "tvm": "tvm",
     "coreml": "coreml",
 }
-ALIASES = {"ort": "onnxruntime", "litert": "tflite"}
-_BACKENDS: dict[str, type[Backend]] = {}
+ALIASES: dict[str, str] = {"ort": "onnxruntime", "litert": "tflite"}
+BACKENDS: Registry[type[Backend]] = Registry(
+    "backend", lazy={name: f"edgeopt.runtimes.{mod}" for name, mod in BACKEND_MODULES.items()}, aliases=ALIASES
+)
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:
-    _BACKENDS[cls.name] = cls
-    return cls
+    """Class decorator: make a Backend subclass known under its `name`."""
+    return BACKENDS.register(cls.name)(cls)
 
 
 def backend_names() -> list[str]:
-    return list(BACKEND_MODULES)
+    return BACKENDS.names()
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The Backend subclass for a name or alias, importing only its module."""
+    return BACKENDS.get(name)
 
 
 def get_backend(name: str) -> Backend:
     """Instantiate a backend by name, importing only its module."""
-    canonical = ALIASES.get(name, name)
-    if canonical not in BACKEND_MODULES:
-        near = closest(name, list(BACKEND_MODULES) + list(ALIASES))
-        raise EdgeoptError(f"unknown backend {name!r}", f"known: {', '.join(BACKEND_MODULES)}" + (f"; did you mean {near[0]}?" if near else ""))
-    if canonical not in _BACKENDS:
-        try:
-            importlib.import_module(f"edgeopt.runtimes.{BACKEND_MODULES[canonical]}")
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("edgeopt"):
-                raise EdgeoptError(f"backend {canonical!r} is not part of this edgeopt build") from None
-            raise
-    return _BACKENDS[canonical]()
+    return backend_class(name)()

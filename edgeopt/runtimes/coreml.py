@@ -22,7 +22,7 @@ import platform
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,16 +31,22 @@ from edgeopt.runtimes.base import (
     Backend,
     CompileInput,
     CompileResult,
+    Mode,
     Session,
     dist_versions,
     register_backend,
     torch_converter,
 )
 
+if TYPE_CHECKING:
+    from edgeopt.bundle import Manifest
+
+
 ARTIFACT = "model.mlpackage"
 COMPRESSIONS = ("none", "w8", "pal6", "pal4", "prune50")
 _COMPRESSION_ALIASES = {"int8": "w8", "linear8": "w8", "palettize6": "pal6", "palettize4": "pal4", "prune": "prune50", "": "none"}
 _TARGETS = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
+_RUNS_ON = "macOS, iOS"
 NOT_ON_THIS_HOST = "Core ML runs only on macOS/iOS; this host is {system}: the artifact was converted and its spec checked, not run"
 
 
@@ -60,15 +66,17 @@ def resolve_request(q: dict[str, Any] | None, options: dict[str, Any]) -> tuple[
     compression = _COMPRESSION_ALIASES.get(compression, compression)
     if q:
         mode = str(q.get("mode", "int8")).lower()
-        if mode in ("fp16", "float16"):
-            precision = "fp16"
-        elif mode == "int8":
-            compression = "w8"
-        else:
+        m = next((m for m in CoreMLBackend.modes if mode in m.modes), None)
+        if m is None:
+            quantize = ", ".join(f"quantize:{c.modes[0]} ({c.precision})" for c in CoreMLBackend.modes if c.modes)
             raise EdgeoptError(
                 f"coreml cannot implement quantize mode {mode!r}",
-                "supported on coreml: quantize:int8 (8-bit weights), quantize:fp16; or --option compression=pal4|pal6|prune50",
+                f"supported on coreml: {quantize}; or --option compression=pal4|pal6|prune50",
             )
+        if m.precision in COMPRESSIONS:
+            compression = m.precision
+        else:
+            precision = m.precision
     precision = {"float16": "fp16", "half": "fp16", "float32": "fp32"}.get(precision, precision)
     if precision not in ("fp32", "fp16"):
         raise EdgeoptError(f"coreml compute precision {precision!r} is not supported", "use precision=fp32 or fp16; compress weights with compression=w8|pal6|pal4|prune50")
@@ -100,8 +108,8 @@ class CoreMLSession(Session):
         if units is None:
             raise EdgeoptError(f"unknown Core ML compute units {compute_units!r}", "use ALL, CPU_ONLY, CPU_AND_GPU or CPU_AND_NE")
         self._m = ct.models.MLModel(str(path), compute_units=units)
-        self.input_names = [i["name"] for i in manifest["inputs"]]
-        self.output_names = [o["name"] for o in manifest["outputs"]]
+        self.input_names = manifest.input_names
+        self.output_names = manifest.output_names
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.check_inputs(inputs)
@@ -115,8 +123,21 @@ class CoreMLSession(Session):
 @register_backend
 class CoreMLBackend(Backend):
     name = "coreml"
+    device_runtimes = ("coremltools",)
     consumes = "torch"
-    precisions = ("fp32", "fp16", "w8", "pal6", "pal4", "prune50")
+    # The capability matrix's Core ML cells; `--option compression=pal6` (6-bit palettization) builds too.
+    # `modes` here are the quantize-pass modes this backend implements: fp16 compute, or 8-bit weights.
+    modes = (
+        Mode("fp32", None, ARTIFACT, "ML program, fp32 compute", runs_on=_RUNS_ON),
+        Mode("fp16", None, ARTIFACT, "ML program, fp16 compute", options={"precision": "fp16"}, runs_on=_RUNS_ON,
+             modes=("fp16", "float16")),
+        Mode("w8", "quantize:int8", ARTIFACT, "8-bit linear weights, fp16 compute", options={"precision": "fp16"},
+             runs_on=_RUNS_ON, modes=("int8",)),
+        Mode("pal4", None, ARTIFACT, "4-bit k-means palettized weights", options={"precision": "fp16", "compression": "pal4"},
+             runs_on=_RUNS_ON),
+        Mode("prune50", None, ARTIFACT, "50% magnitude-pruned weights, sparse storage",
+             options={"precision": "fp16", "compression": "prune50"}, runs_on=_RUNS_ON),
+    )
     targets = ("host", *_TARGETS)
     implements = ("quantize",)
 
@@ -173,14 +194,14 @@ class CoreMLBackend(Backend):
         tools = dist_versions("coremltools", *(("scikit-learn",) if compression.startswith("pal") else ()))
         return CompileResult(artifact=ARTIFACT, precision=label, target=deploy, tools=tools, details=details)
 
-    def load(self, bundle_dir: Path, manifest: dict[str, Any], threads: int | None = None) -> Session:
+    def load(self, bundle_dir: Path, manifest: Manifest, threads: int | None = None) -> Session:
         if not on_apple():
             raise EdgeoptError(
                 f"Core ML bundle {bundle_dir.name} cannot run on {platform.system()}: Core ML exists only on macOS/iOS",
                 "profile it on a Mac (e.g. --device ssh://user@mac) or compile for --backend onnxruntime / tflite",
             )
-        units = manifest.get("backend_details", {}).get("compute_units", "ALL")
-        return CoreMLSession(bundle_dir / manifest["artifact"], manifest, units)
+        units = manifest.backend_details.get("compute_units", "ALL")
+        return CoreMLSession(bundle_dir / manifest.artifact, manifest, units)
 
 
 def _convert(ct: Any, inp: CompileInput, precision: str, deploy: str) -> tuple[Any, dict[str, Any]]:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeopt._ort import ort_session
 from edgeopt.errors import EdgeoptError
-from edgeopt.runtimes.base import Backend, CompileInput, CompileResult, Session, register_backend
+from edgeopt.runtimes.base import Backend, CompileInput, CompileResult, Mode, Session, register_backend
+
+if TYPE_CHECKING:
+    from edgeopt.bundle import Manifest
+
+
+ARTIFACT = "model.onnx"
 
 
 class OrtSession(Session):
@@ -28,8 +34,15 @@ class OrtSession(Session):
 @register_backend
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    device_runtimes = ("onnxruntime",)
     consumes = "onnx"
-    precisions = ("fp32", "fp16", "int8", "int4")
+    # The quantize pass rewrites the ONNX graph (edgeopt.passes.quantize) and this backend runs the result.
+    modes = (
+        Mode("fp32", None, ARTIFACT, "the exported graph as is", auto_rank=1),
+        Mode("fp16", "quantize:fp16", ARTIFACT, "fp16 weights and compute (fp32 I/O)", auto_rank=8),
+        Mode("dynamic", "quantize:dynamic", ARTIFACT, "int8 weights, activations quantized at run time", auto_rank=6),
+        Mode("int8", "quantize:int8", ARTIFACT, "static QDQ int8, calibrated on real samples", auto_rank=3),
+    )
     runs_pipeline_onnx = True  # compile() copies the file; load() opens it with edgeopt._ort's settings
     targets = ("host", "cpu")
 
@@ -47,14 +60,14 @@ class OnnxRuntimeBackend(Backend):
 
         if inp.onnx_path is None:
             raise EdgeoptError("onnxruntime needs an ONNX graph and none was exported")
-        shutil.copyfile(inp.onnx_path, out_dir / "model.onnx")
+        shutil.copyfile(inp.onnx_path, out_dir / ARTIFACT)
         precision = options.get("precision", "fp32")
         return CompileResult(
-            artifact="model.onnx",
+            artifact=ARTIFACT,
             precision=precision,
             target=target or "host",
             tools={"onnxruntime": ort.__version__, "onnx": onnx.__version__},
         )
 
-    def load(self, bundle_dir: Path, manifest: dict[str, Any], threads: int | None = None) -> Session:
-        return OrtSession(bundle_dir / manifest["artifact"], threads)
+    def load(self, bundle_dir: Path, manifest: Manifest, threads: int | None = None) -> Session:
+        return OrtSession(bundle_dir / manifest.artifact, threads)

@@ -7,9 +7,10 @@ Precisions:
   dynamic  PT2E dynamic quantization (int8 per-channel weights, activations quantized at run time)
   int8     PT2E static quantization with litert-torch's XNNPACK-style symmetric quantizer (torchao PT2E),
            activations calibrated on the real sample images; int8 inputs, float outputs (see _float_outputs)
-int4 and mixed (ONNX-graph rewrites) are refused before any work (`check_request`), naming what works.
-A `quantize:MODE` pass in the pipeline is delegated here (`implements = ("quantize",)`), so the same
-pipeline string picks the precision on every backend.
+`TFLiteBackend.modes` declares these with the quantize modes / precision option spellings that ask for
+each. A `quantize:MODE` pass in the pipeline is delegated here (`implements = ("quantize",)`), so the same
+pipeline string picks the precision on every backend; int4 and mixed (ONNX-graph rewrites) are refused
+before any work (`check_request`), naming what works.
 
 Device side (`load`) needs only numpy and `ai_edge_litert` (or the older `tflite_runtime` where that is
 all a board has): never torch. Models that would need TensorFlow Flex (Select TF) ops are refused at
@@ -22,7 +23,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,22 +32,20 @@ from edgeopt.runtimes.base import (
     Backend,
     CompileInput,
     CompileResult,
+    Mode,
     Session,
     dist_versions,
     register_backend,
     torch_converter,
 )
 
+if TYPE_CHECKING:
+    from edgeopt.bundle import Manifest
+
+
 ARTIFACT = "model.tflite"
 SIGNATURE = "serving_default"
 
-# quantize-pass mode (and --option precision) -> the precision this backend builds
-_MODES = {
-    "fp32": "fp32", "float32": "fp32", "none": "fp32",
-    "fp16": "fp16", "float16": "fp16",
-    "dynamic": "dynamic", "int8_dynamic": "dynamic", "dynamic_int8": "dynamic", "dynamic-int8": "dynamic",
-    "int8": "int8", "static": "int8", "int8_static": "int8", "static_int8": "int8",
-}
 # quantize-pass options this backend honours; any other non-default option is reported as not applied
 _HONOURED = {"mode", "calibration_samples", "per_channel"}
 _DEFAULTS = {"calibration": "minmax", "activation_type": "uint8", "weight_type": "int8", "exclude_ops": [],
@@ -71,27 +70,10 @@ def _interpreter_class() -> tuple[Any, str]:
         ) from None
 
 
-SUPPORTED = "fp32, fp16, dynamic (int8 weights, int8 activations at run time), int8 (static, calibrated)"
-
-
 def precision_for(raw: str, source: str) -> str:
-    """The precision this backend builds for a quantize mode / precision option, or a clear refusal.
-
-    int4 (ORT's blockwise MatMulNBits) and mixed (per-node fp32 fallback chosen on the ONNX graph) are
-    ONNX graph rewrites with no LiteRT counterpart here, so they are refused instead of silently built
-    as something else.
-    """
-    prec = _MODES.get(raw.lower())
-    if prec is None:
-        why = {
-            "int4": "int4 is ONNX Runtime's weight-only MatMulNBits rewrite; litert-torch's PT2E quantizer has no int4 path here",
-            "mixed": "mixed precision picks fp32 fallbacks node by node on the ONNX graph, which tflite does not compile from",
-        }.get(raw.lower(), "")
-        raise EdgeoptError(
-            f"tflite cannot build {source} {raw!r}" + (f": {why}" if why else ""),
-            f"supported on tflite: {SUPPORTED}; or use --backend onnxruntime for {raw!r}",
-        )
-    return prec
+    """The precision this backend builds for a quantize mode / precision option, or a clear refusal
+    (`Backend.mode_for` over `TFLiteBackend.modes`)."""
+    return TFLiteBackend.mode_for(raw, source).precision
 
 
 def resolve_precision(inp: CompileInput, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -197,8 +179,22 @@ class TFLiteSession(Session):
 @register_backend
 class TFLiteBackend(Backend):
     name = "tflite"
+    device_runtimes = ("ai-edge-litert", "tflite-runtime")
     consumes = "torch"
-    precisions = ("fp32", "fp16", "dynamic", "int8")
+    modes = (
+        Mode("fp32", None, ARTIFACT, "litert-torch conversion", modes=("fp32", "float32", "none"), auto_rank=5),
+        Mode("fp16", "quantize:fp16", ARTIFACT, "fp16 weights (ai-edge-quantizer), fp32 compute",
+             modes=("fp16", "float16"), auto_rank=7),
+        Mode("dynamic", "quantize:dynamic", ARTIFACT, "PT2E dynamic: int8 weights, int8 activations at run time",
+             modes=("dynamic", "int8_dynamic", "dynamic_int8", "dynamic-int8"), auto_rank=2),
+        Mode("int8", "quantize:int8", ARTIFACT, "PT2E static int8 (XNNPACK quantizer), calibrated; int8 input, float output",
+             modes=("int8", "static", "int8_static", "static_int8"), auto_rank=4),
+    )
+    # int4 and mixed are ONNX graph rewrites with no LiteRT counterpart: refused, not built as something else.
+    refusals = {
+        "int4": "int4 is ONNX Runtime's weight-only MatMulNBits rewrite; litert-torch's PT2E quantizer has no int4 path here",
+        "mixed": "mixed precision picks fp32 fallbacks node by node on the ONNX graph, which tflite does not compile from",
+    }
     # A .tflite file is target-neutral: XNNPACK picks kernels for the CPU it runs on.
     targets = ("host", "cpu", "arm64", "aarch64", "x86_64")
     implements = ("quantize",)
@@ -215,14 +211,6 @@ class TFLiteBackend(Backend):
             return True, f"{pkg} {md.version(pkg.replace('_', '-'))}"
         except md.PackageNotFoundError:
             return True, pkg
-
-    def check_request(self, passes: list[Any], options: dict[str, Any]) -> None:
-        """Refuse a quantize mode (or precision option) tflite cannot build before the model is even built."""
-        delegated = [p for p in passes if p.name in self.implements]
-        for p in delegated:
-            precision_for(str(getattr(p.config, "mode", "int8")), "quantize mode")
-        if not delegated and "precision" in options:
-            precision_for(str(options["precision"]), "precision")
 
     def compile(self, inp: CompileInput, out_dir: Path, target: str, options: dict[str, Any]) -> CompileResult:
         torch_converter(self.name, "litert_torch", "tflite", inp)
@@ -254,11 +242,11 @@ class TFLiteBackend(Backend):
         tools = dist_versions("litert-torch", "ai-edge-litert", "ai-edge-quantizer", "torchao")
         return CompileResult(artifact=ARTIFACT, precision=precision, target=target or "host", tools=tools, details=details)
 
-    def load(self, bundle_dir: Path, manifest: dict[str, Any], threads: int | None = None) -> Session:
-        io = manifest.get("backend_details", {}).get("io")
+    def load(self, bundle_dir: Path, manifest: Manifest, threads: int | None = None) -> Session:
+        io = manifest.backend_details.get("io")
         if not io:
             raise EdgeoptError(f"bundle {bundle_dir} has no tflite io map", "recompile it with this edgeopt")
-        return TFLiteSession(bundle_dir / manifest["artifact"], io, threads)
+        return TFLiteSession(bundle_dir / manifest.artifact, io, threads)
 
 
 def _signature_io(path: Path, input_names: list[str], output_names: list[str]) -> dict[str, dict[str, str]]:

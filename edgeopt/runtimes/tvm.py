@@ -17,16 +17,21 @@ import struct
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeopt.errors import EdgeoptError
-from edgeopt.runtimes.base import Backend, CompileInput, CompileResult, Session, register_backend
+from edgeopt.runtimes.base import Backend, CompileInput, CompileResult, Mode, Session, register_backend
+
+if TYPE_CHECKING:
+    from edgeopt.bundle import Manifest
+
 
 ARTIFACT = "model.so"
 PARAMS = "params.npz"
 TUNING_DIR = "tuning"  # copy of the tuning database inside the bundle (option bundle_tuning_db)
+_RUNS_ON = "the target CPU it was built for"
 EM_AARCH64 = 183
 EM_X86_64 = 62
 
@@ -161,8 +166,14 @@ def import_onnx(model) -> Any:
 @register_backend
 class TvmBackend(Backend):
     name = "tvm"
+    device_runtimes = ("apache-tvm",)
     consumes = "onnx"
-    precisions = ("fp32", "int8")
+    # The quantize pass rewrites the ONNX graph; its QDQ nodes are imported as quantize/dequantize ops.
+    modes = (
+        Mode("fp32", None, ARTIFACT, "Relax build for this CPU, untuned", runs_on=_RUNS_ON, auto_rank=9),
+        Mode("int8", "quantize:int8", ARTIFACT,
+             "ORT's QDQ graph imported into Relax (quantize/dequantize lowered to float arithmetic), untuned", runs_on=_RUNS_ON),
+    )
     targets = ("host", "x86-host", "aarch64", "cortex-a76", "cortex-a78ae", "cortex-a72")
 
     @classmethod
@@ -285,13 +296,13 @@ class TvmBackend(Backend):
         )
 
     # ---------------------------------------------------------------- device side
-    def load(self, bundle_dir: Path, manifest: dict[str, Any], threads: int | None = None) -> Session:
+    def load(self, bundle_dir: Path, manifest: Manifest, threads: int | None = None) -> Session:
         bundle_dir = Path(bundle_dir)
-        details = manifest.get("backend_details", {})
+        details = manifest.backend_details
         io_names = details.get("io") or {}
-        inputs = io_names.get("inputs") or [i["name"] for i in manifest.get("inputs", [])]
-        outputs = io_names.get("outputs") or [o["name"] for o in manifest.get("outputs", [])]
-        so = bundle_dir / manifest["artifact"]
+        inputs = io_names.get("inputs") or manifest.input_names
+        outputs = io_names.get("outputs") or manifest.output_names
+        so = bundle_dir / manifest.artifact
         params = bundle_dir / details.get("params_file", PARAMS)
         if not so.is_file() or not params.is_file():
             raise EdgeoptError(f"TVM bundle {bundle_dir} lacks {so.name} or {params.name}", "recompile the bundle")

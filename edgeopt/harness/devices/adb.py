@@ -15,15 +15,16 @@ Parsing is tested on recorded outputs; a real phone runs `device_tests` (no phon
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from pathlib import Path
 from typing import Any
 
-from edgeopt.errors import DeviceError
-from edgeopt.harness.devices.base import Device, register_device
+from edgeopt.bundle import MANIFEST, Bundle
+from edgeopt.errors import DeviceError, DeviceUnreachable
+from edgeopt.harness.devices.base import Device, pinned, register_device
 from edgeopt.harness.meters.base import FileAccess
+from edgeopt.measurement import Latency, Measurement, MeasureRequest
 
 ROOT = "/data/local/tmp/edgeopt"
 _GETPROP = re.compile(r"^\[([^\]]+)\]: \[(.*)\]$")
@@ -60,11 +61,11 @@ def parse_cpufreq(text: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def parse_benchmark_model(text: str) -> dict[str, Any]:
-    """TFLite `benchmark_model` output -> the runner's JSON shape (latencies from its summary lines).
+def parse_benchmark_model(text: str, bundle: Bundle | None = None) -> Measurement:
+    """TFLite `benchmark_model` output -> a Measurement (latencies from its summary lines).
 
     The tool prints count/min/max/avg/std per phase, not each run, so p50/p90/p99 are not available: they
-    are reported as None and `mean` is the tool's average."""
+    are None and `mean` is the tool's average."""
     counts = [m.groups() for m in _BM_COUNT.finditer(text)]
     t = _BM_TIMINGS.search(text)
     if not counts or not t:
@@ -72,18 +73,17 @@ def parse_benchmark_model(text: str) -> dict[str, Any]:
         raise DeviceError(f"benchmark_model printed no timings: {last[:200]}", "check the --graph path and that the binary runs on this phone")
     n, _first, _curr, mn, mx, avg, std = counts[-1]
     mean_ms = float(avg) / 1e3
-    res: dict[str, Any] = {
-        "latency_ms": {"p50": None, "p90": None, "p99": None, "mean": mean_ms, "std": int(std) / 1e3, "min": int(mn) / 1e3, "max": int(mx) / 1e3},
-        "cv": (int(std) / 1e3) / mean_ms if mean_ms else None,
-        "runs": int(n),
-        "init_ms": float(t.group(1)) / 1e3,
-        "first_inference_ms": float(t.group(2)) / 1e3,
-        "outputs_match": None,
-        "timing": "TFLite benchmark_model summary (no per-run latencies: percentiles unavailable)",
-    }
     mem = _BM_PEAK.search(text) or _BM_MEM.search(text)
-    res["peak_rss_mb"] = float(mem.groups()[-1]) if mem else None
-    return res
+    m = bundle.manifest if bundle is not None else None
+    return Measurement(
+        bundle_sha256=m.bundle_sha256 if m else "", model=m.model.name if m else "", backend=m.backend if m else "tflite",
+        precision=m.precision if m else None,
+        latency_ms=Latency(p50=None, p90=None, p99=None, mean=mean_ms, std=int(std) / 1e3, min=int(mn) / 1e3, max=int(mx) / 1e3),
+        cv=(int(std) / 1e3) / mean_ms if mean_ms else None, runs=int(n),
+        init_ms=float(t.group(1)) / 1e3, first_inference_ms=float(t.group(2)) / 1e3, outputs_match=None,
+        peak_rss_mb=float(mem.groups()[-1]) if mem else None,
+        timing="TFLite benchmark_model summary (no per-run latencies: percentiles unavailable)",
+    )
 
 
 class AdbFiles(FileAccess):
@@ -142,7 +142,7 @@ class AdbDevice(Device):
         except DeviceError:
             raise
         except Exception as e:  # noqa: BLE001 - the phone went away mid-command
-            raise DeviceError(f"adb device {self.serial} stopped answering: {e}", "check the cable; the device may have rebooted") from None
+            raise DeviceUnreachable(f"adb device {self.serial} stopped answering: {e}", "check the cable; the device may have rebooted") from None
 
     def files(self) -> FileAccess:
         return AdbFiles(self)
@@ -159,57 +159,63 @@ class AdbDevice(Device):
             "emulated": props.get("ro.kernel.qemu") == "1",
         }
 
-    def push(self, bundle_dir: Path, sha256: str) -> str:
-        from edgeopt.bundle import load_bundle
-
-        b = load_bundle(bundle_dir)
-        remote = f"{ROOT}/bundles/{sha256}"
-        files = dict(b.manifest["files"])
-        files["manifest.json"] = None  # type: ignore[assignment]
-        out = self.shell(["sh", "-c", 'cd "$1" 2>/dev/null && shift && sha256sum "$@" 2>/dev/null; true', "sh", remote, *b.manifest["files"]])
+    def push(self, bundle: Bundle) -> str:
+        remote = f"{ROOT}/bundles/{bundle.sha256}"
+        files = bundle.manifest.files
+        out = self.shell(["sh", "-c", 'cd "$1" 2>/dev/null && shift && sha256sum "$@" 2>/dev/null; true', "sh", remote, *files])
         have = {ln.split()[1]: ln.split()[0] for ln in out.splitlines() if len(ln.split()) == 2}
-        if all(have.get(k) == v for k, v in b.manifest["files"].items()):
+        if all(have.get(k) == v for k, v in files.items()):
             self.last_push_skipped = True
             return remote
         d = self.adb()
-        for rel in files:
+        for rel in [*files, MANIFEST]:
             self.shell(["mkdir", "-p", str(Path(remote + "/" + rel).parent)])
-            d.sync.push(str(b.path / rel), f"{remote}/{rel}")
+            d.sync.push(str(bundle.path / rel), f"{remote}/{rel}")
         self.last_push_skipped = False
         return remote
 
-    def run_runner(self, remote_bundle: str, args: list[str], timeout: float) -> str:
-        t = str(max(1, int(timeout)))
+    def push_file(self, local: Path) -> str:
+        from edgeopt._util import sha256_file
+
+        remote = f"{ROOT}/files/{sha256_file(local)[:16]}-{Path(local).name}"
+        self.shell(["mkdir", "-p", f"{ROOT}/files"])
+        self.adb().sync.push(str(local), remote)
+        return remote
+
+    def run_module(self, module: str, args: list[str], timeout: float, pin_cpus: str | None = None) -> str:
+        """Run a device-side module with the profile's Python (Termux), edgeopt's files pushed as one zip."""
+        if not self.options.get("python"):
+            raise DeviceError(f"adb device {self.serial} has no python configured", "set python: (Termux) in devices.yaml, or binary: (benchmark_model) for LiteRT bundles")
+        from edgeopt.harness.devices.ssh import device_side_zip
+
+        data, sha = device_side_zip()
+        lib = f"{ROOT}/lib/edgeopt-{sha[:16]}.zip"
+        if "yes" not in self.shell(["sh", "-c", 'test -f "$1" && echo yes; true', "sh", lib]):
+            self.shell(["mkdir", "-p", f"{ROOT}/lib"])
+            self.adb().sync.push(data, lib)
         prefix = [str(x) for x in self.options.get("prefix") or []]
-        if self.options.get("python"):
-            from edgeopt.harness.devices.ssh import device_side_zip
+        argv = ["timeout", str(max(1, int(timeout))), *pinned([*prefix, "env", f"PYTHONPATH={lib}", str(self.options["python"]), "-m", module, *args], pin_cpus)]
+        return self.shell(argv, timeout=timeout + 30)
 
-            data, sha = device_side_zip()
-            lib = f"{ROOT}/lib/edgeopt-{sha[:16]}.zip"
-            if "yes" not in self.shell(["sh", "-c", 'test -f "$1" && echo yes; true', "sh", lib]):
-                self.shell(["mkdir", "-p", f"{ROOT}/lib"])
-                self.adb().sync.push(data, lib)
-            argv = ["timeout", t, *prefix, "env", f"PYTHONPATH={lib}", str(self.options["python"]), "-m", "edgeopt.runner", remote_bundle, *args]
-            return self.shell(argv, timeout=timeout + 30)
-        if self.options.get("binary"):
-            manifest = json.loads(self.shell(["cat", f"{remote_bundle}/manifest.json"]))
-            a = dict(zip(args[::2], args[1::2], strict=False))
-            argv = ["timeout", t, *prefix, str(self.options["binary"]), f"--graph={remote_bundle}/{manifest['artifact']}",
-                    f"--warmup_runs={a.get('--warmup', 5)}", f"--num_runs={a.get('--runs', 20)}", f"--min_secs={a.get('--min-seconds', 1)}"]
-            if "--threads" in a:
-                argv.append(f"--num_threads={a['--threads']}")
-            res = parse_benchmark_model(self.shell(argv, timeout=timeout + 30))
-            res.update({"bundle_sha256": manifest["bundle_sha256"], "model": manifest["model"]["name"], "backend": manifest["backend"], "precision": manifest.get("precision")})
-            return json.dumps(res)
-        raise DeviceError(f"adb device {self.serial} has neither python nor binary configured", "set python: (Termux) or binary: (benchmark_model) in devices.yaml")
+    def run(self, bundle: Bundle, request: MeasureRequest) -> Measurement:
+        """With `python:` the runner measures; with only `binary:` TFLite's benchmark tool does (no output check)."""
+        if self.options.get("python") or not self.options.get("binary"):
+            return super().run(bundle, request)
+        p = request.protocol
+        if p.end_to_end:
+            raise DeviceError(f"adb device {self.serial} measures with benchmark_model, which has no end-to-end mode", "configure python: (Termux) for end-to-end runs")
+        remote = self.push(bundle)
+        m = bundle.manifest
+        argv = [str(self.options["binary"]), f"--graph={remote}/{m.artifact}",
+                f"--warmup_runs={p.warmup}", f"--num_runs={p.runs}", f"--min_secs={p.min_seconds}"]
+        if p.threads:
+            argv.append(f"--num_threads={p.threads}")
+        prefix = [str(x) for x in self.options.get("prefix") or []]
+        out = self.shell(["timeout", str(max(1, int(p.timeout))), *pinned([*prefix, *argv], p.pin_cpus)], timeout=p.timeout + 30)
+        return parse_benchmark_model(out, bundle)
 
-    def meters(self) -> list[Any]:
-        from edgeopt.harness.meters import meters_from_profile
+    def shell_prefix(self) -> list[str] | None:
+        return ["adb", "-s", self.serial, "shell"]
 
-        return meters_from_profile(self.options.get("meters") or ["android"], self.files(), device=self)
-
-    def thermal(self) -> Any | None:
-        from edgeopt.harness.thermal import ThermalReader
-
-        r = ThermalReader(self.files())
-        return r if r.zones else None
+    def default_meters(self) -> list[Any]:
+        return ["android"]

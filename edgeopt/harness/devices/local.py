@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgeopt.bundle import Bundle
 from edgeopt.errors import DeviceError
-from edgeopt.harness.devices.base import Device, register_device
+from edgeopt.harness.devices.base import Device, pinned, register_device
 
 
 def linux_cpu_info() -> dict[str, Any]:
@@ -66,16 +67,31 @@ class LocalDevice(Device):
             "emulated": False,
         }
 
-    def push(self, bundle_dir: Path, sha256: str) -> str:
-        return str(Path(bundle_dir).resolve())
+    def push(self, bundle: Bundle) -> str:
+        return str(Path(bundle.path).resolve())
 
-    def run_runner(self, remote_bundle: str, args: list[str], timeout: float) -> str:
-        # `prefix` (e.g. ["taskset", "-c", "0-3"], set by the protocol for CPU pinning) wraps the runner.
-        cmd = [*self.options.get("prefix", []), self.options.get("python", sys.executable), "-m", "edgeopt.runner", remote_bundle, *args]
+    def push_file(self, local: Path) -> str:
+        return str(Path(local).resolve())
+
+    def shell_prefix(self) -> list[str] | None:
+        return []
+
+    def meters(self) -> tuple[list[Any], str | None]:
+        """The profile's meters where it names some, else those found on this machine (RAPL, NVML, INA3221)."""
+        if self.options.get("meters"):
+            return super().meters()
+        from edgeopt.harness.meters import auto_meters
+
+        return auto_meters()
+
+    def run_module(self, module: str, args: list[str], timeout: float, pin_cpus: str | None = None) -> str:
+        # A profile's `prefix` (e.g. ["nice", "-n", "-5"]) wraps the Python command.
+        prefix = [str(x) for x in self.options.get("prefix") or []]
+        cmd = pinned([*prefix, self.options.get("python", sys.executable), "-m", module, *args], pin_cpus)
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
-            raise DeviceError(f"runner on {self.uri} did not finish within {timeout:.0f} s", "raise --timeout or lower --runs") from None
+            raise DeviceError(f"{module} on {self.uri} did not finish within {timeout:.0f} s", "raise --timeout or lower --runs") from None
         if p.returncode < 0:
-            raise DeviceError(f"runner on {self.uri} was killed by signal {-p.returncode}", (p.stderr.strip().splitlines() or [""])[-1])
+            raise DeviceError(f"{module} on {self.uri} was killed by signal {-p.returncode}", (p.stderr.strip().splitlines() or [""])[-1])
         return p.stdout if p.stdout.strip() else p.stderr

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgeopt.bundle import MANIFEST
+from edgeopt._util import atomic_dir, atomic_write_bytes, sha256_file
+from edgeopt.bundle import MANIFEST, Bundle
 from edgeopt.errors import DeviceError
 from edgeopt.harness.board import (
     BOARD_JSON,
@@ -37,7 +38,7 @@ from edgeopt.harness.board import (
     sync_runner,
     tool,
 )
-from edgeopt.harness.devices.base import Device, register_device
+from edgeopt.harness.devices.base import Device, pinned, register_device
 from edgeopt.harness.devices.local import linux_cpu_info
 
 # dist name in the board -> edgeopt backend name
@@ -99,30 +100,34 @@ class QemuArm64Device(Device):
             "emulated": True,
         }
 
-    def push(self, bundle_dir: Path, sha256: str) -> str:
-        """Copy the bundle into the board's storage once per hash (hard links where possible)."""
-        from edgeopt._util import atomic_dir
+    def push(self, bundle: Bundle) -> str:
+        """Copy the bundle into the board's storage once per sha256 (hard links where possible)."""
+        return self._copy_in(Path(bundle.path), f"{BUNDLES_IN_ROOT}/{bundle.sha256}", is_dir=True)
 
-        rel = f"{BUNDLES_IN_ROOT}/{sha256}"
+    def push_file(self, local: Path) -> str:
+        return self._copy_in(Path(local), f"{BUNDLES_IN_ROOT}/files/{sha256_file(local)[:16]}-{Path(local).name}", is_dir=False)
+
+    def _copy_in(self, src: Path, rel: str, is_dir: bool) -> str:
+        """Copy into ROOT/rel unless there; return the path as the emulated process sees it (qemu -L maps ROOT)."""
         dest = self.board.root / rel
-        if not (dest / MANIFEST).is_file():
+        if is_dir and not (dest / MANIFEST).is_file():
             with atomic_dir(dest, overwrite=True) as tmp:
-                copy_tree_linked(Path(bundle_dir), tmp)
-        return "/" + rel  # the path as the emulated process sees it (qemu's -L maps it into ROOT)
+                copy_tree_linked(src, tmp)
+        elif not is_dir and not dest.is_file():
+            atomic_write_bytes(dest, src.read_bytes())
+        return "/" + rel
 
-    def run_runner(self, remote_bundle: str, args: list[str], timeout: float) -> str:
+    def run_module(self, module: str, args: list[str], timeout: float, pin_cpus: str | None = None) -> str:
+        prefix = pinned([str(x) for x in self.options.get("prefix") or []], pin_cpus)
         try:
-            p = self.board.run_python(
-                ["-m", "edgeopt.runner", remote_bundle, *args], timeout=timeout, cpu=self.cpu, qemu=self.qemu,
-                prefix=list(self.options.get("prefix") or []),
-            )
+            p = self.board.run_python(["-m", module, *args], timeout=timeout, cpu=self.cpu, qemu=self.qemu, prefix=prefix)
         except subprocess.TimeoutExpired:
             raise DeviceError(
-                f"runner on {self.uri} did not finish within {timeout:.0f} s (emulation is ~350x slower than native)",
+                f"{module} on {self.uri} did not finish within {timeout:.0f} s (emulation is ~350x slower than native)",
                 "raise --timeout or lower --runs/--warmup",
             ) from None
         if p.returncode < 0:
-            raise DeviceError(f"runner on {self.uri} crashed under emulation: {_exit_text(p.returncode)}", _tail(p.stderr))
+            raise DeviceError(f"{module} on {self.uri} crashed under emulation: {_exit_text(p.returncode)}", _tail(p.stderr))
         if p.returncode != 0 and not any(ln.lstrip().startswith("{") for ln in p.stdout.splitlines()):
-            raise DeviceError(f"runner on {self.uri} failed ({_exit_text(p.returncode)})", _tail(p.stderr or p.stdout))
+            raise DeviceError(f"{module} on {self.uri} failed ({_exit_text(p.returncode)})", _tail(p.stderr or p.stdout))
         return p.stdout

@@ -31,8 +31,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edgeopt.errors import DeviceError, EdgeoptError
-from edgeopt.harness.devices.base import Device, register_device
+from edgeopt.bundle import Bundle
+from edgeopt.errors import DeviceError, DeviceUnreachable, EdgeoptError
+from edgeopt.harness.devices.base import Device, pinned, register_device
 from edgeopt.harness.meters.base import FileAccess
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -41,6 +42,7 @@ _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9_.\-]*)$")
 # The files a board needs to run bundles (stdlib + numpy + one runtime; never torch).
 DEVICE_SIDE = [
     "__init__.py", "runner.py", "bundle.py", "fidelity.py", "errors.py", "_util.py", "_ort.py",
+    "measurement.py", "_registry.py", "_loop.py",
     "runtimes/__init__.py", "runtimes/base.py", "runtimes/*.py", "harness/__init__.py", "harness/e2e_runner.py",
     "postprocess.py",  # the e2e runner's detection chain (letterbox, DFL decode, NMS)
 ]
@@ -90,9 +92,9 @@ def _ssh_error(uri: str, host: str, stderr: str) -> DeviceError:
     if "Permission denied" in s:
         return DeviceError(f"{uri}: permission denied", "set up key login for this user (ssh-copy-id) or give identity= in devices.yaml")
     if any(w in s for w in ("Connection refused", "Connection timed out", "No route to host", "Could not resolve", "Network is unreachable", "Operation timed out")):
-        return DeviceError(f"{uri} is unreachable: {s.splitlines()[-1]}", "check that the board is on and sshd listens on that port")
+        return DeviceUnreachable(f"{uri} is unreachable: {s.splitlines()[-1]}", "check that the board is on and sshd listens on that port")
     last = s.splitlines()[-1] if s else "connection lost"
-    return DeviceError(f"{uri}: ssh failed: {last}", "check the connection; the board may have gone away")
+    return DeviceUnreachable(f"{uri}: ssh failed: {last}", "check the connection; the board may have gone away")
 
 
 class SSHFiles(FileAccess):
@@ -207,14 +209,15 @@ class SSHDevice(Device):
         line = (p.stdout.strip().splitlines() or [""])[-1]
         return None if line.startswith("BAD") or not line else line
 
-    def push(self, bundle_dir: Path, sha256: str) -> str:
+    def push(self, bundle: Bundle) -> str:
+        sha256 = bundle.sha256
         remote = f"{self.remote_dir}/bundles/{sha256}"
         if self.remote_sha(remote) == sha256:
             self.last_push_skipped = True
             return remote
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
-            tar.add(str(bundle_dir), arcname=".")
+            tar.add(str(bundle.path), arcname=".")
         script = 'set -e; mkdir -p "$(dirname "$1")"; t="$1.tmp.$$"; rm -rf "$t"; mkdir "$t"; tar -xf - -C "$t"; rm -rf "$1"; mv "$t" "$1"'
         self.exec(["sh", "-c", script, "sh", remote], timeout=float(self.options.get("push_timeout", 600)), stdin=buf.getvalue())
         got = self.remote_sha(remote)
@@ -223,24 +226,16 @@ class SSHDevice(Device):
         self.last_push_skipped = False
         return remote
 
-    def run_runner(self, remote_bundle: str, args: list[str], timeout: float) -> str:
+    def run_module(self, module: str, args: list[str], timeout: float, pin_cpus: str | None = None) -> str:
+        """Run a device-side module with the board's Python, under `timeout` there (killed after it)."""
         t = max(1, int(timeout))
         prefix = [str(x) for x in self.options.get("prefix") or []]
-        argv = ["timeout", "-k", "5", str(t), *prefix, *self._py(["-m", "edgeopt.runner", remote_bundle, *args])]
+        argv = ["timeout", "-k", "5", str(t), *pinned([*prefix, *self._py(["-m", module, *args])], pin_cpus)]
         p = self.exec(argv, timeout=timeout + 30, check=False)
         if p.returncode in (124, 137):
-            raise DeviceError(f"runner on {self.uri} did not finish within {t} s (killed)", "raise --timeout or lower --runs")
+            raise DeviceError(f"{module} on {self.uri} did not finish within {t} s (killed)", "raise --timeout or lower --runs")
         if p.returncode > 128 and not p.stdout.strip():
-            raise DeviceError(f"runner on {self.uri} was killed by signal {p.returncode - 128}", (p.stderr.strip().splitlines() or [""])[-1])
-        return p.stdout if p.stdout.strip() else p.stderr
-
-    def run_module(self, module: str, args: list[str], timeout: float) -> str:
-        """Run another device-side module (e.g. edgeopt.harness.e2e_runner) the same way as the runner."""
-        t = max(1, int(timeout))
-        prefix = [str(x) for x in self.options.get("prefix") or []]
-        p = self.exec(["timeout", "-k", "5", str(t), *prefix, *self._py(["-m", module, *args])], timeout=timeout + 30, check=False)
-        if p.returncode in (124, 137):
-            raise DeviceError(f"{module} on {self.uri} did not finish within {t} s (killed)", "raise --timeout")
+            raise DeviceError(f"{module} on {self.uri} was killed by signal {p.returncode - 128}", (p.stderr.strip().splitlines() or [""])[-1])
         return p.stdout if p.stdout.strip() else p.stderr
 
     def push_file(self, local: Path) -> str:
@@ -252,16 +247,8 @@ class SSHDevice(Device):
         self.exec(["sh", "-c", script, "sh", remote], stdin=Path(local).read_bytes(), timeout=120)
         return remote
 
-    def meters(self) -> list[Any]:
-        from edgeopt.harness.meters import meters_from_profile
-
-        return meters_from_profile(self.options.get("meters") or [], self.files(), device=self)
-
-    def thermal(self) -> Any | None:
-        from edgeopt.harness.thermal import ThermalReader
-
-        r = ThermalReader(self.files())
-        return r if r.zones else None
+    def shell_prefix(self) -> list[str] | None:
+        return self.ssh_base()
 
     def close(self) -> None:
         try:

@@ -6,22 +6,22 @@ request. There is no edgeopt runner on such a board, so this device runs the pro
 through the RPC session: upload the bundle's `.so` (once per sha256 per session), load it in a Relax VM
 on the remote CPU, upload the weights once, check the outputs on the bundle's reference inputs, and time
 `main` with TVM's remote `time_evaluator` (the timing happens on the board; one repeat = one inference).
-The result has the same JSON shape as `edgeopt.runner`'s, so the protocol, store and reports are shared.
+It returns the same `Measurement` as the runner, so the protocol, store and reports are shared.
 Only TVM bundles (`edgeopt compile --backend tvm`) run here; their target must match the board.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from edgeopt.errors import DeviceError, EdgeoptError
+from edgeopt.bundle import Bundle
+from edgeopt.errors import DeviceError, DeviceUnreachable, EdgeoptError
 from edgeopt.harness.devices.base import Device, register_device
+from edgeopt.measurement import Measurement, MeasureRequest, Protocol, summarize
 
 
 def parse_tvm_rpc_uri(uri: str) -> tuple[str, int, str]:
@@ -47,7 +47,6 @@ class TvmRpcDevice(Device):
         self.host, self.port, self.key = parse_tvm_rpc_uri(uri)
         self._sess = None
         self._uploaded: dict[str, str] = {}
-        self._bundles: dict[str, Path] = {}
         self.last_push_skipped: bool | None = None
 
     @property
@@ -67,11 +66,11 @@ class TvmRpcDevice(Device):
         try:  # TVM's own connect retries for a minute; say "unreachable" at once instead
             socket.create_connection((self.host, self.port), timeout=float(self.options.get("connect_timeout", 10))).close()
         except OSError as e:
-            raise DeviceError(f"TVM RPC tracker {self.host}:{self.port} is unreachable: {e}", "start python -m tvm.exec.rpc_tracker there, or check host/port") from None
+            raise DeviceUnreachable(f"TVM RPC tracker {self.host}:{self.port} is unreachable: {e}", "start python -m tvm.exec.rpc_tracker there, or check host/port") from None
         try:
             tracker = rpc.connect_tracker(self.host, self.port)
         except Exception as e:  # noqa: BLE001 - TVM raises bare errors for socket failures
-            raise DeviceError(f"TVM RPC tracker {self.host}:{self.port} is unreachable: {str(e).splitlines()[0][:200]}", "start python -m tvm.exec.rpc_tracker there, or check host/port") from None
+            raise DeviceUnreachable(f"TVM RPC tracker {self.host}:{self.port} is unreachable: {str(e).splitlines()[0][:200]}", "start python -m tvm.exec.rpc_tracker there, or check host/port") from None
         try:
             summary = tracker.summary()
             keys = {q.split(":")[0] for q in (summary.get("queue_info") or {})}
@@ -101,63 +100,52 @@ class TvmRpcDevice(Device):
             pass
         return out
 
-    def push(self, bundle_dir: Path, sha256: str) -> str:
-        from edgeopt.bundle import load_bundle
-
-        b = load_bundle(bundle_dir)
-        if b.backend != "tvm":
-            raise DeviceError(f"{self.id} runs TVM bundles only; this one is for {b.backend}", "compile with --backend tvm for the board's target")
-        name = f"edgeopt-{sha256[:16]}.so"
-        if self._uploaded.get(sha256) == name:
+    def push(self, bundle: Bundle) -> str:
+        if bundle.backend != "tvm":
+            raise DeviceError(f"{self.id} runs TVM bundles only; this one is for {bundle.backend}", "compile with --backend tvm for the board's target")
+        name = f"edgeopt-{bundle.sha256[:16]}.so"
+        if self._uploaded.get(bundle.sha256) == name:
             self.last_push_skipped = True
-        else:
-            try:
-                self.session().upload(str(b.artifact), target=name)
-            except Exception as e:  # noqa: BLE001
-                raise DeviceError(f"upload to {self.id} failed: {str(e).splitlines()[0][:200]}") from None
-            self._uploaded[sha256] = name
-            self.last_push_skipped = False
-        self._bundles[name] = b.path
+            return name
+        try:
+            self.session().upload(str(bundle.artifact), target=name)
+        except Exception as e:  # noqa: BLE001
+            raise DeviceError(f"upload to {self.id} failed: {str(e).splitlines()[0][:200]}") from None
+        self._uploaded[bundle.sha256] = name
+        self.last_push_skipped = False
         return name
 
-    def run_runner(self, remote_bundle: str, args: list[str], timeout: float) -> str:
-        """Run the protocol over RPC and return the runner-shaped JSON (errors as {"error": ...})."""
-        import argparse
-
-        ap = argparse.ArgumentParser()
-        ap.add_argument("--warmup", type=int, default=5)
-        ap.add_argument("--runs", type=int, default=20)
-        ap.add_argument("--min-seconds", type=float, default=1.0)
-        ap.add_argument("--threads", type=int, default=None)
-        a, _ = ap.parse_known_args(args)
+    def run(self, bundle: Bundle, request: MeasureRequest) -> Measurement:
+        """Upload, load in a Relax VM on the board, check outputs, time with TVM's remote time_evaluator."""
+        p = request.protocol
+        if p.end_to_end or p.pin_cpus:
+            raise DeviceError(f"{self.id} runs the model only over RPC: no end-to-end mode, no CPU pinning", "drop end_to_end/pin_cpus for tvm-rpc devices")
+        name = self.push(bundle)
         try:
-            return json.dumps(self._measure(remote_bundle, a.warmup, a.runs, a.min_seconds, a.threads, timeout))
-        except DeviceError:
+            return self._measure(bundle, name, p)
+        except EdgeoptError:
             raise
-        except Exception as e:  # noqa: BLE001 - the protocol reads this like a runner's error line
-            return json.dumps({"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"})
+        except Exception as e:  # noqa: BLE001 - a failure on the board is this measurement's error, said in one line
+            raise DeviceError(f"runner on {self.uri} failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}") from None
 
-    def _measure(self, name: str, warmup: int, runs: int, min_seconds: float, threads: int | None, timeout: float) -> dict[str, Any]:
+    def _measure(self, b: Bundle, name: str, p: Protocol) -> Measurement:
         import tvm
         from tvm import relax
 
-        from edgeopt.bundle import load_bundle
         from edgeopt.fidelity import output_metrics
-        from edgeopt.runner import summarize
 
-        b = load_bundle(self._bundles[name])
         sess = self.session()
         dev = sess.cpu(0)
-        if threads:
-            sess.get_function("runtime.config_threadpool")(0, int(threads))
+        if p.threads:
+            sess.get_function("runtime.config_threadpool")(0, int(p.threads))
         t0 = time.perf_counter()
         lib = sess.load_module(name)
         vm = relax.VirtualMachine(lib, dev)
-        details = b.manifest.get("backend_details", {})
-        io_names = details.get("io") or {}
-        in_names = io_names.get("inputs") or [i["name"] for i in b.manifest["inputs"]]
-        out_names = io_names.get("outputs") or [o["name"] for o in b.manifest["outputs"]]
-        with np.load(b.path / details.get("params_file", "params.npz")) as z:
+        m = b.manifest
+        io_names = m.backend_details.get("io") or {}
+        in_names = io_names.get("inputs") or m.input_names
+        out_names = io_names.get("outputs") or m.output_names
+        with np.load(b.path / m.backend_details.get("params_file", "params.npz")) as z:
             params = [tvm.runtime.tensor(np.asarray(z[k], order="C"), dev) for k in sorted(z.files)]
         init_ms = (time.perf_counter() - t0) * 1e3
         refs_in, refs_out = b.reference_inputs(), b.reference_outputs()
@@ -168,25 +156,32 @@ class TvmRpcDevice(Device):
         outs = [out] if hasattr(out, "numpy") else [out[i] for i in range(len(out_names))]
         got = {n: o.numpy() for n, o in zip(out_names, outs, strict=True)}
         check = output_metrics([refs_out], [{k: got[k] for k in refs_out if k in got}])
-        cos_min = b.manifest.get("check", {}).get("cosine_min", 0.999)
-        check["cosine_min"] = cos_min
+        check["cosine_min"] = m.cosine_min
         # Warm-up, then repeats of one inference each, until both `runs` and `min_seconds` are met.
-        if warmup:
-            vm.time_evaluator("invoke_stateful", dev, number=warmup, repeat=1)("main")
+        if p.warmup:
+            vm.time_evaluator("invoke_stateful", dev, number=p.warmup, repeat=1)("main")
         lat: list[float] = []
-        deadline = time.monotonic() + timeout
-        while len(lat) < runs or sum(lat) / 1e3 < min_seconds:
+        deadline = time.monotonic() + p.timeout
+        while len(lat) < p.runs or sum(lat) / 1e3 < p.min_seconds:
             if time.monotonic() > deadline:
-                raise DeviceError(f"{self.id} did not finish within {timeout:.0f} s", "raise --timeout or lower --runs")
-            res = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=max(1, runs - len(lat)) if len(lat) < runs else max(1, runs // 2))("main")
+                raise DeviceError(f"{self.id} did not finish within {p.timeout:.0f} s", "raise --timeout or lower --runs")
+            repeat = max(1, p.runs - len(lat)) if len(lat) < p.runs else max(1, p.runs // 2)
+            res = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=repeat)("main")
             lat += [r * 1e3 for r in res.results]
-        return {
-            "bundle_sha256": b.sha256, "model": b.model, "backend": b.backend, "precision": b.manifest.get("precision"),
-            **summarize(lat), "warmup": warmup, "threads": threads, "init_ms": init_ms, "peak_rss_mb": None,
-            "outputs_match": bool(set(refs_out) <= set(got) and check["cosine"] >= cos_min), "check": check, "energy": None,
-            "platform": {"transport": "tvm-rpc", "key": self.key}, "torch_loaded": False,
-            "timing": "TVM time_evaluator on the board (one inference per repeat)",
-        }
+        summary, cv = summarize(lat)
+        return Measurement(
+            bundle_sha256=b.sha256, model=m.model.name, backend=m.backend, precision=m.precision,
+            latency_ms=summary, cv=cv, runs=len(lat), warmup=p.warmup, threads=p.threads, init_ms=init_ms,
+            outputs_match=bool(set(refs_out) <= set(got) and check["cosine"] >= m.cosine_min), check=check,
+            platform={"transport": "tvm-rpc", "key": self.key}, torch_loaded=False, after_loop_s=0.0,
+            timing="TVM time_evaluator on the board (one inference per repeat)",
+        )
+
+    def thermal(self) -> None:
+        return None  # the host's sensors say nothing of the board's
+
+    def meters(self) -> tuple[list, str | None]:
+        return [], f"no energy meter reachable through TVM RPC on {self.id}"
 
     def close(self) -> None:
         self._sess = None

@@ -2,64 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeopt.harness.meters.base import (
     LOCAL_FILES,
+    LOCAL_TARGET,
     FileAccess,
     Meter,
     MeterError,
+    MeterTarget,
     energy_between,
     idle_baseline,
     no_meter_reason,
 )
+from edgeopt.harness.meters.registry import METERS
 
-__all__ = ["FileAccess", "Meter", "MeterError", "auto_meters", "energy_between", "idle_baseline", "meters_from_profile", "no_meter_reason"]
+if TYPE_CHECKING:
+    from edgeopt.harness.devices.base import Device
+
+__all__ = [
+    "LOCAL_FILES", "METERS", "FileAccess", "Meter", "MeterError", "MeterTarget", "auto_meters", "energy_between",
+    "idle_baseline", "make_meter", "meters_from_profile", "no_meter_reason",
+]
+
+# Meters looked for on this machine when a local device names none.
+AUTO_LOCAL = ("rapl", "nvml", "ina3221")
 
 
-def make_meter(spec: str | dict[str, Any], files: FileAccess = LOCAL_FILES, device: Any = None) -> Meter:
+def make_meter(spec: str | dict[str, Any], target: MeterTarget = LOCAL_TARGET) -> Meter:
     """One meter from a devices.yaml entry: a name (`rapl`) or a mapping (`{name: ina3221, rail: VDD_IN}`)."""
-    opts = dict(spec) if isinstance(spec, dict) else {"name": spec}
-    name = opts.pop("name")
-    if name == "rapl":
-        from edgeopt.harness.meters.rapl import RaplMeter
+    from edgeopt.harness.meters.registry import make_meter as _make
 
-        return RaplMeter(files, **opts)
-    if name == "nvml":
-        from edgeopt.harness.meters.nvml import NvmlMeter
-
-        return NvmlMeter(**opts)
-    if name == "ina3221":
-        from edgeopt.harness.meters.ina3221 import Ina3221Meter
-
-        return Ina3221Meter(files, **opts)
-    if name == "tegrastats":
-        from edgeopt.harness.meters.tegrastats import TegrastatsMeter
-
-        prefix = device.ssh_base() if device is not None and hasattr(device, "ssh_base") else None
-        return TegrastatsMeter(argv_prefix=prefix, **opts)
-    if name == "android":
-        from edgeopt.harness.meters.android import AndroidBatteryMeter
-
-        return AndroidBatteryMeter(files, **opts)
-    if name == "monsoon":
-        from edgeopt.harness.meters.monsoon import MonsoonMeter
-
-        return MonsoonMeter(**opts)
-    raise MeterError(f"unknown meter {name!r}", "use rapl, nvml, ina3221, tegrastats, android or monsoon")
+    return _make(spec, target)
 
 
-def meters_from_profile(specs: list, files: FileAccess = LOCAL_FILES, device: Any = None) -> list[Meter]:
-    return [make_meter(s, files, device) for s in specs]
+def meters_from_profile(specs: list, device: Device) -> list[Meter]:
+    target = MeterTarget(device.files(), device.shell_prefix())
+    return [make_meter(s, target) for s in specs]
 
 
-def auto_meters(files: FileAccess = LOCAL_FILES) -> tuple[list[Meter], str | None]:
+def auto_meters(target: MeterTarget = LOCAL_TARGET) -> tuple[list[Meter], str | None]:
     """Meters found on this machine (RAPL, NVML, INA3221), or ([], why none)."""
     found: list[Meter] = []
     why = []
-    for name in ("rapl", "nvml", "ina3221"):
+    for name in AUTO_LOCAL:
         try:
-            m = make_meter(name, files)
+            m = make_meter(name, target)
             ok, reason = m.available()
         except MeterError as e:
             ok, reason = False, e.message

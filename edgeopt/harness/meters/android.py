@@ -9,7 +9,10 @@ charging (`dumpsys battery unplug`, or a USB power switch) before measuring.
 
 from __future__ import annotations
 
-from edgeopt.harness.meters.base import FileAccess, Meter, MeterError
+from typing import Any
+
+from edgeopt.harness.meters.base import FileAccess, Meter, MeterError, MeterTarget
+from edgeopt.harness.meters.registry import METERS
 
 BATTERY = "/sys/class/power_supply/battery"
 
@@ -53,3 +56,8 @@ class AndroidBatteryMeter(Meter):
     def read(self) -> float:
         cur, volt = self.files.read_many(self.paths)
         return battery_watts(cur, volt)
+
+
+@METERS.register("android")
+def _make(target: MeterTarget, **opts: Any) -> Meter:
+    return AndroidBatteryMeter(target.files, **opts)

@@ -15,6 +15,7 @@ import glob as _glob
 import threading
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -61,6 +62,18 @@ class RootedFiles(FileAccess):
 LOCAL_FILES = FileAccess()
 
 
+@dataclass(frozen=True)
+class MeterTarget:
+    """The machine a meter reads: its files (sysfs), and the argv that runs a command there (None where
+    there is no such way, e.g. a phone reached only through adb's file reads)."""
+
+    files: FileAccess = LOCAL_FILES
+    shell_prefix: list[str] | None = field(default_factory=list)
+
+
+LOCAL_TARGET = MeterTarget()
+
+
 class Meter(ABC):
     """One energy source. `read()` returns cumulative joules (kind="counter") or watts (kind="power")."""
 
@@ -88,9 +101,8 @@ class Meter(ABC):
 
     # -- sampling -----------------------------------------------------------------------------------
     def _sample(self) -> tuple[float, float]:
-        """One reading, stamped at the middle of the read: over ssh/adb a read takes 0.05-0.5 s under load,
-        and stamping it before (or after) the read shifts every sample by that varying delay, which skewed
-        the window's energy by up to 40 % on a loaded machine."""
+        """One reading, stamped at the middle of the read: a read over ssh/adb takes a varying fraction of a
+        second, and a stamp taken before (or after) it would shift each sample by that varying delay."""
         t0 = time.monotonic()
         v = self.read()
         return (t0 + time.monotonic()) / 2, v

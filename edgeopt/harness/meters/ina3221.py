@@ -12,8 +12,10 @@ The board's total is the input rail (`VDD_IN`, `POM_5V_IN`) where present; other
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from edgeopt.harness.meters.base import LOCAL_FILES, FileAccess, Meter, MeterError
+from edgeopt.harness.meters.base import LOCAL_FILES, FileAccess, Meter, MeterError, MeterTarget
+from edgeopt.harness.meters.registry import METERS
 
 TOTAL_RAILS = ("VDD_IN", "POM_5V_IN", "VDD_IN_SYS", "VIN_SYS_5V0")
 ROOTS = ("/sys/bus/i2c/drivers/ina3221x", "/sys/bus/i2c/drivers/ina3221")
@@ -83,3 +85,8 @@ class Ina3221Meter(Meter):
                 raise MeterError(f"INA3221 rail {self.rail} is not readable")
             return w[self.rail]
         return sum(w.values())
+
+
+@METERS.register("ina3221")
+def _make(target: MeterTarget, **opts: Any) -> Meter:
+    return Ina3221Meter(target.files, **opts)

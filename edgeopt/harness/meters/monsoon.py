@@ -6,7 +6,10 @@ channel's current (mA) at the monitor's voltage and integrates it like any power
 
 from __future__ import annotations
 
-from edgeopt.harness.meters.base import Meter, MeterError
+from typing import Any
+
+from edgeopt.harness.meters.base import Meter, MeterError, MeterTarget
+from edgeopt.harness.meters.registry import METERS
 
 
 class MonsoonMeter(Meter):
@@ -46,3 +49,8 @@ class MonsoonMeter(Meter):
             self.mon.closeDevice()
         except Exception:  # noqa: BLE001
             pass
+
+
+@METERS.register("monsoon")
+def _make(target: MeterTarget, **opts: Any) -> Meter:
+    return MonsoonMeter(**opts)

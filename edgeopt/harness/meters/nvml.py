@@ -7,8 +7,10 @@ needed and a machine without an NVIDIA driver says exactly that.
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
-from edgeopt.harness.meters.base import Meter, MeterError
+from edgeopt.harness.meters.base import Meter, MeterError, MeterTarget
+from edgeopt.harness.meters.registry import METERS
 
 _lib = None
 
@@ -46,3 +48,8 @@ class NvmlMeter(Meter):
         if rc != 0:
             raise MeterError(f"nvmlDeviceGetTotalEnergyConsumption failed (NVML error {rc})", "it needs a Volta or newer GPU")
         return mj.value / 1e3
+
+
+@METERS.register("nvml")
+def _make(target: MeterTarget, **opts: Any) -> Meter:
+    return NvmlMeter(**opts)

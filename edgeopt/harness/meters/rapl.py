@@ -10,8 +10,10 @@ Since Linux 5.10 energy_uj is readable by root only (CVE-2020-8694).
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from edgeopt.harness.meters.base import LOCAL_FILES, FileAccess, Meter, MeterError
+from edgeopt.harness.meters.base import LOCAL_FILES, FileAccess, Meter, MeterError, MeterTarget
+from edgeopt.harness.meters.registry import METERS
 
 _TOP = re.compile(r"intel-rapl:\d+$")
 
@@ -53,3 +55,8 @@ class RaplMeter(Meter):
             self._last[i] = v
             total += v + self._offset[i]
         return total / 1e6
+
+
+@METERS.register("rapl")
+def _make(target: MeterTarget, **opts: Any) -> Meter:
+    return RaplMeter(target.files, **opts)

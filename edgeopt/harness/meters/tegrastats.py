@@ -12,8 +12,10 @@ import re
 import subprocess
 import threading
 import time
+from typing import Any
 
-from edgeopt.harness.meters.base import Meter, MeterError
+from edgeopt.harness.meters.base import Meter, MeterError, MeterTarget
+from edgeopt.harness.meters.registry import METERS
 
 _RAIL = re.compile(r"\b([A-Z][A-Z0-9_]*)\s+(\d+)(?:mW)?/(\d+)(?:mW)?(?=\s|$)")
 _TEMP = re.compile(r"\b([A-Za-z][A-Za-z0-9_]*)@(-?\d+(?:\.\d+)?)C\b")
@@ -90,3 +92,8 @@ class TegrastatsMeter(Meter):
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(5)
+
+
+@METERS.register("tegrastats")
+def _make(target: MeterTarget, **opts: Any) -> Meter:
+    return TegrastatsMeter(argv_prefix=target.shell_prefix, **opts)
