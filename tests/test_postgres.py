@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from _sshd import _free_port as _closed_port  # a port bound, then released: not
 
 import edgeopt
 from edgeopt.errors import EdgeoptError
+from edgeopt.measurement import Protocol
 from edgeopt.store import Store
 
 
@@ -69,18 +71,18 @@ def test_failed_row_is_replaced_and_keeps_the_device_snapshot(url, tiny):
     res = _profile(tiny, url)
     st = Store(url)
     cores = st.devices()["local"]["cores"]
-    failed = {"protocol_key": "f" * 16, "protocol": {"threads": 1}, "device": {"uri": "local"}}
-    st.add_measurement(tiny.manifest, failed, status="failed", error="runner timed out after 600 s")
+    other = Protocol(runs=99, threads=1)
+    st.add_failure(tiny.manifest, "local", other, "runner timed out after 600 s")
     assert st.devices()["local"]["cores"] == cores  # a failed job's bare {"uri"} does not wipe the snapshot
     assert [r["error"] for r in st.measurements(status="failed")] == ["runner timed out after 600 s"]
-    st.add_measurement(tiny.manifest, {**res, "protocol_key": "f" * 16})  # the retry succeeds: replaces the failed row
+    st.add_measurement(tiny.manifest, replace(res, protocol_key=other.key()))  # the retry succeeds: replaces the failed row
     assert st.measurements(status="failed") == [] and len(st.measurements()) == 2
 
 
 def test_nan_inf_and_numpy_values_are_stored_as_null(url, tiny):
     res = _profile(tiny, url)
-    odd = {**res, "protocol_key": "n" * 16, "cv": float("nan"), "init_ms": np.float32(12.5), "runs": np.int64(3),
-           "latency_ms": {**res["latency_ms"], "p99": float("inf")}, "extra": {"arr": np.arange(3), "path": Path("/x")}}
+    odd = replace(res, protocol_key="n" * 16, cv=float("nan"), init_ms=np.float32(12.5), runs=np.int64(3),
+                  latency_ms=replace(res.latency_ms, p99=float("inf")), platform={"arr": np.arange(3), "path": Path("/x")})
     st = Store(url)
     st.add_measurement(tiny.manifest, odd)
     r = next(r for r in st.measurements() if r["protocol_key"] == "n" * 16)
