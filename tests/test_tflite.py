@@ -18,7 +18,7 @@ pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
 
 import edgeopt  # noqa: E402
-from edgeopt.bundle import load_bundle  # noqa: E402
+from edgeopt.bundle import Manifest, load_bundle  # noqa: E402
 from edgeopt.errors import EdgeoptError  # noqa: E402
 from edgeopt.runtimes import CompileInput, get_backend  # noqa: E402
 from edgeopt.runtimes.tflite import check_no_flex, tflite_ops  # noqa: E402
@@ -120,7 +120,8 @@ def test_static_int8_keeps_small_logits_in_float(tmp_path):
     res = be.compile(inp, tmp_path, "host", {})
     assert res.precision == "int8" and res.details["quantization"]["float_outputs"] == ["aten.linear.default"]
     assert "QUANTIZE" in res.details["ops"]  # the body is still int8
-    sess = be.load(tmp_path, {"artifact": res.artifact, "backend_details": res.details}, threads=1)
+    m = Manifest.draft({"model": {"name": "tiny"}, "backend": "tflite", "artifact": res.artifact, "backend_details": res.details})
+    sess = be.load(tmp_path, m, threads=1)
     for s, ref in zip(samples, refs, strict=True):
         y = sess.run(s)["logits"].ravel().astype(np.float64)
         assert y @ ref / (np.linalg.norm(y) * np.linalg.norm(ref) + 1e-30) > 0.999
