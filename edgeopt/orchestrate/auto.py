@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt._util import atomic_dir
-from edgeopt.bundle import load_bundle, read_manifest, write_manifest
+from edgeopt.bundle import Bundle, load_bundle, read_manifest, write_manifest
 from edgeopt.errors import EdgeoptError
 from edgeopt.measurement import Measurement, Protocol
 from edgeopt.orchestrate.jobs import (
@@ -167,7 +167,7 @@ class AutoSearch:
         self.notes: list[str] = []
         self.floor_from: str | None = None  # the candidate that set the agreement gate's noise floor
         self.device_failures = 0  # in a row
-        self.jobs: dict[str, tuple[Job, Measurement]] = {}  # label -> (job, first measurement)
+        self.jobs: dict[str, tuple[Job, Bundle, Measurement]] = {}  # label -> (job, its verified bundle, first measurement)
 
     def job(self, c: Candidate) -> Job:
         unit = CompileUnit(self.model, c.passes, c.backend, c.precision)
@@ -217,7 +217,7 @@ class AutoSearch:
         self.device_failures = 0
         c.latency_ms, c.energy_j, c.measurement_id = out.measurement.p50, out.measurement.joules_per_inference, out.measurement.measurement_id
         c.status = "measured"
-        self.jobs[c.label] = (job, out.measurement)
+        self.jobs[c.label] = (job, b, out.measurement)
 
     def run_stage(self, todo: list[Candidate]) -> bool:
         """Evaluate candidates in order until the time budget or the device gives out; False when one did."""
@@ -261,7 +261,7 @@ class AutoSearch:
         todo = sorted((c for c in feasible if best and c.latency_ms <= CONFIRM_FACTOR * best), key=lambda c: c.latency_ms)[:CONFIRM_MAX]
         if len(todo) < 2:
             return
-        runs_of: dict[str, list[Measurement]] = {c.label: [self.jobs[c.label][1]] for c in todo}
+        runs_of: dict[str, list[Measurement]] = {c.label: [self.jobs[c.label][2]] for c in todo}
         stopped = False
         for r in range(CONFIRM_ROUNDS):
             for c in todo if r % 2 else list(reversed(todo)):
@@ -278,8 +278,8 @@ class AutoSearch:
             rs = sorted(runs_of[c.label], key=lambda m: m.p50 or 0.0)
             c.confirm_ms = [m.p50 for m in runs_of[c.label]]
             mid = rs[(len(rs) - 1) // 2]  # a real measurement: the (lower) median one
-            job, _ = self.jobs[c.label]
-            mid.measurement_id = self.runner.store.add_measurement(load_bundle(c.bundle).manifest, mid, replace=True)
+            job, bundle, _ = self.jobs[c.label]
+            mid.measurement_id = self.runner.store.add_measurement(bundle.manifest, mid, replace=True)
             self.runner.store.record_job(job.key, job.spec, "ok", run_id=self.runner.run_id, stage="confirm", bundle_sha256=c.bundle_sha256,
                                          measurement_id=mid.measurement_id, error=None)
             c.latency_ms, c.energy_j, c.measurement_id = mid.p50, mid.joules_per_inference, mid.measurement_id
@@ -290,7 +290,7 @@ class AutoSearch:
         from edgeopt.harness.protocol import measure
 
         try:
-            return measure(self.device, load_bundle(c.bundle), self.protocol, device_info=self.info)
+            return measure(self.device, self.jobs[c.label][1], self.protocol, device_info=self.info)
         except EdgeoptError as e:
             self.notes.append(f"confirm stage stopped: {c.label}: {e.message}; ranked on the measurements taken")
             return None

@@ -137,10 +137,7 @@ def scheme_of(uri: str) -> str:
 
 def get_device(uri: str, **options: Any) -> Device:
     """The Device for a URI (options come from a devices.yaml profile or the CLI)."""
-    scheme = scheme_of(uri)
-    if scheme not in DEVICES:
-        DEVICES.get(scheme)  # raises: unknown device, with the known schemes
-    return DEVICES.get(scheme)(uri, **options)
+    return DEVICES.get(scheme_of(uri))(uri, **options)
 
 
 def pinned(argv: list[str], pin_cpus: str | None) -> list[str]:
