@@ -1,4 +1,4 @@
-"""Backends: ONNX Runtime (default), TVM, TFLite/LiteRT, Core ML. See base.py; the capability table is table.py."""
+"""Backends: ONNX Runtime (default), TVM, TFLite/LiteRT, Core ML, ExecuTorch. See base.py; the capability table is table.py."""
 
 from edgeopt.runtimes.base import (
     Backend,

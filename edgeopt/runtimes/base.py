@@ -216,6 +216,7 @@ BACKEND_MODULES: dict[str, str] = {
     "tflite": "tflite",
     "tvm": "tvm",
     "coreml": "coreml",
+    "executorch": "executorch",
 }
 ALIASES: dict[str, str] = {"ort": "onnxruntime", "litert": "tflite"}
 BACKENDS: Registry[type[Backend]] = Registry(
