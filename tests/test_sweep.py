@@ -57,7 +57,8 @@ def test_sweep_file_takes_every_protocol_field(tmp_path):
     img = tmp_path / "img.png"
     img.write_bytes(b"not read here")
     values = {"warmup": 2, "runs": 7, "min_seconds": 0.25, "threads": 3, "timeout": 90.0, "pin_cpus": "0", "end_to_end": "img.png",
-              "cooldown": False, "cooldown_timeout_s": 30.0, "cooldown_tolerance_c": 1.5, "throttle_c": 80.0, "idle_seconds": 0.5}
+              "cooldown": False, "cooldown_timeout_s": 30.0, "cooldown_tolerance_c": 1.5, "throttle_c": 80.0, "idle_seconds": 0.5,
+              "max_foreign_share": 0.2, "remeasure": 1, "strict": True}
     assert set(values) == {f.name for f in fields(Protocol)}, "a Protocol field this test does not set"
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump({"models": [MODEL], "protocol": values}))
@@ -146,3 +147,62 @@ def test_killed_sweep_resumes_without_duplicates(bundles, tmp_path):
     dup = con.execute("SELECT COUNT(*) FROM (SELECT bundle_sha256, device_id, protocol_key, COUNT(*) c FROM measurements GROUP BY 1,2,3 HAVING c > 1)").fetchone()[0]
     assert after == 3 and dup == 0
     assert f"{before} already stored" in r.stdout.replace("\n", " ") or "already stored" in r.stdout
+
+
+def test_pool_of_boards_on_one_host(bundles, tmp_path):
+    """Without Ray: a sweep naming a kind spreads its jobs over the kind's boards (one thread per board); a board
+    killed after its first result hands its job to the other; every result stored once."""
+    import threading
+
+    import psutil
+    from _sshd import sshd_missing, start_sshd
+
+    from edgeopt.harness.devices.profiles import load_boards
+    from edgeopt.orchestrate.sweep import SweepConfig, board_device_id
+
+    if sshd_missing():
+        pytest.skip(sshd_missing())
+    servers = [start_sshd(tmp_path / f"sshd-{n}") for n in "ab"]
+    try:
+        profiles = {f"loop-{n}": {"uri": s.uri, "identity": str(s.identity), "known_hosts": str(s.trusted_known_hosts()), "python": sys.executable,
+                                  "remote_dir": str(tmp_path / f"home-{n}"), "kind": "loop"} for n, s in zip("ab", servers, strict=True)}
+        ids = {n: board_device_id(b) for n, b in load_boards(profiles).items()}
+        dbfile = tmp_path / "pool.db"
+        cfg = SweepConfig.model_validate({
+            "name": "pool", "models": [MODEL], "backends": ["onnxruntime"], "devices": ["kind:loop"], "threads": [1, 2, 3, 4, 5, 6],
+            "protocol": {"warmup": 1, "runs": 3, "min_seconds": 0.0, "cooldown": False, "idle_seconds": 0.0},
+            "compile": {"workers": 1, "samples": 1, "out": str(bundles)}, "db": f"sqlite:///{dbfile}",
+        })
+        done = threading.Event()
+
+        def kill_b_after_its_first_result() -> None:
+            while not done.is_set():
+                try:
+                    n = sqlite3.connect(dbfile).execute("SELECT COUNT(*) FROM measurements WHERE status='ok' AND device_id=?", (ids["loop-b"],)).fetchone()[0]
+                except sqlite3.OperationalError:
+                    n = 0
+                if n >= 1:
+                    kids = psutil.Process(servers[1].proc.pid).children(recursive=True)
+                    servers[1].stop()
+                    for k in kids:
+                        k.kill()
+                    return
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=kill_b_after_its_first_result, daemon=True)
+        watcher.start()
+        s = run_sweep(cfg, progress=False, profiles=profiles)
+        done.set()
+        watcher.join()
+        assert (s.total, s.ok, s.failed) == (6, 6, 0), s.failures
+        con = sqlite3.connect(dbfile)
+        per = dict(con.execute("SELECT device_id, COUNT(*) FROM measurements WHERE status='ok' GROUP BY 1").fetchall())
+        assert set(per) == set(ids.values()) and sum(per.values()) == 6, per
+        assert servers[1].proc.poll() is not None and s.retried >= 1  # b's next job went to a
+        assert len(Store(cfg.db).jobs()) == 6 and all(j["status"] == "ok" and j["device_id"] in ids.values() for j in Store(cfg.db).jobs())
+        s2 = run_sweep(cfg, progress=False, profiles=profiles)
+        assert (s2.skipped, s2.ok, s2.failed) == (6, 0, 0)
+    finally:
+        for srv in servers:
+            if srv.proc.poll() is None:
+                srv.stop()

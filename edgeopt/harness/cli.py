@@ -28,13 +28,13 @@ def list_devices(file: Annotated[Path | None, typer.Option("--file", "-f", help=
     profs = load_profiles(file)
     src = profiles_path(file)
     t = Table(title=f"devices ({src or 'no devices.yaml found'})")
-    for c in ("name", "uri", "options"):
+    for c in ("name", "kind", "uri", "options"):
         t.add_column(c, overflow="fold")
     if not any(p["uri"] == "local" for p in profs.values()):
-        t.add_row("local", "local", "")
+        t.add_row("local", "", "local", "")
     for name, p in profs.items():
-        opts = {k: v for k, v in p.items() if k != "uri"}
-        t.add_row(name, p["uri"], json.dumps(opts) if opts else "")
+        opts = {k: v for k, v in p.items() if k not in ("uri", "kind")}
+        t.add_row(name, str(p.get("kind") or ""), p["uri"], json.dumps(opts) if opts else "")
     console.print(t)
 
 
@@ -43,15 +43,12 @@ def info(
     uri: Annotated[str, typer.Argument(help="a URI (local, ssh://user@host[:port], adb://SERIAL, tvm-rpc://host:port/key) or a devices.yaml name")],
     trust_new_host: Annotated[bool, typer.Option("--trust-new-host", help="accept an unknown SSH host key once")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="devices.yaml to read")] = None,
 ) -> None:
     """Print the device snapshot: arch, CPU model, cores, frequencies and governor, memory, OS, runtimes."""
-    from edgeopt.harness.devices import get_device
-    from edgeopt.harness.devices.profiles import resolve_device
+    from edgeopt.harness.devices import open_device
 
-    u, opts = resolve_device(uri)
-    if trust_new_host:
-        opts["trust_new_host"] = True
-    dev = get_device(u, **opts)
+    dev = open_device(uri, profiles_path=file, trust_new_host=True if trust_new_host else None)
     try:
         snap = dev.info()
     finally:

@@ -10,7 +10,10 @@ in the first stage. A confirm stage re-measures the contenders in alternating ro
 the median. Every measured candidate is stored (jobs of one run in the results database); the Pareto
 front (latency, fidelity, size, energy where measured) goes into the run and the winner's manifest.
 
-The grid and its order come from the backends' capability table (`runtimes.table.auto_grid`).
+The grid and its order come from the backends' capability table (`runtimes.table.auto_grid`). What is built
+comes from the device's snapshot (`orchestrate/boards.py`): only backends whose runtime the board has, TVM
+cross-compiled for the board's CPU. A candidate wins only if its outputs matched the bundle's reference on the
+device itself (`Measurement.outputs_match`), not only on the host.
 """
 
 from __future__ import annotations
@@ -51,11 +54,12 @@ DOMINATED_FACTOR = 1.5
 # A plain fp32 artifact at least this close to torch is the same model numerically; its task agreement is then the
 # agreement metric's own noise floor on these weights, and the gate is never set above it.
 NOISE_FLOOR_COSINE = 0.99999
-# Confirm stage: the contenders within CONFIRM_FACTOR of the best (at most CONFIRM_MAX) are measured CONFIRM_ROUNDS
-# more times in alternating order and ranked by the median of their p50s (one sample of a noisy machine is not a rank).
+# Confirm stage: the contenders within CONFIRM_FACTOR of the best (at most CONFIRM_MAX) are compared in CONFIRM_ROUNDS
+# interleaved rounds (harness/compare.py) and ranked by the median of their p50s (one sample of a noisy machine is not
+# a rank); 3 is the fewest rounds compare takes.
 CONFIRM_FACTOR = 1.3
 CONFIRM_MAX = 4
-CONFIRM_ROUNDS = 2
+CONFIRM_ROUNDS = 3
 # After this many device failures in a row the device is taken as gone and the search stops.
 MAX_DEVICE_FAILURES = 3
 
@@ -66,6 +70,7 @@ class Candidate:
     precision: str
     prefix: str = ""  # torch-level passes, e.g. "reparam,prune:ratio=0.3"
     precision_passes: str | None = None  # the quantize pass that gives `precision` (from the capability table)
+    target: str | None = None  # the compile target for the device (a TVM target for its CPU); None: the backend's default
     status: str = "pending"  # pending | infeasible | measured | failed | skipped
     reason: str | None = None
     bundle: str | None = None
@@ -97,6 +102,8 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("precision_passes")
+        if d["target"] is None:
+            d.pop("target")
         d["passes"] = self.passes
         d["label"] = self.label
         return d
@@ -135,27 +142,13 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
     return sorted(front, key=lambda c: c.latency_ms or 0)
 
 
-def available_backends(device_info: dict[str, Any], requested: list[str] | None) -> list[str]:
-    """Backends that can compile here and whose runtime the device reports."""
-    from edgeopt.runtimes.base import get_backend
-    from edgeopt.runtimes.table import auto_grid
-
-    present = set(device_info.get("runtimes", {}))
-    out = []
-    for name in requested or list(dict.fromkeys(b for b, _ in auto_grid())):
-        be = get_backend(name)
-        if present and not any(n in present for n in be.device_runtimes):
-            continue
-        if be.available()[0]:
-            out.append(name)
-    return out
-
-
 Progress = Callable[[str, int, int], None]
 
 
 class AutoSearch:
     """One --auto search: its candidates, its gate, its device and store, and the notes it makes."""
+
+    data: Any = None  # the user's data (a prepared edgeopt.data.Dataset): calibration and the gate's evaluation split
 
     def __init__(self, model: str, device: Any, info: dict[str, Any], protocol: Protocol, runner: JobRunner, gate: Gate,
                  work: Path, weights: str | Path | None, deadline: float | None, progress: Progress | None) -> None:
@@ -170,8 +163,9 @@ class AutoSearch:
         self.jobs: dict[str, tuple[Job, Bundle, Measurement]] = {}  # label -> (job, its verified bundle, first measurement)
 
     def job(self, c: Candidate) -> Job:
-        unit = CompileUnit(self.model, c.passes, c.backend, c.precision)
-        key = f"auto:{self.model}:{c.backend}:{c.passes}:{self.device.uri}:{self.protocol.key()}"
+        unit = CompileUnit(self.model, c.passes, c.backend, c.precision, c.target)
+        target = f"@{c.target}" if c.target else ""
+        key = f"auto:{self.model}:{c.backend}{target}:{c.passes}:{self.device.uri}:{self.protocol.key()}"
         return Job(unit, self.device.id, self.protocol, key)
 
     def _lower_gate(self, c: Candidate, agree: tuple[str, float] | None) -> None:
@@ -191,7 +185,7 @@ class AutoSearch:
         job = self.job(c)
         t0 = time.perf_counter()
         try:
-            b = compile_or_reuse(job.unit, self.work / f"{c.slug}.bundle", self.weights, precision_option=False)
+            b = compile_or_reuse(job.unit, self.work / f"{c.slug}.bundle", self.weights, precision_option=False, data=self.data)
         except Exception as e:  # noqa: BLE001 - a converter crash fails this candidate, not the search
             msg = e.message if isinstance(e, EdgeoptError) else f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             c.status, c.reason = "failed", f"compile: {msg}"
@@ -216,6 +210,11 @@ class AutoSearch:
             return
         self.device_failures = 0
         c.latency_ms, c.energy_j, c.measurement_id = out.measurement.p50, out.measurement.joules_per_inference, out.measurement.measurement_id
+        if out.measurement.outputs_match is not True:
+            why = "did not match" if out.measurement.outputs_match is False else "were not checked against"
+            c.status, c.reason = "failed", f"measure: its outputs on {self.device.id} {why} the bundle's reference ({out.measurement.check or 'no check'})"
+            self.runner.fail(job, "measure", c.reason, b)
+            return
         c.status = "measured"
         self.jobs[c.label] = (job, b, out.measurement)
 
@@ -251,49 +250,43 @@ class AutoSearch:
             if c.latency_ms > DOMINATED_FACTOR * best:
                 self.notes.append(f"{c.label}: dominated in stage 1 ({c.latency_ms:.2f} ms > {DOMINATED_FACTOR} x {best:.2f} ms), no stage 2")
                 continue
-            extra += [Candidate(c.backend, c.precision, prefix, c.precision_passes) for prefix in STAGE2_PREFIXES]
+            extra += [Candidate(c.backend, c.precision, prefix, c.precision_passes, c.target) for prefix in STAGE2_PREFIXES]
         return extra
 
     def confirm(self) -> None:
-        """Re-measure the contenders in alternating rounds; rank each by its median p50 (a real measurement)."""
+        """Re-measure the contenders with `edgeopt compare`'s interleaved rounds; rank each by its median p50.
+
+        Each round measures every contender once through the whole protocol (the rounds rotate the order);
+        the stored measurement is each contender's median-round one (a real run, not an average), and the
+        notes give each contender's ratio to the fastest with its 95 % interval."""
+        from edgeopt.harness.compare import compare
+        from edgeopt.harness.protocol import measure
+
         feasible = [c for c in self.cands if c.status == "measured"]
         best = min((c.latency_ms for c in feasible), default=None)
         todo = sorted((c for c in feasible if best and c.latency_ms <= CONFIRM_FACTOR * best), key=lambda c: c.latency_ms)[:CONFIRM_MAX]
         if len(todo) < 2:
             return
-        runs_of: dict[str, list[Measurement]] = {c.label: [self.jobs[c.label][2]] for c in todo}
-        stopped = False
-        for r in range(CONFIRM_ROUNDS):
-            for c in todo if r % 2 else list(reversed(todo)):
-                if self.progress:
-                    self.progress(f"confirm {c.label}", r, CONFIRM_ROUNDS)
-                out = self._remeasure(c)
-                if out is None:
-                    stopped = True
-                    break
-                runs_of[c.label].append(out)
-            if stopped:
-                break
-        for c in todo:
-            rs = sorted(runs_of[c.label], key=lambda m: m.p50 or 0.0)
-            c.confirm_ms = [m.p50 for m in runs_of[c.label]]
-            mid = rs[(len(rs) - 1) // 2]  # a real measurement: the (lower) median one
+        bundles = [self.jobs[c.label][1] for c in todo]
+        try:
+            cmp = compare(self.device, bundles, rounds=CONFIRM_ROUNDS, protocol=self.protocol, labels=[c.label for c in todo],
+                          on_round=(lambda r, n: self.progress("confirm", r, n)) if self.progress else None,
+                          measure_one=lambda b: measure(self.device, b, self.protocol, device_info=self.info))
+        except EdgeoptError as e:
+            self.notes.append(f"confirm stage stopped: {e.message}; ranked on the stage-1 measurements")
+            return
+        for c, res, runs in zip(todo, cmp.results, cmp.measurements, strict=True):
+            c.confirm_ms = [self.jobs[c.label][2].p50, *res.round_p50_ms]
+            mid = sorted(runs, key=lambda m: m.p50 or 0.0)[(len(runs) - 1) // 2]  # a real measurement: the (lower) median one
             job, bundle, _ = self.jobs[c.label]
             mid.measurement_id = self.runner.store.add_measurement(bundle.manifest, mid, replace=True)
             self.runner.store.record_job(job.key, job.spec, "ok", run_id=self.runner.run_id, stage="confirm", bundle_sha256=c.bundle_sha256,
                                          measurement_id=mid.measurement_id, error=None)
             c.latency_ms, c.energy_j, c.measurement_id = mid.p50, mid.joules_per_inference, mid.measurement_id
-        self.notes.append(f"confirm stage: {len(todo)} contenders within {CONFIRM_FACTOR}x of the best re-measured in alternating "
-                          f"rounds, ranked by the median p50 ({', '.join(f'{c.label} {c.latency_ms:.3g} ms' for c in todo)})")
-
-    def _remeasure(self, c: Candidate) -> Measurement | None:
-        from edgeopt.harness.protocol import measure
-
-        try:
-            return measure(self.device, self.jobs[c.label][1], self.protocol, device_info=self.info)
-        except EdgeoptError as e:
-            self.notes.append(f"confirm stage stopped: {c.label}: {e.message}; ranked on the measurements taken")
-            return None
+        verdicts = ", ".join(f"{r.label} {r.p50_ms:.3g} ms" + ("" if i == 0 else f" ({r.ratio:.2f}x, 95 % {r.ci95[0]:.2f}-{r.ci95[1]:.2f}: {r.verdict})")
+                             for i, r in enumerate(cmp.results))
+        self.notes.append(f"confirm stage: {len(todo)} contenders within {CONFIRM_FACTOR}x of the best compared in {CONFIRM_ROUNDS} "
+                          f"interleaved rounds, ranked by the median p50 ({verdicts})")
 
 
 def auto_compile(
@@ -315,35 +308,57 @@ def auto_compile(
     workdir: str | Path | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    data: Any = None,
 ) -> AutoResult:
     """Search candidates, measure the feasible ones on `device`, write the fastest to `output`.
 
     Feasible: output cosine >= `fidelity` and, where the task has an agreement metric (top-1, mAP@0.5 against the
-    fp32 detections, next token), that metric >= `min_agreement` on the sample inputs."""
-    from edgeopt.harness.devices import get_device
+    fp32 detections, next token), that metric >= `min_agreement` on the sample inputs; a winner's outputs also
+    matched the reference on the device. `device` is a devices.yaml name (its options apply) or a URI."""
+    from edgeopt.harness.devices import open_device
     from edgeopt.models import get_spec
+    from edgeopt.orchestrate.boards import plan_build
+    from edgeopt.runtimes.base import get_backend
     from edgeopt.runtimes.table import auto_grid
     from edgeopt.store import Store
 
-    get_spec(model)  # an unknown name fails before any work
+    spec = get_spec(model)  # an unknown name fails before any work
+    if data is not None:  # the user's data (edgeopt.data), read once for every candidate; a bad dataset fails here
+        from edgeopt.data import DataRequest, Dataset, prepare
+
+        data = data if isinstance(data, Dataset) else prepare(DataRequest.of(data), spec, progress)
     output = Path(output)
     if output.exists() and not overwrite:
         raise EdgeoptError(f"{output} already exists", "choose another -o folder or pass --overwrite")
     st = Store(db)
-    dev = get_device(device)
-    info = dev.info()
-    names = available_backends(info, backends)
+    dev = open_device(device)
+    try:
+        info = dev.info()
+        requested = backends or list(dict.fromkeys(b for b, _ in auto_grid()))
+        build = plan_build(info, requested, dev.board_spec, device)  # no backend for this board: an error before any compile
+    except BaseException:
+        dev.close()
+        raise
+    names = [b for b in build.backends if get_backend(b).available()[0]]
     if not names:
-        raise EdgeoptError(f"no backend can run on {device}", f"device runtimes: {sorted(info.get('runtimes', {}))}")
+        dev.close()
+        raise EdgeoptError(f"no backend that can build for {device} is installed on this host ({', '.join(build.backends)})",
+                           "install one (e.g. pip install 'edgeopt[tvm]')")
     protocol = Protocol(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads)
+    if dev.board_spec is not None:
+        protocol = dev.board_spec.protocol(protocol)
     work = Path(workdir) if workdir else output.parent / f".{output.name}.candidates"
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    run_id = st.start_run(f"auto {model} on {device}", {"model": model, "device": device, "budget": fidelity, "min_agreement": min_agreement, "backends": names})
+    run_id = st.start_run(f"auto {model} on {device}", {"model": model, "device": device, "budget": fidelity, "min_agreement": min_agreement, "backends": names,
+                                                         "arch": build.arch, "tvm_target": build.tvm_target})
     search = AutoSearch(model, dev, info, protocol, JobRunner(st, run_id), Gate(fidelity, min_agreement), work, weights,
                         t_start + budget_minutes * 60 if budget_minutes else None, progress)
+    search.data = data
     # The grid in the table's order: likely-fastest first, so a time budget that runs out has measured the best bets.
-    search.cands = [Candidate(b, m.precision, "", m.passes) for b, m in auto_grid(names) if not precisions or m.precision in precisions]
+    search.cands = [Candidate(b, m.precision, "", m.passes, build.target(b)) for b, m in auto_grid(names) if not precisions or m.precision in precisions]
+    if backends:  # say why a backend asked for is not searched (not for every backend of the table)
+        search.notes += [f"not built for {device}: {why}" for _, why in build.left_out]
     try:
         go_on = search.run_stage(search.cands)
         if go_on and stage2:

@@ -1,4 +1,4 @@
-"""CLI sub-app of the orchestration layer: `edgeopt bench SWEEP.yaml`."""
+"""CLI sub-app of the orchestration layer: `edgeopt bench SWEEP.yaml [--cluster local|auto|ray://HOST:PORT]`."""
 
 from __future__ import annotations
 
@@ -19,16 +19,27 @@ def bench(
     trust_new_host: Annotated[bool, typer.Option("--trust-new-host", help="accept unknown SSH host keys once")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the jobs still to run and stop")] = False,
     export: Annotated[Path | None, typer.Option("--export", help="also write all measurements to this .csv or .parquet")] = None,
+    cluster: Annotated[str | None, typer.Option("--cluster", help="run on Ray: local (start one here), auto (the running cluster), "
+                                                "ray://HOST:PORT or HOST:PORT; see docs/lab.md")] = None,
+    devices: Annotated[Path | None, typer.Option("--devices", help="devices.yaml to read (default: $EDGEOPT_DEVICES, ./devices.yaml, ~/.config/edgeopt/)")] = None,
 ) -> None:
     """Run or resume a sweep; failed and missing jobs are (re)tried, stored ones skipped."""
+    from edgeopt.harness.devices.profiles import load_profiles
     from edgeopt.orchestrate.sweep import load_sweep, run_sweep
     from edgeopt.store import Store
 
     cfg = load_sweep(sweep)
-    s = run_sweep(cfg, db=db, trust_new_host=trust_new_host, dry_run=dry_run)
+    profiles = load_profiles(devices) if devices is not None else None
+    if cluster is None:
+        s = run_sweep(cfg, db=db, trust_new_host=trust_new_host, dry_run=dry_run, profiles=profiles)
+    else:
+        from edgeopt.orchestrate.lab import run_lab
+
+        s = run_lab(cfg, cluster, db=db, trust_new_host=trust_new_host, dry_run=dry_run, profiles=profiles)
     if dry_run:
         return
-    console.print(f"sweep {cfg.name}: {s.total} jobs, {s.skipped} already stored, {s.ok} measured, {s.failed} failed")
+    retried = f", {s.retried} handed to another board after theirs stopped answering" if s.retried else ""
+    console.print(f"sweep {cfg.name}: {s.total} jobs, {s.skipped} already stored, {s.ok} measured, {s.failed} failed{retried}")
     for label, why in s.failures[:20]:
         console.print(f"  [red]failed[/red] {label}: {why}")
     if export is not None:

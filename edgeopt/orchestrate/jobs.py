@@ -40,9 +40,11 @@ class CompileUnit:
     passes: str
     backend: str
     precision: str | None = None
+    target: str | None = None  # the backend's compile target (a TVM target for the board's CPU); None: its default
 
     def folder(self, out: str | Path) -> Path:
-        return Path(out) / f"{self.model}__{_slug(self.passes)}__{self.backend}__{self.precision or 'default'}.bundle"
+        tail = f"__{_slug(self.target)}" if self.target else ""
+        return Path(out) / f"{self.model}__{_slug(self.passes)}__{self.backend}__{self.precision or 'default'}{tail}.bundle"
 
 
 def _slug(s: str | None) -> str:
@@ -76,7 +78,10 @@ class Job:
 
 
 def _spec(u: CompileUnit, device_id: str, protocol_key: str) -> dict[str, Any]:
-    return {"model": u.model, "passes": u.passes, "backend": u.backend, "precision": u.precision, "device_id": device_id, "protocol_key": protocol_key}
+    spec = {"model": u.model, "passes": u.passes, "backend": u.backend, "precision": u.precision, "device_id": device_id, "protocol_key": protocol_key}
+    if u.target:  # only where set, so the keys of default-target jobs stay what they were
+        spec["target"] = u.target
+    return spec
 
 
 @dataclass
@@ -90,22 +95,34 @@ class JobOutcome:
 
 
 def compile_or_reuse(unit: CompileUnit, folder: str | Path, weights: str | Path | None = None, samples: int = 8,
-                     precision_option: bool = True) -> Bundle:
+                     precision_option: bool = True, data: Any = None) -> Bundle:
     """Compile a unit into `folder`, or reuse the verified bundle already there when it is of the same model,
     backend and weights (an interrupted run leaves its bundles behind). Raises EdgeoptError.
 
     `precision_option`: pass the unit's precision to the backend as its `precision` option (sweeps); --auto's
-    precisions come from the quantize pass in the unit's pipeline instead."""
+    precisions come from the quantize pass in the unit's pipeline instead. `data`: the user's data (a path, an
+    `edgeopt.data.DataRequest` or a prepared `Dataset`), passed to `edgeopt.compile` as its `data`."""
     from edgeopt.api import compile as compile_bundle
     from edgeopt.api import weights_label
 
     folder = Path(folder)
     old = _reusable(folder, unit, weights_label(weights))
+    if old is not None and _data_path(old.manifest.data.path if old.manifest.data else None) != _data_path(data):
+        old = None  # made on other data (or on the bundled photographs)
     if old is not None:
         return old
     opts = {"precision": unit.precision} if unit.precision and precision_option else None
     return compile_bundle(unit.model, backend=unit.backend, passes=unit.passes or None, weights=weights, output=folder,
-                          options=opts, samples=samples, overwrite=True)
+                          target=unit.target, options=opts, samples=samples, overwrite=True, data=data)
+
+
+def _data_path(data: Any) -> str | None:
+    """The resolved path of the user's data however it is given (path, DataRequest, Dataset), or None."""
+    if data is None:
+        return None
+    cat = getattr(data, "catalog", None)
+    p = getattr(data, "path", None) or (cat.source or cat.root if cat is not None else None) or data
+    return str(Path(p).resolve())
 
 
 def _reusable(folder: Path, unit: CompileUnit, wlabel: WeightsLabel) -> Bundle | None:
@@ -120,10 +137,10 @@ def _reusable(folder: Path, unit: CompileUnit, wlabel: WeightsLabel) -> Bundle |
     return b if same else None
 
 
-def compile_worker(unit: CompileUnit, folder: str, samples: int, weights: str | None) -> tuple[str | None, str | None]:
-    """Process-pool entry: compile one unit; (bundle path, None) or (None, the reason it failed)."""
+def compile_worker(unit: CompileUnit, folder: str, samples: int, weights: str | None, data: str | None = None) -> tuple[str | None, str | None]:
+    """Process-pool entry: compile one unit (on the user's `data` when given); (bundle path, None) or (None, the reason it failed)."""
     try:
-        return str(compile_or_reuse(unit, folder, weights, samples).path), None
+        return str(compile_or_reuse(unit, folder, weights, samples, data=data).path), None
     except EdgeoptError as e:
         return None, str(e)
     except Exception as e:  # noqa: BLE001 - a bug in one compile must not stop the run; its reason is stored
@@ -157,6 +174,16 @@ class Gate:
             return "fidelity not measured on the host"
         if cos < self.cosine:
             return f"cosine {cos:.6f} < budget {self.cosine} (missed by {self.cosine - cos:.2e})"
+        fig = f.get("agreement")
+        if manifest.data is not None and agree is not None and isinstance(fig, dict) and fig.get("n"):
+            # on the user's data the gate judges the interval's pessimistic end; too few samples: unresolved, not passed
+            from edgeopt.stats import Figure, gate_at_least
+
+            if fig["metric"] == "map50":  # a bootstrap interval: its lower end decides
+                lo = float(fig["ci95"][0])
+                return None if lo >= self.agreement else f"fail: map50 95 % lower bound {lo:.3f} < {self.agreement:.3g} at cosine {cos:.6f}"
+            res = gate_at_least(Figure(str(fig["metric"]), float(fig["value"]), int(fig["n"]), tuple(fig["ci95"])), self.agreement)
+            return None if res.status == "pass" else f"{res.status}: {res.reason} at cosine {cos:.6f}"
         if agree is not None and agree[1] < self.agreement:
             return f"{agree[0]} {agree[1]:.3f} < {self.agreement:.3g} (missed by {self.agreement - agree[1]:.3f}) at cosine {cos:.6f}"
         return None
@@ -196,12 +223,19 @@ class JobRunner:
         try:
             res = measure(device, bundle, job.protocol, device_info=info)
         except EdgeoptError as e:
-            try:
-                self.store.add_failure(bundle.manifest, job.device_id, job.protocol, str(e))
-            except EdgeoptError:
-                pass
-            out = JobOutcome("failed", stage, str(e), bundle, unreachable=isinstance(e, DeviceUnreachable))
-            return self.record(job, out)
+            return self.record_failure(job, bundle, e, stage)
+        return self.record_measurement(job, bundle, res, replace, stage)
+
+    def record_failure(self, job: Job, bundle: Bundle, error: EdgeoptError, stage: Stage = "measure") -> JobOutcome:
+        """Record a measurement that failed (taken here or by a worker elsewhere): the bundle's failure and the job."""
+        try:
+            self.store.add_failure(bundle.manifest, job.device_id, job.protocol, str(error))
+        except EdgeoptError:
+            pass
+        return self.record(job, JobOutcome("failed", stage, str(error), bundle, unreachable=isinstance(error, DeviceUnreachable)))
+
+    def record_measurement(self, job: Job, bundle: Bundle, res: Measurement, replace: bool = False, stage: Stage = "measure") -> JobOutcome:
+        """Store a measurement (taken here or by a worker elsewhere) and record the job; never twice."""
         try:
             res.measurement_id = self.store.add_measurement(bundle.manifest, res, replace=replace)
         except AlreadyStored:

@@ -36,6 +36,10 @@ def cpu_info():
             if key == "processor" and val.isdigit():
                 continue
             out.setdefault("cpu_model", val)
+        elif key == "cpu part" and ":" in line:  # arm: the core's part number (0xd08 Cortex-A72, 0xd0b A76, ...)
+            out.setdefault("cpu_part", line.split(":", 1)[1].strip().lower())
+        elif key in ("features", "flags") and ":" in line:  # arm: asimd, asimddp, ...; x86: avx2, avx512f, ...
+            out.setdefault("cpu_features", sorted(line.split(":", 1)[1].split()))
     # Per-core frequencies and governors: big.LITTLE boards differ per cluster.
     freqs, govs = {}, set()
     for d in sorted(glob.glob("/sys/devices/system/cpu/cpu[0-9]*/cpufreq")):
@@ -76,7 +80,8 @@ def runtimes():
         import importlib.metadata as md
     except ImportError:  # pragma: no cover - Python < 3.8
         return found
-    for dist in ("onnxruntime", "apache-tvm", "tvm", "ai-edge-litert", "tflite-runtime", "coremltools", "numpy"):
+    # executorch's Python runtime imports torch, so torch is listed too (what an executorch bundle needs there)
+    for dist in ("onnxruntime", "apache-tvm", "tvm", "ai-edge-litert", "tflite-runtime", "coremltools", "executorch", "torch", "numpy"):
         try:
             found[dist] = md.version(dist)
         except Exception:  # noqa: BLE001 - PackageNotFoundError or a broken dist

@@ -26,6 +26,7 @@ from edgeopt.harness.meters.base import LOCAL_FILES, FileAccess
 from edgeopt.measurement import Measurement, MeasureRequest
 
 if TYPE_CHECKING:
+    from edgeopt.harness.devices.profiles import BoardSpec
     from edgeopt.harness.meters.base import Meter
     from edgeopt.harness.thermal import ThermalReader
 
@@ -48,6 +49,7 @@ class Device(ABC):
 
     scheme: str = ""
     emulated: bool = False  # latency from an emulator proves correctness, never speed
+    board_spec: BoardSpec | None = None  # the devices.yaml entry it was opened from (profiles.open_device), if any
 
     def __init__(self, uri: str, **options: Any) -> None:
         self.uri = uri
