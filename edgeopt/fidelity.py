@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from edgeopt._registry import Registry
+from edgeopt.stats import Figure, bootstrap_ci
 
 TaskMetric = Callable[[Sequence[dict[str, np.ndarray]], Sequence[dict[str, np.ndarray]]], dict[str, float]]
 # task -> its metric function (classification's is built into task_metrics); the functions below register here.
@@ -95,6 +96,53 @@ def task_metrics(task: str, refs: Sequence[dict[str, np.ndarray]], outs: Sequenc
     elif task in TASK_METRICS:
         m.update(TASK_METRICS.get(task)(refs, outs))
     return m
+
+
+def _rows(arrs: Sequence[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(a, np.float64).reshape(-1, np.shape(a)[-1]) for a in arrs])
+
+
+def agreement_figure(task: str, refs: Sequence[dict[str, np.ndarray]], outs: Sequence[dict[str, np.ndarray]]) -> Figure | None:
+    """The task's agreement with fp32 as a `Figure` (value, n, 95 % interval), or None where the task has none.
+
+    Proportions (top-1, next token, zero-shot top-1 agreement; n = rows of the output) get a Wilson interval;
+    a detector's mAP@0.5 against the fp32 detections a seeded bootstrap over images. The value equals the
+    matching key of `task_metrics`."""
+    if not refs:
+        return None
+    if task == "classification":
+        name = next(iter(refs[0]))
+        r, o = _rows([x[name] for x in refs]), _rows([x[name] for x in outs])
+        return Figure.proportion("top1_agreement", r.argmax(-1) == o.argmax(-1))
+    if task in ("language_model", "vlm"):
+        name = "logits" if "logits" in refs[0] else next(k for k in refs[0] if np.issubdtype(np.asarray(refs[0][k]).dtype, np.floating))
+        r, o = _rows([x[name] for x in refs]), _rows([x[name] for x in outs])
+        return Figure.proportion("next_token_agreement", r.argmax(-1) == o.argmax(-1))
+    if task == "clip":
+        if all("logits_per_image" in x for x in refs) and all("logits_per_image" in x for x in outs):
+            r, o = _rows([x["logits_per_image"] for x in refs]), _rows([x["logits_per_image"] for x in outs])
+            return Figure.proportion("zeroshot_top1_agreement", r.argmax(-1) == o.argmax(-1))
+        return None
+    if task == "detection":
+        return detection_agreement_figure(refs, outs)
+    return None
+
+
+def detection_agreement_figure(refs: Sequence[dict[str, np.ndarray]], outs: Sequence[dict[str, np.ndarray]], resamples: int = 100) -> Figure:
+    """mAP@0.5 of the artifact's detections against the fp32 detections (as `detection_metrics`), with a
+    bootstrap interval over images."""
+    from edgeopt.postprocess import map50, postprocess
+
+    gts, preds = [], []
+    for r, o in zip(refs, outs, strict=True):
+        g, conf = postprocess(r, conf=0.25), 0.001
+        if len(g) == 0:
+            g, conf = postprocess(r, conf=0.0, max_det=10), 0.0
+        gts.append(g)
+        preds.append(postprocess({k: o[k] for k in r}, conf=conf))
+    value = map50(gts, preds)
+    ci = bootstrap_ci(lambda idx: map50([gts[i] for i in idx], [preds[i] for i in idx]), len(gts), resamples=resamples)
+    return Figure("map50", value, len(gts), ci)
 
 
 def register_task_metric(task: str) -> Callable[[TaskMetric], TaskMetric]:

@@ -82,6 +82,11 @@ def test_layers_import_only_what_lies_below():
             assert not [d for d in deps if d.startswith(("edgeopt.passes", "edgeopt.runtimes"))], f"{mod} imports above models: {deps}"
         if mod.startswith("edgeopt.runtimes"):
             assert not [d for d in deps if d.startswith("edgeopt.passes")], f"{mod} imports passes: {deps}"
+        if mod.startswith("edgeopt.data"):  # beside export: models and the foundation only
+            above = ("edgeopt.passes", "edgeopt.runtimes", "edgeopt.harness", "edgeopt.store", "edgeopt.report", *above_harness)
+            assert not [d for d in deps if d.startswith(above)], f"{mod} (data) imports above itself: {deps}"
+        if mod in ("edgeopt.stats", "edgeopt.fidelity", "edgeopt.bundle"):  # foundation
+            assert not [d for d in deps if d.startswith(("edgeopt.models", "edgeopt.data", "edgeopt.passes", "edgeopt.export"))], deps
 
 
 def test_device_side_runner_needs_no_host_layer():

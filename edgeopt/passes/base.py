@@ -57,6 +57,28 @@ def in_range(interval: str) -> AfterValidator:
 
 
 @dataclass
+class RecoveryReport:
+    """What prune's recovery (distillation from the unpruned model, `_recover.py`) did and what it bought.
+
+    `seconds` is the training loop alone; the fidelity figures are against the fp32 reference on
+    `evaluated_on` (the evaluation split, or the calibration samples when there is none)."""
+
+    steps: int
+    batch: int
+    lr: float
+    temperature: float | None
+    loss: str
+    augment: str
+    calibration_samples: int
+    seconds: float
+    loss_first: float
+    loss_last: float
+    evaluated_on: str
+    fidelity_before: dict[str, float] = field(default_factory=dict)
+    fidelity_after: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class PassReport:
     """What a pass changed and what fidelity it kept (against the fp32 reference on the sample inputs)."""
 
@@ -78,6 +100,7 @@ class PassReport:
     changes: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     precision: str | None = None  # set by passes that change numeric precision
+    recovery: RecoveryReport | None = None  # prune with recover=STEPS
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +123,11 @@ class PassContext:
     # the pipeline's fidelity budget (min cosine), so that a pass such as mixed precision can aim for it
     budget: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # the evaluation split (disjoint from `samples`, which is the calibration split); empty without --data
+    eval_samples: list[dict[str, np.ndarray]] = field(default_factory=list)
+    eval_references: list[dict[str, np.ndarray]] = field(default_factory=list)
+    # class index per evaluation sample when the data is labelled, else None
+    eval_labels: np.ndarray | None = None
 
 
 ConfigT = TypeVar("ConfigT", bound=PassConfig)

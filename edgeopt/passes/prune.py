@@ -51,6 +51,13 @@ class PruneConfig(PassConfig):
     calibration_samples: Annotated[int, in_range("[1, inf)")] = 8
     recalibrate_bn: bool = True
     measure_latency: bool = True
+    # recovery: distillation steps from the unpruned model on the calibration samples (0: none); `_recover.py`
+    recover: Annotated[int, in_range("[0, 100000]")] = 0
+    recover_batch: Annotated[int, in_range("[1, 1024]")] = 16
+    recover_lr: Annotated[float, in_range("(0, 0.1]")] = 3e-5  # see docs/passes.md: higher rates lost top-1 on efficientformer_l1
+    recover_temperature: Annotated[float, in_range("(0, 100]")] = 2.0
+    recover_augment: bool = True  # random resized crop (80-100% of the area) + horizontal flip of image inputs
+    recover_mixup: bool = False  # mixup between the batch's images (with recover_augment)
 
 
 class _Tracker:
@@ -89,10 +96,11 @@ class _Tracker:
             h.remove()
 
 
-def _batch(ctx: PassContext, n: int) -> tuple:
+def _batch(ctx: PassContext, n: int, start: int = 0) -> tuple:
+    """Samples start .. start+n-1 (as far as there are) stacked into one batch per input."""
     import torch
 
-    per = [torch_inputs(ctx, i) for i in range(min(n, len(ctx.samples)))]
+    per = [torch_inputs(ctx, i) for i in range(start, min(start + n, len(ctx.samples)))]
     return tuple(torch.cat([p[j] for p in per]) for j in range(len(per[0])))
 
 
@@ -121,11 +129,13 @@ def output_layers(dg: Any) -> list[Any]:
     return out
 
 
-def recalibrate_bn(model: Any, ctx: PassContext, n: int) -> int:
-    """Reset BN running statistics and re-estimate them on n real samples (cumulative average)."""
+def recalibrate_bn(model: Any, ctx: PassContext, n: int, per_batch: int = 32) -> int:
+    """Reset BN running statistics and re-estimate them on n real samples (cumulative average over
+    batches of `per_batch`, so a large calibration set does not need one huge batch)."""
     from edgeopt.calibrate import reestimate_bn
 
-    return reestimate_bn(model, [_batch(ctx, n)])
+    n = min(n, len(ctx.samples))
+    return reestimate_bn(model, [_batch(ctx, min(per_batch, n - start), start) for start in range(0, n, per_batch)])
 
 
 @contextlib.contextmanager
@@ -297,7 +307,7 @@ class PrunePass(TorchPass[PruneConfig]):
             raise EdgeoptError(f"prune changed output shapes of {ctx.model_name}: {bad}", "protect the output layers (prune:protect_outputs=true)")
         for p in work.parameters():
             p.requires_grad_(False)
-        n_bn = recalibrate_bn(work, ctx, cfg.calibration_samples) if cfg.recalibrate_bn else 0
+        n_bn = recalibrate_bn(work, ctx, self._bn_samples(ctx)) if cfg.recalibrate_bn else 0
         for n, m in work.named_modules():
             if n in before and hasattr(m, "weight") and m.weight is not None and m.weight.shape[0] != before[n]:
                 rep.changes.append({"module": n, "type": type(m).__name__, "out_channels": [before[n], int(m.weight.shape[0])]})
@@ -306,7 +316,32 @@ class PrunePass(TorchPass[PruneConfig]):
             f"{len(rep.changes)} layers narrowed; protected: " + (", ".join(f"{v} {k}" for k, v in reasons.items()) or "none")
         )
         rep.notes.append(
-            f"BatchNorm statistics re-estimated on {min(cfg.calibration_samples, len(ctx.samples))} real samples ({n_bn} layers)" if n_bn
+            f"BatchNorm statistics re-estimated on {min(self._bn_samples(ctx), len(ctx.samples))} real samples ({n_bn} layers)" if n_bn
             else "no BatchNorm to re-estimate" + (" (folded by reparam)" if cfg.recalibrate_bn else " (recalibrate_bn off)")
         )
+        if cfg.recover:
+            self._recover(model, work, ctx, rep)
         return work
+
+    def _bn_samples(self, ctx: PassContext) -> int:
+        """Samples for BN re-estimation: `calibration_samples`, or all of them when recovery follows."""
+        return max(self.config.calibration_samples, len(ctx.samples)) if self.config.recover else self.config.calibration_samples
+
+    def _recover(self, teacher: Any, student: Any, ctx: PassContext, rep: PassReport) -> None:
+        """Distil the unpruned `teacher` into the pruned `student` (in place); the outcome goes into the report."""
+        from edgeopt.passes._recover import distill
+
+        cfg = self.config
+        rec = distill(
+            teacher, student, ctx, cfg.recover, batch=cfg.recover_batch, lr=cfg.recover_lr, temperature=cfg.recover_temperature,
+            augment_inputs=cfg.recover_augment, mixup=cfg.recover_mixup,
+        )
+        rep.recovery = rec
+        metric = next((k for k in ("top1_agreement", "map50", "next_token_agreement", "zeroshot_top1_agreement", "cosine")
+                       if k in rec.fidelity_before and k in rec.fidelity_after), "cosine")
+        rep.notes.append(
+            f"recovery: {rec.steps} distillation steps ({rec.loss}, batch {rec.batch}, lr {rec.lr:g}, augment {rec.augment}) on "
+            f"{rec.calibration_samples} calibration samples in {rec.seconds:.0f} s; loss {rec.loss_first:.4g} -> {rec.loss_last:.4g}; "
+            f"{metric} {rec.fidelity_before.get(metric, float('nan')):.4f} -> {rec.fidelity_after.get(metric, float('nan')):.4f} "
+            f"on {rec.evaluated_on}"
+        )

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from pydantic import ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
 from edgeopt.passes.base import PassConfig, in_range
 
 # The default static int8 format; docs/passes.md has the measurement behind it (`bench/passes.py --quant-types`).
@@ -36,3 +39,14 @@ class QuantizeConfig(PassConfig):
     target: float | None = None  # mixed: minimum cosine; default the pipeline's budget, else 0.999
     # mixed: give up when this share of quantized nodes must stay float
     max_float_fraction: Annotated[float, in_range("(0, 1]")] = 0.5
+    # int8 / mixed: accuracy control (NNCF's max_drop): keep the most sensitive nodes in float until the drop
+    # on the evaluation split is at most this many points (accuracy against labels, else top-1 agreement)
+    max_drop: Annotated[float | None, in_range("[0, 100]")] = None
+
+    @field_validator("max_drop")
+    @classmethod
+    def _max_drop_needs_static_int8(cls, value: float | None, info: ValidationInfo) -> float | None:
+        mode = info.data.get("mode")
+        if value is not None and mode not in ("int8", "mixed"):
+            raise PydanticCustomError("max_drop_mode", "keeps static int8 nodes in float, and mode {mode} has none (use int8 or mixed)", {"mode": repr(mode)})
+        return value

@@ -9,6 +9,8 @@ file `src` to `dst` and returns the details for the report's `changes` and a one
 - int4: weight-only 4-bit blocks (`MatMulNBits`) for MatMul with constant weights (transformer linears).
 - mixed: static int8, then, while the fidelity budget (`target`, else the pipeline's `--fidelity`,
   else 0.999) is broken, keep the most sensitive nodes in float (`_sensitivity.py`).
+- `max_drop` (int8 or mixed): accuracy control, the same search with the accuracy drop on the evaluation
+  split as its criterion (and, for mixed, the cosine budget as well): `_sensitivity.accuracy_controlled`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from edgeopt._registry import Registry
 from edgeopt.errors import SpecError
 from edgeopt.passes._ort_quant import dynamic_int8, static_int8, to_fp16, weight_int4
-from edgeopt.passes._sensitivity import mixed_precision
+from edgeopt.passes._sensitivity import accuracy_controlled, mixed_precision
 from edgeopt.passes.base import PassContext
 from edgeopt.passes.quantize_config import QuantizeConfig
 
@@ -31,6 +33,9 @@ QUANTIZE_MODES: Registry[QuantizeMode] = Registry("quantize mode", error=SpecErr
 
 @QUANTIZE_MODES.register("int8")
 def int8(src: Path, dst: Path, cfg: QuantizeConfig, ctx: PassContext) -> tuple[dict[str, Any], str]:
+    if cfg.max_drop is not None:
+        details = accuracy_controlled(src, dst, cfg, ctx, cfg.max_drop)
+        return details, details.pop("summary")
     details = static_int8(src, dst, cfg, ctx)
     weights = f"{cfg.weight_type} weights" + (" per channel" if cfg.per_channel else "")
     calibration = f"{cfg.calibration} calibration on {details['calibration_samples']} real samples"
@@ -61,5 +66,8 @@ def int4(src: Path, dst: Path, cfg: QuantizeConfig, ctx: PassContext) -> tuple[d
 @QUANTIZE_MODES.register("mixed")
 def mixed(src: Path, dst: Path, cfg: QuantizeConfig, ctx: PassContext) -> tuple[dict[str, Any], str]:
     target = cfg.target if cfg.target is not None else (ctx.budget if ctx.budget is not None else 0.999)
+    if cfg.max_drop is not None:
+        details = accuracy_controlled(src, dst, cfg, ctx, cfg.max_drop, target=target)
+        return details, details.pop("summary")
     details = mixed_precision(src, dst, cfg, ctx, target)
     return details, details.pop("summary")
