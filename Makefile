@@ -11,13 +11,13 @@ DEBIAN_PKGS := openssh-server openssh-client gcc-aarch64-linux-gnu g++-aarch64-l
 STAMP := $(VENV)/.edgeopt-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup system demo test test-slow test-emulator lint clean
+.PHONY: setup system demo test test-slow test-emulator lint clean docs
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -c constraints.txt -e '.[tflite,coreml,devices,report,vlm,test]'
+	$(PIP) install -c constraints.txt -e '.[tflite,coreml,devices,report,vlm,data,test,lab,executorch]'
 	$(PIP) install -c constraints.txt -e '.[tvm]'
 	@touch $(STAMP)
 
@@ -42,6 +42,13 @@ test-emulator: setup
 
 test-slow: setup
 	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
+
+# Every measured table in README.md and docs/, regenerated in one sequential run on a quiet machine (hours:
+# `$(PY) bench/all.py --list`). A run that other processes contaminated writes nothing. DOCS_ARGS: e.g.
+# `--only latency,tvm`, `--allow-contaminated`, `--max-foreign-share 0.2`.
+DOCS_ARGS ?=
+docs: setup
+	$(PY) bench/all.py $(DOCS_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check edgeopt tests bench examples device_tests

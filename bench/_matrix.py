@@ -18,8 +18,6 @@ from edgeopt import capabilities as cap
 from edgeopt.errors import EdgeoptError
 
 RESULTS_JSON = Path("docs/capabilities.json")
-README_START = "<!-- capabilities:start -->"
-README_END = "<!-- capabilities:end -->"
 
 
 def add_ratios(results: list[cap.Result]) -> None:
@@ -32,11 +30,16 @@ def add_ratios(results: list[cap.Result]) -> None:
             r.ort_ratio = r.p50_ms / ref
 
 
+def dumps(results: list[cap.Result], meta: dict[str, Any]) -> bytes:
+    """The record as JSON: the run's meta, the cells and every result."""
+    data = {"meta": meta, "cells": [asdict(c) for c in cap.CELLS], "results": [asdict(r) for r in results]}
+    return (json.dumps(data, indent=1, default=str) + "\n").encode()
+
+
 def save(results: list[cap.Result], path: Path, meta: dict[str, Any]) -> None:
     from edgeopt._util import atomic_write_bytes
 
-    data = {"meta": meta, "cells": [asdict(c) for c in cap.CELLS], "results": [asdict(r) for r in results]}
-    atomic_write_bytes(path, (json.dumps(data, indent=1, default=str) + "\n").encode())
+    atomic_write_bytes(path, dumps(results, meta))
 
 
 def load(path: Path = RESULTS_JSON) -> tuple[list[cap.Result], dict[str, Any]]:
@@ -120,11 +123,3 @@ def cell_table_markdown() -> str:
         cmd = " ".join([f"--backend {c.backend}", *args])
         lines.append(f"| {c.backend} | {c.precision} | `{cmd}` | `{c.artifact}` | {c.runs_on} | {c.meaning} |")
     return "\n".join(lines) + "\n"
-
-
-def replace_block(text: str, block: str, start: str = README_START, end: str = README_END) -> str:
-    """Replace what lies between the markers (kept) with `block`."""
-    i, j = text.find(start), text.find(end)
-    if i < 0 or j < 0 or j < i:
-        raise EdgeoptError(f"markers {start} ... {end} not found", "add them to the file where the table belongs")
-    return text[: i + len(start)] + "\n" + block.rstrip("\n") + "\n" + text[j:]

@@ -16,7 +16,6 @@ timed calls. Fidelity is the bundle's own record (artifact vs fp32 torch on the 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -27,9 +26,12 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from _doc import DocRun, add_args, write_block  # noqa: E402
 
 from edgeopt.bundle import load_bundle  # noqa: E402
-from edgeopt.capabilities import host_description, how, live_weights  # noqa: E402
+from edgeopt.capabilities import how, live_weights  # noqa: E402
 
 DOC = REPO / "docs" / "backends.md"
 ROWS = [  # (label, backend, precision, extra options)
@@ -168,16 +170,11 @@ def mb(n: int | None) -> str:
 
 def render(results: dict, coreml: dict, meta: dict) -> str:
     lines = [
-        "# Backends side by side",
-        "",
-        f"Batch 1 on {meta['machine']}; {meta['threads']} threads per runtime; generated {meta['date']} by",
-        f"`{meta['command']}`. Latency: median over all timed calls of {meta['rounds']} interleaved rounds of >= "
+        f"Batch 1; {meta['threads']} threads per runtime. "
+        f"Latency: median over all timed calls of {meta['rounds']} interleaved rounds of >= "
         f"{meta['seconds']} s per row (one process, each artifact loaded by its own device-side loader, no torch in the "
         "timed path). Fidelity: cosine of the artifact's outputs vs the fp32 torch model on the real sample images "
         "(min over samples), and top-1 agreement. Random-init weights (no checkpoints are downloaded here).",
-        "",
-        f"Machine load average (1/5/15 min) when timing started: {meta['load_start']}; at the end: {meta['load_end']}. "
-        "This machine is shared by parallel builds: absolute figures are noisy, the side-by-side ratios less so.",
         "",
     ]
     for model, rows in results.items():
@@ -214,39 +211,10 @@ def render(results: dict, coreml: dict, meta: dict) -> str:
             lines.append("")
     for n in meta.get("notes", []):
         lines.append(f"- {n}")
-    return "\n".join(lines) + "\n\n" + EXPLAINED
-
-
-# Findings behind the set-up above (investigated 2026-11-27 with the scripts named; not re-measured by this run).
-EXPLAINED = """## shvit_s1: why its .tflite was 4x smaller than its ONNX file, and why static int8 gave cosine 0
-
-Both came from one cause: the zoo's random init, not a converter bug.
-
-- timm initialises SHViT's residual branches with the scale (gamma) of their last BatchNorm at 0: 35 such
-  BatchNorms in shvit_s1. A branch ending in gamma = 0 outputs a constant. litert-torch folds each BatchNorm into
-  its conv (weights x 0 = all zeros), and the LiteRT converter's constant folding then removes the zero conv, the
-  add of a zero and every op that only fed it. The fp32 .tflite kept 12 CONV_2D + 6 DEPTHWISE_CONV_2D + 1
-  FULLY_CONNECTED of shvit_s1's 77 convs and 10 linears: 6.6 MB. The ONNX exporter (and ONNX Runtime's graph
-  optimiser) keep every branch (25.9 MB, the 6.33 M parameters in fp32), and ORT computes them all, which is why
-  LiteRT fp32 measured 0.11x ORT on shvit_s1 in the first run. Both files were right (cosine 1.0); the comparison
-  was degenerate. With those 35 scales set to 1 (timm's init for every other norm; trained weights are never
-  exactly 0) litert-torch writes 25.4 MB with 60 CONV_2D + 17 DEPTHWISE_CONV_2D + 10 FULLY_CONNECTED, like ONNX.
-- The same dead branches left shvit_s1's head with features ~1e-3 and logits ~3e-5. PT2E quantized the graph
-  output too, with an int8 step of 2.4e-4, so every logit became the zero point: cosine 0.
-- Fixes: (1) LiteRT static int8 keeps its outputs in float (`edgeopt/runtimes/tflite.py` `_float_outputs`: the
-  quantize/dequantize pair feeding each graph output is dropped; the last linear still takes int8 inputs and int8
-  weights). On the random-init shvit_s1 that alone gave cosine 0.62 through the interpreter (the body's int8
-  activations still lose a signal that small); `tests/test_tflite.py::test_static_int8_keeps_small_logits_in_float`
-  reproduces the 0 on a tiny model and checks it is gone. (2) These figures, and the capability matrix, build
-  models with `edgeopt.capabilities.live_weights`: a seeded random init with zero-initialised norm scales (shvit)
-  and 1e-5 layer scales (efficientformer, mobileclip) set to 1. PT2E static int8 of shvit_s1 then keeps cosine 0.9996 (torch-level simulation of
-  the quantized graph) and the rows above compare the same network on every backend.
-"""
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="efficientformer_l1,shvit_s1")
     ap.add_argument("--coreml-models", default=None, help="default: same as --models; 'none' to skip")
@@ -263,7 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep --work after the run")
     ap.add_argument("--note", action="append", help="a note for the doc (repeatable)")
     ap.add_argument("--out", type=Path, default=DOC)
+    add_args(ap)
     a = ap.parse_args(argv)
+    with DocRun.from_args(a, argv):
+        return run(a)
+
+
+def run(a: argparse.Namespace) -> int:
+    from rich.console import Console
+
     con = Console(stderr=True)
     log = con.log
     from edgeopt.models import list_models
@@ -286,19 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     (a.work / "compiled.json").write_text(json.dumps({"results": results, "coreml": coreml}, indent=1, default=str))
     if a.compile_only:
         return 0
-    meta = {"machine": host_description(), "threads": a.threads, "rounds": a.rounds, "seconds": a.seconds,
-            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python bench/backends.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "load_start": load_avg(), "notes": notes + (a.note or [])}
+    meta = {"threads": a.threads, "rounds": a.rounds, "seconds": a.seconds, "notes": notes + (a.note or [])}
     for m in models:
         log(f"timing {m}")
         time_rows(results[m], a.rounds, a.seconds, a.threads, log)
-    meta["load_end"] = load_avg()
     text = render(results, coreml, meta)
-    tmp = a.out.with_suffix(".tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(text)
-    tmp.replace(a.out)
+    write_block(a.out, "backends", text, title="Backends side by side")
     print(text)
     if not a.keep:
         shutil.rmtree(a.work, ignore_errors=True)

@@ -2,18 +2,20 @@
 
     python bench/harness.py overhead   # harness overhead vs a bare loop over the same session (median, %)
     python bench/harness.py cv         # CV of 10 repeated measurements of efficientformer_l1 on `local`
+    python bench/harness.py cv-hog     # the same beside a busy-loop process: the CV it costs, and the flag
     python bench/harness.py sweep      # 3 models x 3 pipelines x 2 backends over local + loopback ssh://,
                                        # killed half way (SIGKILL) and resumed: counts, duplicates; report PNG
 
-Medians are measured side by side in one run on this machine; the machine, its load and the date are
-printed with each table, because on a shared 2-core VM they matter more than anything edgeopt does.
+Medians are measured side by side in one run on this machine. Each mode writes its own block of docs/harness.md
+through bench/_doc.py, which stamps it with the command, the date, the load before and after and the share of
+the CPUs other processes used, and writes nothing when that share is over the limit: on a shared 2-core VM the
+load matters more than anything edgeopt does. `--docs DIR` writes into another docs folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import signal
 import sqlite3
@@ -24,51 +26,23 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "harness.md"
+DOCS = ROOT / "docs"  # --docs DIR: write the pages there instead
 WORK = Path(os.environ.get("EDGEOPT_BENCH_DIR", "/tmp/edgeopt-bench-harness"))
 # Which machine the figures come from, in the section titles, so runs on different machines sit side by side.
 LABEL = os.environ.get("EDGEOPT_BENCH_LABEL", "2-core sandbox VM")
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-
-def machine() -> str:
-    import psutil
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.processor())
-    return f"{cpu}, {psutil.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+from _doc import DocRun, add_args, write_block, write_file  # noqa: E402
 
 
-class LoadSampler:
-    """Samples the 1-minute load average every few seconds while a figure is taken: one number at the start
-    says little on a machine other jobs share."""
-
-    def __init__(self, every: float = 5.0) -> None:
-        import threading
-
-        self.samples: list[float] = [os.getloadavg()[0]]
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, args=(every,), daemon=True)
-        self._t.start()
-
-    def _run(self, every: float) -> None:
-        while not self._stop.wait(every):
-            self.samples.append(os.getloadavg()[0])
-
-    def summary(self) -> str:
-        self._stop.set()
-        self.samples.append(os.getloadavg()[0])
-        return f"load average (1 min) during the run: median {statistics.median(self.samples):.1f}, max {max(self.samples):.1f}"
+def _key(mode: str) -> str:
+    """The block of docs/harness.md a mode writes: one per mode and machine label."""
+    return f"{mode}-" + re.sub(r"[^a-z0-9]+", "-", LABEL.lower()).strip("-")
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace (or add) the section `## name` of docs/harness.md, keeping the others."""
-    head = "# Harness figures\n\nWritten by `bench/harness.py`; rerun a mode to refresh its section.\n"
-    text = DOC.read_text() if DOC.exists() else head
-    pat = re.compile(rf"\n## {re.escape(name)}\n.*?(?=\n## |\Z)", re.S)
-    sec = f"\n## {name}\n{body.rstrip()}\n"
-    text = pat.sub(lambda _m: sec, text) if pat.search(text) else text.rstrip() + "\n" + sec
-    DOC.write_text(text)
+def write_section(mode: str, title: str, body: str) -> None:
+    write_block(DOCS / "harness.md", _key(mode), f"## {title}\n\n{body.strip()}", title="Harness figures")
 
 
 def bundle(model: str, passes: str | None = None, backend: str = "onnxruntime") -> Path:
@@ -100,7 +74,6 @@ def overhead(model: str = "efficientformer_l1", reps: int = 5) -> None:
     info = dev.info()
     bare, harn, wall = [], [], []
     runs = 30
-    load = LoadSampler()
     for _ in range(reps):  # interleaved, so drift in machine load hits both alike
         for _ in range(3):
             sess.run(x)
@@ -115,7 +88,6 @@ def overhead(model: str = "efficientformer_l1", reps: int = 5) -> None:
         wall.append(time.perf_counter() - t0)
         harn.append(r["latency_ms"]["p50"])
     sess.close()
-    loadline = load.summary()
     mb, mh = statistics.median(bare), statistics.median(harn)
     model_s = statistics.median(harn) * (runs + 3) / 1e3
     rows = [
@@ -124,40 +96,54 @@ def overhead(model: str = "efficientformer_l1", reps: int = 5) -> None:
         f"| harness (protocol -> runner process) | {mh:.2f} | {', '.join(f'{v:.1f}' for v in harn)} |",
     ]
     body = (
-        f"{model}, ONNX Runtime fp32, {runs} timed runs per rep, {reps} reps interleaved. Machine: {machine()}; {loadline}.\n\n"
+        f"{model}, ONNX Runtime fp32, {runs} timed runs per rep, {reps} reps interleaved.\n\n"
         + "\n".join(rows)
         + f"\n\nPer-inference overhead of the harness: **{mh - mb:+.2f} ms ({(mh - mb) / mb * 100:+.1f} %)** on the median p50."
         f" Whole-measurement wall time (new process, bundle verify, model load, warm-up) was {statistics.median(wall):.1f} s"
-        f" for about {model_s:.1f} s of timed inference.\n\nCommand: `python bench/harness.py overhead`\n"
+        f" for about {model_s:.1f} s of timed inference.\n"
     )
-    write_section(f"Harness overhead vs a bare loop ({LABEL})", body)
+    write_section("overhead", f"Harness overhead vs a bare loop ({LABEL})", body)
     print(body)
 
 
-def cv(model: str = "efficientformer_l1", n: int = 10) -> None:
+def cv(model: str = "efficientformer_l1", n: int = 10, hogs: int = 0) -> None:
+    """CV of n repeated measurements, each in a fresh runner process; with `hogs`, that many busy-loop
+    processes run beside them the whole time (started and stopped here, so their CPU time counts as this
+    run's own and the doc run stays clean), to show what contamination does and that the flag sees it."""
     from edgeopt.harness.devices import get_device
     from edgeopt.harness.protocol import Protocol, measure
 
     b = bundle(model)
     dev = get_device("local")
     info = dev.info()
-    p50 = []
-    load = LoadSampler()
-    for i in range(n):
-        r = measure(dev, b, Protocol(warmup=5, runs=20, min_seconds=1.0, cooldown=False), device_info=info)
-        p50.append(r["latency_ms"]["p50"])
-        print(f"{i + 1}/{n}: p50 {p50[-1]:.2f} ms (within-run CV {r['cv']:.3f})", flush=True)
-    loadline = load.summary()
+    p50, shares, flagged = [], [], 0
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(hogs)]
+    try:
+        time.sleep(1.0 if hogs else 0.0)
+        for i in range(n):
+            r = measure(dev, b, Protocol(warmup=5, runs=20, min_seconds=1.0, cooldown=False, remeasure=0), device_info=info)
+            p50.append(r.latency_ms.p50)
+            c = r.contamination
+            shares.append(c.foreign_cpu_share if c is not None and c.foreign_cpu_share is not None else float("nan"))
+            flagged += bool(c is not None and c.flagged)
+            print(f"{i + 1}/{n}: p50 {p50[-1]:.2f} ms (within-run CV {r.cv:.3f}, others' share of its cores {shares[-1]:.2f})", flush=True)
+    finally:
+        for h in procs:
+            h.kill()
+            h.wait()
     m = statistics.mean(p50)
     s = statistics.stdev(p50)
+    cond = f"with {hogs} busy-loop process{'es' if hogs > 1 else ''} running beside it" if hogs else "with nothing else running"
     body = (
         f"{model}, ONNX Runtime fp32 on `local`, default protocol (warm-up 5, >= 20 runs and >= 1 s), {n} measurements"
-        f" one after another, each in a fresh runner process. Machine: {machine()}; {loadline}.\n\n"
+        f" one after another, each in a fresh runner process, {cond}.\n\n"
         f"p50 of each (ms): {', '.join(f'{v:.1f}' for v in p50)}\n\n"
-        f"Mean {m:.2f} ms, std {s:.2f} ms: **CV of the 10 p50s = {s / m:.3f}** (median {statistics.median(p50):.2f} ms,"
-        f" min {min(p50):.2f}, max {max(p50):.2f}).\n\nCommand: `python bench/harness.py cv`\n"
+        f"Mean {m:.2f} ms, std {s:.2f} ms: **CV of the {n} p50s = {s / m:.3f}** (median {statistics.median(p50):.2f} ms,"
+        f" min {min(p50):.2f}, max {max(p50):.2f}). Other processes' share of the run's cores (edgeopt.contention):"
+        f" median {statistics.median(shares):.2f}; **{flagged} of {n} flagged** (limit {Protocol().max_foreign_share:.2f}).\n"
     )
-    write_section(f"CV of 10 repeated measurements ({LABEL})", body)
+    key, title = ("cv-hog", f"CV under a deliberate CPU hog ({LABEL})") if hogs else ("cv", f"CV of {n} repeated measurements ({LABEL})")
+    write_section(key, title, body)
     print(body)
 
 
@@ -209,8 +195,6 @@ def sweep() -> None:
     total = len(models) * len(pipelines) * 2 * 2
     cmd = [sys.executable, "-m", "edgeopt.cli", "bench", str(work / "sweep.yaml"), "--trust-new-host"]
     t0 = time.time()
-    start = machine()
-    load = LoadSampler(every=10.0)
     with open(work / "run1.log", "w") as log:
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         while p.poll() is None:
@@ -227,40 +211,55 @@ def sweep() -> None:
     (work / "run2.log").write_text(r.stdout + r.stderr)
     after = _count(db)
     t2 = time.time()
-    loadline = load.summary()
     st = Store(f"sqlite:///{db}")
     fails = st.jobs(status="failed")
     rows = st.measurements()
     report = write_html(rows, work / "report.html", title=f"edgeopt sweep: {len(models)} models x {len(pipelines)} pipelines x 2 backends x 2 devices", db=f"sqlite:///{db}")
-    shot = ROOT / "docs" / "report.png"
+    shot = work / "report.png"
+    shot.unlink(missing_ok=True)
     chromium = subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", f"--user-data-dir={work / 'chromium'}", "--window-size=1280,3600", "--hide-scrollbars",
          f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=180, check=False)
     sshd.stop()
+    if shot.is_file():
+        write_file(DOCS / "report.png", shot.read_bytes())
     freasons = "\n".join(f"| {j['model']} | {j['passes'] or '-'} | {j['backend']} | {j['device_id']} | {j['stage']} | {(j['error'] or '')[:160]} |" for j in fails)
     body = (
         f"{len(models)} models ({', '.join(models)}) x {len(pipelines)} pipelines (none, reparam, quantize:int8) x 2 backends (onnxruntime, tvm)"
         f" x 2 devices (`local`, loopback `ssh://` to a real sshd on 127.0.0.1) = {total} jobs, every bundle compiled from"
-        f" scratch (TVM untuned). Machine: {start}; {loadline}.\n\n"
+        f" scratch (TVM untuned).\n\n"
         f"| | measurements ok | failed jobs | duplicates |\n|---|---|---|---|\n"
         f"| after SIGKILL half way (run 1, {t1 - t0:.0f} s{'' if killed else ', NOT killed: finished first'}) | {before[0]} | {before[1]} | {before[2]} |\n"
         f"| after the re-run (run 2, {t2 - t1:.0f} s, exit {r.returncode}) | {after[0]} | {after[1]} | {after[2]} |\n\n"
         f"Run 2 said: `{(r.stdout.strip().splitlines() or [''])[-1 if not fails else 0][:200]}`\n\n"
         + (f"Failed jobs (recorded with their reasons, retried by every re-run):\n\n| model | passes | backend | device | stage | reason |\n|---|---|---|---|---|---|\n{freasons}\n\n" if fails else "")
-        + f"Report screenshot: [docs/report.png](report.png) (chromium exit {chromium.returncode}).\n\nCommand: `python bench/harness.py sweep`\n"
+        + f"Report screenshot: [docs/report.png](report.png) (chromium exit {chromium.returncode}).\n"
     )
-    write_section(f"Sweep killed half way and resumed ({LABEL})", body)
+    write_section("sweep", f"Sweep killed half way and resumed ({LABEL})", body)
     print(body)
 
 
-if __name__ == "__main__":
-    WORK.mkdir(parents=True, exist_ok=True)
-    modes = {"overhead": overhead, "cv": cv, "sweep": sweep}
-    todo = sys.argv[1:] or list(modes)
-    for m in todo:
+def main() -> None:
+    import argparse
+
+    global DOCS
+    modes = {"overhead": overhead, "cv": cv, "cv-hog": lambda: cv(hogs=1), "sweep": sweep}
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("modes", nargs="*", metavar="MODE", help=f"any of {', '.join(modes)} (default: all)")
+    ap.add_argument("--docs", type=Path, default=DOCS, help="the docs folder to write (default docs/)")
+    add_args(ap)
+    a = ap.parse_args()
+    for m in a.modes:
         if m not in modes:
-            sys.exit(f"unknown mode {m!r}: choose from {', '.join(modes)}")
-    for m in todo:
-        modes[m]()
-    print(json.dumps({"written": str(DOC)}))
+            ap.error(f"unknown mode {m!r}: choose from {', '.join(modes)}")
+    DOCS = a.docs
+    WORK.mkdir(parents=True, exist_ok=True)
+    with DocRun.from_args(a):
+        for m in a.modes or list(modes):
+            modes[m]()
+    print(json.dumps({"written": str(DOCS / "harness.md")}))
+
+
+if __name__ == "__main__":
+    main()

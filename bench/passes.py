@@ -17,9 +17,6 @@ Fidelity is against the fp32 torch model on the real sample inputs, with the wei
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +26,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _doc import DocRun, add_args, write_block  # noqa: E402
 
 MODELS = ["efficientformer_l1", "shvit_s1", "mobileclip_s0_image", "leyolo_nano", "mobile_r2l_blender"]
 # row name -> (torch passes, graph passes)
@@ -182,16 +181,10 @@ def quant_types(n_samples: int, rounds: int, work: Path) -> list[dict]:
     return rows
 
 
-def _load() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-def _env(load_start: str) -> str:
+def _env() -> str:
     import onnxruntime
 
-    return (f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} cores, onnxruntime {onnxruntime.__version__}; load average (1/5/15 min, `uptime`) "
-            f"{load_start} at the start, {_load()} at the end")
+    return f"onnxruntime {onnxruntime.__version__}"
 
 
 def _fmt(v, f="{:.2f}") -> str:
@@ -207,36 +200,32 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quant-types", action="store_true", help="measure static int8 formats/types on efficientformer_l1")
     ap.add_argument("--out", default=str(ROOT / "docs" / "passes.md"))
+    add_args(ap)
     a = ap.parse_args()
     out = Path(a.out)
-    text = out.read_text() if out.exists() else "# Optimization passes: measured\n"
-    with tempfile.TemporaryDirectory(prefix="bench-passes-") as tmp:
+    with DocRun.from_args(a), tempfile.TemporaryDirectory(prefix="bench-passes-") as tmp:
         work = Path(tmp)
         if a.quant_types:
-            load0 = _load()
             rows = quant_types(a.samples, a.rounds, work)
             lines = ["## Static int8 on x86: which format and types are fastest here (efficientformer_l1)", "",
-                     f"Command: `.venv/bin/python bench/passes.py --quant-types --rounds {a.rounds}`. {_env(load0)}.", "",
+                     f"{_env()}.", "",
                      "| configuration | ORT p50 ms | fastest round ms | cosine vs fp32 | size MB |", "|---|---|---|---|---|"]
             lines += [f"| {r['config']} | {r['p50_ms']:.1f} | {r['min_round_ms']:.1f} | {r['cosine']:.5f} | {r['size_mb']:.1f} |" for r in rows]
             section = "\n".join(lines) + "\n"
-            marker = "## Static int8 on x86"
+            write_block(out, "passes-quant-types", section, title="Optimization passes: measured")
         else:
             for weights in a.weights.split(","):
                 models = a.models if weights == "random" else a.calibrated_models
-                text = pipelines_section(weights, models.split(","), a, out, text, work)
+                pipelines_section(weights, models.split(","), a, out, work)
             return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(_replace(text, marker, section))
     print(section)
 
 
-def pipelines_section(weights: str, models: list[str], a: argparse.Namespace, out: Path, text: str, work: Path) -> str:
-    """Run every pipeline on `models` with `weights`; (re)write its section of `out` after each model."""
+def pipelines_section(weights: str, models: list[str], a: argparse.Namespace, out: Path, work: Path) -> None:
+    """Run every pipeline on `models` with `weights`; stage its section of `out` (bench/_doc.py) after each model."""
     from edgeopt.models import list_models
 
     marker = f"## Pipelines per model: {weights} weights"
-    load0 = _load()
     t0 = time.perf_counter()
     head = [marker, ""]
     lines: list[str] = []
@@ -259,30 +248,17 @@ def pipelines_section(weights: str, models: list[str], a: argparse.Namespace, ou
                 f"{r['cosine']:.5f} | {_fmt(r['snr_db'], '{:.1f}')} | {_fmt(r['task_metric'], '{:.3f}')} | {r['weights']} | {r.get('note', '')} |"
             )
         lines.append("")
-        # write after every model, so a long run leaves what it measured
+        # staged after every model; the last one staged is written when the run ends clean (bench/_doc.py)
         intro = [f"Command: `.venv/bin/python bench/passes.py --weights {a.weights} --models {a.models} "
-                 f"--calibrated-models {a.calibrated_models} --samples {a.samples} --rounds {a.rounds}`. {_env(load0)}; "
+                 f"--calibrated-models {a.calibrated_models} --samples {a.samples} --rounds {a.rounds}`. {_env()}; "
                  f"this section took {time.perf_counter() - t0:.0f} s.",
                  "Latency: ONNX Runtime CPU, one image, median of interleaved rounds (all rows of a model timed in the same "
                  "rounds). Fidelity: against the fp32 torch model on the real sample inputs; the task column is top-1 "
                  "agreement (classification), rank agreement (CLIP), mAP@0.5 vs fp32 detections (detection), PSNR dB "
                  "(light field).", ""]
         section = "\n".join(head + intro + lines) + "\n"
-        text = _replace(text, marker, section)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        write_block(out, f"passes-{weights}", section, title="Optimization passes: measured")
     print(section)
-    return text
-
-
-def _replace(text: str, marker: str, section: str) -> str:
-    """Replace the section starting at `marker` (up to the next '## ') or append it."""
-    if marker in text:
-        head, _, rest = text.partition(marker)
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1:] if nxt >= 0 else ""
-        return head + section + ("\n" + tail if tail else "")
-    return text.rstrip("\n") + "\n\n" + section
 
 
 if __name__ == "__main__":

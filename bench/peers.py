@@ -27,7 +27,8 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from latency import _write_section, timed  # noqa: E402
+from _doc import DocRun, add_args, write_block  # noqa: E402
+from latency import timed  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
 REFERENCE_VARIANTS = ("efficientformer_l1", "shvit_s1", "mobileclip_s0_image", "leyolo_nano", "tinygpt_v_tiny_decode", "mobile_r2l_blender")
@@ -341,8 +342,6 @@ def make_weights(kind: str, out: Path) -> tuple[Path, str]:
 
 
 def main() -> None:
-    import torch
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(REFERENCE_VARIANTS))
     ap.add_argument("--budget-minutes", type=float, default=8.0, help="per-model --auto search budget")
@@ -352,15 +351,23 @@ def main() -> None:
     ap.add_argument("--olive-only", action="store_true", help="only the Olive vs edgeopt comparison (keeps the families section)")
     ap.add_argument("--olive-rounds", type=int, default=2)
     ap.add_argument("--out", default=str(REPO / "out" / "peers"))
+    ap.add_argument("--doc", type=Path, default=DOC, help="the page to write (default docs/benchmarks.md)")
+    add_args(ap)
     a = ap.parse_args()
+    with DocRun.from_args(a):
+        measure(a)
+
+
+def measure(a: argparse.Namespace) -> None:
+    import torch
+
     threads = a.threads or torch.get_num_threads()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     db = f"sqlite:///{out / 'peers.db'}"
     import onnxruntime as ort
 
-    env_line = (f"batch 1, {threads} threads, torch {torch.__version__}, onnxruntime {ort.__version__}, "
-                f"load average at the start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    env_line = f"batch 1, {threads} threads, torch {torch.__version__}, onnxruntime {ort.__version__}"
     if not a.olive_only:
         peaks = gemm_peaks(threads)
         con.print(f"GEMM peaks: fp32 {peaks['fp32']:.1f} GMAC/s, int8 {peaks['int8']:.1f} GMAC/s")
@@ -392,8 +399,7 @@ def main() -> None:
               f"spin against each other on 2 cores; bench/_path_worker.py) ({runs}).", "",
               "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
         md += ["| " + " | ".join(r) + " |" for r in fam]
-        md += ["", f"Regenerate: `.venv/bin/python bench/peers.py --skip-olive --budget-minutes {a.budget_minutes:g}`", ""]
-        _write_section(DOC, "peers", "\n".join(md))
+        write_block(a.doc, "peers", "\n".join(md), title="Benchmarks")
     if not a.skip_olive:
         weights, wnote = make_weights(a.weights, out)
         olive_rows = olive_vs_edgeopt(threads, out, weights, a.olive_rounds)
@@ -408,9 +414,8 @@ def main() -> None:
               f"weights: {wnote}), each tool as a fresh process, {a.olive_rounds} alternating rounds, the best round counts; {env_line}.", "",
               "| tool | wall s: best (rounds) | p50 ms | cosine vs fp32 | top-1 agreement | size MB |", "|---|---|---|---|---|---|"]
         md += ["| " + " | ".join(r) + " |" for r in olive_rows]
-        md += ["", "Regenerate: `.venv/bin/pip install -c constraints.txt olive-ai && .venv/bin/python bench/peers.py --olive-only`", ""]
-        _write_section(DOC, "peers-olive", "\n".join(md))
-    con.print(f"wrote {DOC}")
+        md += ["", "Needs Olive: `.venv/bin/pip install -c constraints.txt olive-ai`."]
+        write_block(a.doc, "peers-olive", "\n".join(md), title="Benchmarks")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,11 @@ of `--runs` ORT CPU runs (default threads) of one real sample, after warm-up, al
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from _doc import DocRun, add_args, write_block
 
 NAMES = ["leyolo_nano", "leyolo_small", "leyolo_medium", "leyolo_large", "mobile_r2l_blender", "mobile_r2l_llff"]
 
@@ -64,7 +63,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--only", default="")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "models-leyolo-mobile_r2l.md"))
+    add_args(ap)
     a = ap.parse_args()
+    with DocRun.from_args(a):
+        run(a)
+
+
+def run(a: argparse.Namespace) -> None:
     names = [n for n in a.only.split(",") if n] or NAMES
     from rich.console import Console
 
@@ -84,13 +89,9 @@ def main() -> None:
         ]) + " |")
     table = "\n".join(lines)
     print(table)
-    note = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()} "
-            f"({platform.processor() or 'cpu'}), random weights, one real sample, `{Path(__file__).name} --runs {a.runs}`. "
-            "Paper GFLOPs are halved to MACs. Latency figures from a shared, busy machine are indicative only.\n")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(a.out).with_suffix(".tmp")
-    tmp.write_text("# LeYOLO and MobileR2L: counted vs paper, export, ORT latency\n\n" + note + "\n" + table + "\n")
-    tmp.replace(a.out)
+    note = (f"Random weights, one real sample, ORT latency the median of {a.runs} runs. "
+            "Paper GFLOPs are halved to MACs.\n")
+    write_block(a.out, "zoo-leyolo-r2l", note + "\n" + table, title="LeYOLO and MobileR2L: counted vs paper, export, ORT latency")
 
 
 if __name__ == "__main__":

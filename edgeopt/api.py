@@ -1,4 +1,4 @@
-"""The Python API under the CLI: compile(), profile(), load_bundle().
+"""The Python API under the CLI: compile(), profile(), compare(), load_bundle().
 
 compile: spec -> module (+ weights) -> real samples + fp32 reference -> pass pipeline (torch passes,
 export, graph passes, each checked against the budget) -> backend compile into a bundle being written ->
@@ -11,8 +11,9 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,7 +23,11 @@ from edgeopt.errors import EdgeoptError
 from edgeopt.fidelity import task_metrics
 from edgeopt.measurement import Measurement, Protocol
 
-__all__ = ["compile", "load_bundle", "profile", "tool_versions"]
+if TYPE_CHECKING:
+    from edgeopt.data import DataRequest, Dataset
+    from edgeopt.harness.compare import Comparison
+
+__all__ = ["compare", "compile", "load_bundle", "profile", "tool_versions"]
 
 
 def tool_versions(*dists: str) -> dict[str, str]:
@@ -64,6 +69,13 @@ def compile(  # noqa: A001 - the public name the design asks for
     progress: Callable[[str], None] | None = None,
     exporter: str = "dynamo",
     weights_info: WeightsLabel | dict[str, Any] | None = None,
+    data: str | Path | DataRequest | Dataset | None = None,
+    labels: str | Path | None = None,
+    calib_samples: int = 128,
+    eval_samples: int = 512,
+    skip_bad_images: bool = False,
+    max_drop: float | None = None,
+    progress_bar: Callable[[str, int, int], None] | None = None,
 ) -> Bundle:
     """Compile a registered model into a bundle folder and return it (verified).
 
@@ -73,7 +85,18 @@ def compile(  # noqa: A001 - the public name the design asks for
     `weights_info` the label of its weights (what the manifest records; default: from `weights`).
     `exporter`: "dynamo" (torch.export, the default) or "torchscript" (the older tracer: about twice as
     fast to export, and what Olive uses by default); either falls back as export.export_onnx says.
+
+    `data` (a path, a `DataRequest`, or a `Dataset` already prepared for this model): the user's data (edgeopt.data; docs/data.md). Its seeded calibration
+    split (`calib_samples`) replaces the bundled photographs for calibration and every pass; the artifact's
+    fidelity, agreement and accuracy are measured on the disjoint evaluation split (`eval_samples`), each
+    with n and a 95 % interval. `labels`: another class mapping for a labelled folder; `skip_bad_images`:
+    skip (and count) unreadable images instead of failing. `max_drop`: the most accuracy points against the
+    labels the artifact may lose, judged on the drop's pessimistic 95 % bound; a drop that the evaluation
+    split is too small to resolve is refused before any slow work. `progress_bar(label, done, total)`
+    follows counted work (reading data, references, the artifact on the evaluation split).
+    Without `data` the figures are measured on `samples` bundled photographs, as the manifest says.
     """
+    from edgeopt.data import DataRequest, Dataset
     from edgeopt.export import check_parity, export_onnx, torch_outputs
     from edgeopt.models import get_spec
     from edgeopt.passes.base import PassContext
@@ -81,7 +104,12 @@ def compile(  # noqa: A001 - the public name the design asks for
     from edgeopt.runtimes.base import CompileInput, get_backend
 
     say = progress or (lambda _msg: None)
+    bar = progress_bar or (lambda label, i, n: say(f"{label} {i}/{n}"))
     t_start = time.perf_counter()
+    req = data if isinstance(data, Dataset) else DataRequest.of(
+        data, labels=labels, calib_samples=calib_samples, eval_samples=eval_samples, skip_bad_images=skip_bad_images)
+    if req is None and (labels is not None or max_drop is not None):
+        raise EdgeoptError("--labels and --max-drop need --data (a labelled dataset)", "pass --data PATH")
     spec = get_spec(model)
     be = get_backend(backend)
     be.require()
@@ -93,6 +121,7 @@ def compile(  # noqa: A001 - the public name the design asks for
     output = Path(output or f"{spec.name}-{be.name}.bundle")
     if output.exists() and not overwrite:
         raise EdgeoptError(f"{output} already exists", "choose another -o folder or pass --overwrite")
+    ds = _read_data(req, spec, pipeline, max_drop, say, bar) if req is not None else None
     say(f"build {spec.name}")
     if weights is not None and str(weights) == "calibrated" and not Path(weights).is_file():
         # random init made confident on real data (edgeopt.calibrate); a user's own checkpoint always wins
@@ -107,8 +136,24 @@ def compile(  # noqa: A001 - the public name the design asks for
     input_names = [i.name for i in spec.inputs]
     output_names = list(spec.outputs)
     say("sample inputs and fp32 reference")
-    sample_list = spec.sample_inputs(samples)
+    sample_list = spec.sample_inputs(samples) if ds is None else ds.calibration.samples
     refs = [torch_outputs(module, s, input_names, output_names) for s in sample_list]
+    eval_list: list[dict[str, np.ndarray]] = [] if ds is None else ds.evaluation.samples
+    eval_refs: list[dict[str, np.ndarray]] = []
+    text_embeds = None
+    if ds is not None:
+        from edgeopt.data import DataError, check_outputs_cover_classes, zero_shot_text_embeds
+
+        width = check_outputs_cover_classes(ds, refs, output_names)
+        if width is not None:
+            raise DataError(f"the data has {ds.catalog.num_classes} classes but {spec.name} has {width} outputs",
+                            "use a model with enough classes, or map the classes onto its outputs with --labels FILE")
+        for i, s in enumerate(eval_list):
+            eval_refs.append(torch_outputs(module, s, input_names, output_names))
+            if i % 16 == 15 or i + 1 == len(eval_list):
+                bar("fp32 reference on the evaluation split", i + 1, len(eval_list))
+        if ds.kind == "clip" and ds.eval_labels is not None and ds.catalog.class_names:
+            text_embeds = zero_shot_text_embeds(module, ds.catalog.class_names)
 
     def fid(outs: list[dict[str, np.ndarray]]) -> dict[str, float]:
         return task_metrics(spec.task, refs, outs)
@@ -129,6 +174,7 @@ def compile(  # noqa: A001 - the public name the design asks for
         ctx = PassContext(
             model_name=spec.name, task=spec.task, input_names=input_names, output_names=output_names,
             samples=sample_list, references=refs, workdir=workdir, backend=be.name, fidelity=fid,
+            eval_samples=eval_list, eval_references=eval_refs, eval_labels=ds.eval_labels if ds is not None else None,
         )
 
         def do_export(mod, path: Path):
@@ -176,10 +222,22 @@ def compile(  # noqa: A001 - the public name the design asks for
                 tools={**tool_versions(), **cres.tools},
                 compile_seconds={"backend": compile_s, "total": None},
                 samples=len(sample_list),
+                data=ds.info if ds is not None else None,
             )
-            # Fidelity of the artifact itself, run through its own backend on every sample.
+            # Fidelity of the artifact itself, run through its own backend on every sample (of the evaluation
+            # split with --data), with its sample count, intervals and, against labels, accuracy.
             say("measure fidelity of the artifact")
-            manifest.fidelity, manifest.fidelity_note = _artifact_fidelity(be, w.root, manifest, sample_list, fid, last_ort)
+            if ds is None:
+                manifest.fidelity, manifest.fidelity_note, outs = _artifact_fidelity(be, w.root, manifest, sample_list, fid, last_ort)
+                used_refs = refs
+            else:
+                manifest.fidelity, manifest.fidelity_note, outs = _artifact_fidelity(
+                    be, w.root, manifest, eval_list, lambda o: task_metrics(spec.task, eval_refs, o), {}, bar)
+                used_refs = eval_refs
+            _add_intervals(manifest, spec.task, used_refs, outs, ds, output_names, text_embeds, max_drop)
+            if ds is not None and ds.kind == "vlm" and outs is not None:
+                say("greedy sequences of fp32 and the artifact")
+                _greedy_agreement(manifest, be, w.root, module, eval_list, input_names, output_names)
             cos = manifest.fidelity.get("cosine", 1.0)
             if fidelity is not None and cos < fidelity:
                 raise EdgeoptError(
@@ -192,21 +250,118 @@ def compile(  # noqa: A001 - the public name the design asks for
     return load_bundle(output)
 
 
-def _artifact_fidelity(be, root: Path, manifest: Manifest, samples, fid, last_ort: dict[str, Any]) -> tuple[dict[str, float], str | None]:
-    """Run the written artifact through its backend on the host; say why when the host cannot.
+def _artifact_fidelity(be, root: Path, manifest: Manifest, samples, fid, last_ort: dict[str, Any],
+                       bar: Callable[[str, int, int], None] | None = None) -> tuple[dict[str, Any], str | None, list | None]:
+    """Run the written artifact through its backend on the host: (fidelity, why the host could not, outputs).
 
     An ORT artifact whose bytes the pipeline already ran (`last_ort`, same sha256) reuses those outputs."""
     host_ok = manifest.backend_details.get("host_runnable", True)
     if host_ok is not True:
-        return dict(manifest.passes[-1]["fidelity"]) if manifest.passes else {}, str(host_ok)
+        return dict(manifest.passes[-1]["fidelity"]) if manifest.passes else {}, str(host_ok), None
     if be.runs_pipeline_onnx and last_ort and sha256_file(root / manifest.artifact) == sha256_file(last_ort["path"]):
-        return fid(last_ort["outs"]), None
+        return fid(last_ort["outs"]), None, last_ort["outs"]
     sess = be.load(root, manifest)
+    outs = []
     try:
-        outs = [sess.run(s) for s in samples]
+        for i, s in enumerate(samples):
+            outs.append(sess.run(s))
+            if bar is not None and (i % 16 == 15 or i + 1 == len(samples)):
+                bar("artifact on the evaluation split", i + 1, len(samples))
     finally:
         sess.close()
-    return fid(outs), None
+    return fid(outs), None, outs
+
+
+def _read_data(req: DataRequest | Dataset, spec: Any, pipeline: list, max_drop: float | None, say: Callable[[str], None],
+               bar: Callable[[str, int, int], None]) -> Dataset:
+    """Scan, check, hash, split and decode the user's data before any slow work (a `Dataset` is used as it is);
+    quantize passes whose `calibration_samples` the user left at its default calibrate on the whole calibration split."""
+    from edgeopt.data import DataError, Dataset, check_fits, prepare, scan
+    from edgeopt.stats import drop_resolvable
+
+    if isinstance(req, Dataset):
+        ds = req
+        check_fits(ds.catalog, spec)
+    else:
+        say(f"read data {req.path}")
+        cat = scan(req)
+        check_fits(cat, spec)
+        if max_drop is not None and not cat.labelled:
+            raise DataError(f"--max-drop needs labelled data; {req.path} is {cat.format.replace('_', ' ')}",
+                            "use a folder with class subfolders (or a COCO set), or drop --max-drop")
+        ds = prepare(req, spec, bar, catalog=cat)
+    if max_drop is not None and not ds.catalog.labelled:
+        raise DataError(f"--max-drop needs labelled data; {ds.catalog.root} is {ds.format.replace('_', ' ')}", "drop --max-drop")
+    if max_drop is not None and ds.format != "coco":
+        ok, need = drop_resolvable(max_drop, len(ds.evaluation))
+        if not ok:
+            raise DataError(f"--max-drop {max_drop:g} cannot be resolved on {len(ds.evaluation)} evaluation samples "
+                            f"(a 95 % bound that tight needs {need or 'infinitely many'})",
+                            f"pass --eval-samples {need} with data that holds them, or relax --max-drop")
+    for p in pipeline:
+        if p.name == "quantize" and "calibration_samples" in type(p.config).model_fields and "calibration_samples" not in p.config.model_fields_set:
+            p.config.calibration_samples = len(ds.calibration)
+    return ds
+
+
+def _greedy_agreement(manifest: Manifest, be: Any, root: Path, module: Any, samples: list, input_names: list[str], output_names: list[str]) -> None:
+    """`fidelity["greedy_sequence_agreement"]`: the share of prompts whose greedy continuation (GREEDY_STEPS
+    tokens) the artifact reproduces exactly, with n and ci95; a note where the artifact takes no longer prompt."""
+    from edgeopt.data.evaluate import GREEDY_STEPS, greedy_tokens
+    from edgeopt.export import torch_outputs
+    from edgeopt.stats import Figure
+
+    ref = greedy_tokens(lambda s: torch_outputs(module, s, input_names, output_names), samples)
+    sess = be.load(root, manifest)
+    try:
+        art = greedy_tokens(sess.run, samples)
+    except Exception as e:  # noqa: BLE001 - a graph with a fixed prompt length cannot be asked for more tokens
+        manifest.fidelity["greedy_note"] = f"greedy-sequence agreement not measured: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        return
+    finally:
+        sess.close()
+    fig = Figure.proportion("greedy_sequence_agreement", np.all(ref == art, axis=1))
+    manifest.fidelity["greedy_sequence_agreement"] = fig.value
+    manifest.fidelity["greedy_sequence"] = {**fig.to_json(), "steps": GREEDY_STEPS}
+
+
+def _add_intervals(manifest: Manifest, task: str, refs: list, outs: list | None, ds: Dataset | None, output_names: list[str],
+                   text_embeds: np.ndarray | None, max_drop: float | None) -> None:
+    """Complete `manifest.fidelity`: what it was measured on, the agreement figure with n and ci95, the accuracy
+    against labels, and the --max-drop gate (an EdgeoptError when it fails or cannot be resolved)."""
+    from edgeopt.fidelity import agreement_figure
+    from edgeopt.stats import gate_max_drop
+
+    f = manifest.fidelity
+    if outs is None:  # the host cannot run the artifact: the figures (if any) are the last pass's, on the calibration samples
+        if f:
+            f["evaluated_on"] = ("data: calibration split" if ds is not None else "bundled photographs") + " (last pass; the artifact does not run here)"
+            f["n"] = manifest.samples
+        if max_drop is not None:
+            raise EdgeoptError("--max-drop cannot be checked: the artifact does not run on this host", "drop --max-drop or compile on a host that runs it")
+        return
+    f["evaluated_on"] = "data: evaluation split" if ds is not None else "bundled photographs"
+    f["n"] = len(refs)
+    agree = agreement_figure(task, refs, outs)
+    if agree is not None:
+        f["agreement"] = agree.to_json()
+    if ds is None:
+        return
+    from edgeopt.data import accuracy
+
+    acc, why = accuracy(ds, refs, outs, output_names, text_embeds)
+    if acc is not None:
+        f["accuracy"] = acc.to_json()
+    elif why:
+        f["accuracy_note"] = why
+    if max_drop is not None:
+        if acc is None:
+            raise EdgeoptError(f"--max-drop cannot be checked: {why}", "drop --max-drop")
+        gate = gate_max_drop(acc, max_drop)
+        f["gate"] = {"max_drop_points": max_drop, **gate.to_json()}
+        if gate.status != "pass":
+            raise EdgeoptError(f"the {manifest.backend} artifact {'failed' if gate.status == 'fail' else 'cannot be judged by'} --max-drop: {gate.reason}",
+                               "relax --max-drop, evaluate on more samples or change precision; no bundle was written")
 
 
 def profile(
@@ -221,18 +376,23 @@ def profile(
     timeout: float = 600.0,
     device_options: dict[str, Any] | None = None,
     protocol: Protocol | None = None,
+    strict: bool = False,
 ) -> Measurement:
     """Measure a bundle on a device with the standard protocol; store the result unless store=False.
 
-    `protocol` gives every protocol field at once (it wins over runs/warmup/min_seconds/threads/timeout)."""
-    from edgeopt.harness.devices import get_device
+    `protocol` gives every protocol field at once (it wins over runs/warmup/min_seconds/threads/timeout/strict).
+    A result that other processes disturbed is measured again (`Protocol.remeasure`); with `strict` it is
+    refused (`Contaminated`) instead of kept with its flag."""
+    from edgeopt.harness.devices import open_device
     from edgeopt.harness.protocol import measure
     from edgeopt.store import Store
 
     b = load_bundle(bundle)
     st = Store(db) if store else None  # open the database first: a bad URL fails before the run
-    proto = protocol or Protocol(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads, timeout=timeout)
-    dev = get_device(device, **(device_options or {}))
+    proto = protocol or Protocol(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads, timeout=timeout, strict=strict)
+    dev = open_device(device, **(device_options or {}))  # a devices.yaml name (its options apply) or a URI
+    if dev.board_spec is not None:
+        proto = dev.board_spec.protocol(proto)  # the board's pin_cpus where the protocol sets none
     try:
         res = measure(dev, b, proto)
     finally:
@@ -240,3 +400,30 @@ def profile(
     if st is not None:
         res.measurement_id = st.add_measurement(b.manifest, res, replace=True)
     return res
+
+
+def compare(
+    bundles: list[str | Path],
+    device: str = "local",
+    rounds: int = 7,
+    threads: int | None = None,
+    runs: int = 10,
+    min_seconds: float = 0.5,
+    device_options: dict[str, Any] | None = None,
+    on_round: Callable[[int, int], None] | None = None,
+) -> Comparison:
+    """Interleaved comparison of bundles on one device (`edgeopt.harness.compare`): each round times every
+    bundle once in a fresh runner process; ratios to the first bundle with 95 % bootstrap intervals."""
+    from edgeopt.harness.compare import ROUND_PROTOCOL
+    from edgeopt.harness.compare import compare as do_compare
+    from edgeopt.harness.devices import open_device
+
+    loaded = [load_bundle(b) for b in bundles]  # every bundle verified before the first round
+    proto = replace(ROUND_PROTOCOL, threads=threads, runs=runs, min_seconds=min_seconds)
+    dev = open_device(device, **(device_options or {}))  # a devices.yaml name (its options apply) or a URI
+    if dev.board_spec is not None:
+        proto = dev.board_spec.protocol(proto)
+    try:
+        return do_compare(dev, loaded, rounds=rounds, protocol=proto, labels=[str(b) for b in bundles], on_round=on_round)
+    finally:
+        dev.close()

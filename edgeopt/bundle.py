@@ -81,6 +81,36 @@ class WeightsLabel:
         return {"kind": self.kind, **self.details}
 
 
+@dataclass(frozen=True)
+class DataInfo:
+    """The user's data a bundle was calibrated and gated on (`compile --data`): its format, a sha256 over its
+    files' names and bytes, and the size of each split. `path`, `classes` and `skipped` are informative."""
+
+    format: str
+    sha256: str
+    calibration: int
+    evaluation: int
+    path: str | None = None
+    classes: int | None = None
+    skipped: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"format": self.format, "sha256": self.sha256, "calibration": self.calibration, "evaluation": self.evaluation}
+        for k in ("path", "classes"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
+        if self.skipped:
+            d["skipped"] = self.skipped
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> DataInfo | None:
+        if d is None:
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
 @dataclass
 class Manifest:
     """What a bundle is, how it was made, the sha256 of every file and the fidelity it kept.
@@ -103,8 +133,11 @@ class Manifest:
     tools: dict[str, str] = field(default_factory=dict)
     compile_seconds: dict[str, float | None] = field(default_factory=dict)
     samples: int = 0
-    fidelity: dict[str, float] = field(default_factory=dict)
+    # cosine, snr_db, the task's agreement figures (floats); `agreement` and, with labelled data, `accuracy`:
+    # {"metric", ..., "n", "ci95"}; `evaluated_on` and `n`: what the figures were measured on; `gate`
+    fidelity: dict[str, Any] = field(default_factory=dict)
     fidelity_note: str | None = None
+    data: DataInfo | None = None  # the user's data (compile --data), None: the bundled photographs
     check: dict[str, float] = field(default_factory=dict)  # cosine_min: what a device must reach on the reference
     preprocess: dict[str, Any] | None = None  # end-to-end preprocessing overrides (mean, std, crop_pct)
     auto: dict[str, Any] | None = None  # the --auto search that picked this artifact
@@ -142,6 +175,7 @@ class Manifest:
             "passes": self.passes, "delegated_passes": self.delegated_passes, "export": self.export,
             "backend_details": self.backend_details, "tools": self.tools, "compile_seconds": self.compile_seconds,
             "samples": self.samples, "fidelity": self.fidelity,
+            "data": self.data.to_json() if self.data is not None else None,
         }
         for k in ("fidelity_note", "preprocess", "auto"):
             if getattr(self, k) is not None:
@@ -158,6 +192,10 @@ class Manifest:
                 raise BundleError(f"{where} lacks {key!r}", "recompile the bundle with this edgeopt version")
         if d["schema"] > SCHEMA_VERSION:
             raise BundleError(f"bundle schema {d['schema']} is newer than this edgeopt's ({SCHEMA_VERSION})", "upgrade edgeopt on this machine")
+        if not isinstance(d["files"], dict):
+            raise BundleError(f"{where}: 'files' is not a mapping of file name to sha256", "recompile the bundle")
+        for name in (*d["files"], d["artifact"]):
+            check_member_name(name, where)
         known = {f.name for f in fields(cls)} - {"extra"}
         try:
             return cls(
@@ -167,7 +205,8 @@ class Manifest:
                 outputs=[TensorSpec(**t) for t in d.get("outputs", [])],
                 target=d.get("target", "host"),
                 precision=d.get("precision"),
-                **{k: d[k] for k in known - {"model", "weights", "inputs", "outputs", "target", "precision"} if k in d and d[k] is not None},
+                data=DataInfo.from_json(d.get("data")),
+                **{k: d[k] for k in known - {"model", "weights", "inputs", "outputs", "target", "precision", "data"} if k in d and d[k] is not None},
                 extra={k: v for k, v in d.items() if k not in known},
             )
         except TypeError as e:
@@ -256,10 +295,26 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     return bundle
 
 
+def check_member_name(name: Any, where: str) -> None:
+    """Refuse a file name from a manifest unless it is a relative path inside the bundle: no absolute
+    path, no `..`, no drive or backslash tricks. (Symbolic links are checked on disk, in verify_bundle.)"""
+    from pathlib import PurePosixPath
+
+    ok = isinstance(name, str) and name and "\\" not in name and "\x00" not in name
+    pp = PurePosixPath(name) if ok else None
+    if not ok or pp is None or pp.is_absolute() or ".." in pp.parts or name.startswith("~") or ":" in pp.parts[0]:
+        raise BundleError(f"{where} names the file {name!r}, which is not a relative path inside the bundle",
+                          "a bundle's manifest may only name files inside its folder; recompile it, and do not run bundles from untrusted sources")
+
+
 def verify_bundle(bundle: Bundle) -> None:
     files = bundle.manifest.files
+    root = bundle.path.resolve()
     for rel, want in files.items():
         p = bundle.path / rel
+        if p.is_symlink() or not p.resolve().is_relative_to(root):
+            raise BundleError(f"bundle {bundle.path}: {rel} is a symbolic link or leads outside the bundle",
+                              "a bundle holds plain files only; copy it again with links resolved (cp -rL) or recompile")
         if not p.is_file():
             raise BundleError(f"bundle {bundle.path} is incomplete: {rel} is missing", "copy the whole folder again or recompile")
         got = sha256_file(p)

@@ -1,7 +1,8 @@
 """The `edgeopt` command: compile | profile | bench | report | models | devices.
 
-Every user-fixable failure is an EdgeoptError, printed as one line (what, then how to fix) with exit
-code 1; `--debug` shows the traceback. Anything else is a bug and keeps its traceback.
+Every failure is printed as one line (what, then how to fix) with exit code 1: an EdgeoptError as it is,
+an error from the OS or a library as its type, origin and first line (`_library_error`). `--debug` shows
+the traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -61,14 +63,21 @@ def models(
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    t = Table(title=f"{len(rows)} models")
-    for c in ("name", "family", "task", "inputs", "params (paper)", "GMACs (paper)"):
-        t.add_column(c)
+    # the name is the one column never cut; the family (its prefix) is left out when the terminal is narrow
+    wide = console.width >= 100
+    t = Table(title=f"{len(rows)} models", box=box.SIMPLE_HEAD, show_edge=False)
+    t.add_column("name", no_wrap=True, min_width=max(len(r["name"]) for r in rows))
+    if wide:
+        t.add_column("family", overflow="fold")
+    t.add_column("task", overflow="fold")
+    t.add_column("inputs", overflow="fold")
+    t.add_column("params\n(paper)", justify="right", no_wrap=True)
+    t.add_column("GMACs\n(paper)", justify="right", no_wrap=True)
     if count:
-        t.add_column("params (counted)")
-        t.add_column("GMACs (counted)")
+        t.add_column("params\n(counted)", justify="right", no_wrap=True)
+        t.add_column("GMACs\n(counted)", justify="right", no_wrap=True)
     for r in rows:
-        cells = [r["name"], r["family"], r["task"], " ".join(f"{k}{tuple(v)}" for k, v in r["inputs"].items()),
+        cells = [r["name"], *([r["family"]] if wide else []), r["task"], " ".join(f"{k} {'x'.join(map(str, v))}" for k, v in r["inputs"].items()).replace(" 1x", " "),
                  _fmt_m(r["paper_params_m"]), _fmt_m(r["paper_macs_g"], "")]
         if count:
             cells += [_fmt_m(r.get("params_m")), _fmt_m(r.get("macs_g"), "")]
@@ -114,16 +123,30 @@ def compile_cmd(
     backends: Annotated[str | None, typer.Option("--backends", help="--auto: comma list to consider (default: all available)")] = None,
     precisions: Annotated[str | None, typer.Option("--precisions", help="--auto: comma list, e.g. fp32,int8,dynamic,fp16")] = None,
     db: Annotated[str | None, typer.Option("--db", help="--auto: results database URL")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="your data: image folder (class subfolders = labelled), COCO set, or prompts .jsonl")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="class mapping for a labelled folder (one folder name per line, in output order)")] = None,
+    calib_samples: Annotated[int, typer.Option("--calib-samples", help="--data: calibration split size (capped by the data)")] = 128,
+    eval_samples: Annotated[int, typer.Option("--eval-samples", help="--data: evaluation split size (capped by the data)")] = 512,
+    skip_bad_images: Annotated[bool, typer.Option("--skip-bad-images", help="--data: skip and count unreadable images instead of failing")] = False,
+    max_drop: Annotated[float | None, typer.Option("--max-drop", help="--data: most accuracy points the artifact may lose against the labels (95 % bound)")] = None,
 ) -> None:
     """Compile MODEL through the pass pipeline into a bundle for a backend (or --auto: search for the fastest)."""
+    from edgeopt.data import DataRequest
+
+    if data is None and (labels is not None or max_drop is not None):
+        raise EdgeoptError("--labels and --max-drop need --data (a labelled dataset)", "pass --data PATH")
+    if auto and max_drop is not None:
+        raise EdgeoptError("--max-drop is not an --auto gate", "with --auto, --min-agreement gates on the 95 % lower bound over --data")
+    req = DataRequest.of(data, labels=labels, calib_samples=calib_samples, eval_samples=eval_samples, skip_bad_images=skip_bad_images)
     if auto:
         _auto(model, output, device, fidelity if fidelity is not None else 0.999, budget_minutes, backends, precisions, weights, db, overwrite,
-              min_agreement)
+              min_agreement, req)
         return
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich import progress as rp
 
     from edgeopt.api import compile as do_compile
     from edgeopt.passes.pipeline import _coerce
+    from edgeopt.report import fidelity_lines
 
     opts: dict[str, Any] = {}
     for kv in option or []:
@@ -134,12 +157,14 @@ def compile_cmd(
     for k, v in (("tune_trials", tune_trials), ("tune_minutes", tune_minutes)):
         if v is not None:
             opts[k] = v
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console, transient=True) as prog:
+    with rp.Progress(rp.SpinnerColumn(), rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
+                     rp.TimeElapsedColumn(), console=err_console, transient=True) as prog:
         task = prog.add_task(f"compile {model}", total=None)
         b = do_compile(
             model, backend=backend, passes=passes, weights=weights, output=output, target=target, options=opts,
-            fidelity=fidelity, samples=samples, overwrite=overwrite, exporter=exporter,
-            progress=lambda msg: prog.update(task, description=f"{model}: {msg}"),
+            fidelity=fidelity, samples=samples, overwrite=overwrite, exporter=exporter, data=req, max_drop=max_drop,
+            progress=lambda msg: prog.update(task, description=f"{model}: {msg}", total=None, completed=0),
+            progress_bar=lambda label, i, n: prog.update(task, description=f"{model}: {label}", completed=i, total=n),
         )
     m = b.manifest
     console.print(f"[bold green]bundle[/] {b.path}")
@@ -148,12 +173,16 @@ def compile_cmd(
     t.add_row("backend", f"{m.backend} / {m.target} / {m.precision}")
     t.add_row("passes", ", ".join(m.pass_names) or "none")
     t.add_row("size", f"{(m.size_bytes or 0) / 1e6:.2f} MB")
-    t.add_row("fidelity", ", ".join(f"{k} {v:.4g}" for k, v in m.fidelity.items()) or m.fidelity_note or "-")
+    if (m.backend_details.get("delegation") or {}).get("summary"):  # which ops the delegate took, which fell back
+        t.add_row("delegation", m.backend_details["delegation"]["summary"])
+    t.add_row("fidelity", ", ".join(f"{k} {v:.4g}" for k, v in m.fidelity.items() if isinstance(v, int | float)) or m.fidelity_note or "-")
+    for line in fidelity_lines(m):
+        t.add_row("", line)
     t.add_row("sha256", m.bundle_sha256[:16])
     console.print(t)
 
 
-def _auto(model, output, device, fidelity, budget_minutes, backends, precisions, weights, db, overwrite, min_agreement) -> None:
+def _auto(model, output, device, fidelity, budget_minutes, backends, precisions, weights, db, overwrite, min_agreement, data=None) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgeopt.orchestrate.auto import auto_compile
@@ -164,7 +193,7 @@ def _auto(model, output, device, fidelity, budget_minutes, backends, precisions,
         res = auto_compile(
             model, output, device=device, fidelity=fidelity, budget_minutes=budget_minutes, min_agreement=min_agreement,
             backends=backends.split(",") if backends else None, precisions=precisions.split(",") if precisions else None,
-            weights=weights, db=db, overwrite=overwrite,
+            weights=weights, db=db, overwrite=overwrite, data=data,
             progress=lambda label, i, n: prog.update(task, description=f"{model}: {label}", completed=i, total=n),
         )
     t = Table(title=f"{model} on {device}: {len(res.candidates)} candidates in {res.seconds:.0f} s, budget cosine >= {fidelity}")
@@ -187,7 +216,7 @@ def _auto(model, output, device, fidelity, budget_minutes, backends, precisions,
 @app.command()
 def profile(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
-    device: Annotated[str, typer.Option("--device", "-d")] = "local",
+    device: Annotated[str, typer.Option("--device", "-d", help="a URI or a devices.yaml name")] = "local",
     runs: Annotated[int, typer.Option("--runs")] = 20,
     warmup: Annotated[int, typer.Option("--warmup")] = 5,
     min_seconds: Annotated[float, typer.Option("--min-seconds")] = 1.0,
@@ -196,24 +225,87 @@ def profile(
     no_store: Annotated[bool, typer.Option("--no-store", help="do not store the result")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="seconds before the runner is killed")] = 600.0,
+    strict: Annotated[bool, typer.Option("--strict", help="refuse a result other processes disturbed (after re-measuring)")] = False,
 ) -> None:
     """Measure BUNDLE on a device with the standard protocol and store the result."""
     from edgeopt.api import profile as do_profile
 
     with console.status(f"profiling {bundle} on {device}", spinner="dots") if not as_json else _null():
         res = do_profile(bundle, device=device, runs=runs, warmup=warmup, min_seconds=min_seconds, threads=threads,
-                         db=db, store=not no_store, timeout=timeout)
+                         db=db, store=not no_store, timeout=timeout, strict=strict)
     if as_json:
         print(json.dumps(res.to_dict(), default=str))
         return
     lat = res.latency_ms
-    t = Table(title=f"{res.model} on {device}")
-    for c in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "CV", "runs", "init ms", "peak RSS MB", "outputs match", "energy"):
-        t.add_column(c)
-    energy = res.energy.meter if res.energy else f"null ({res.energy_reason or ''})"
-    t.add_row(_ms(lat.p50), _ms(lat.p90), _ms(lat.p99), _ms(lat.mean), "-" if res.cv is None else f"{res.cv:.3f}",
-              str(res.runs), f"{res.init_ms or 0:.0f}", f"{res.peak_rss_mb or 0:.0f}", str(res.outputs_match), energy)
+    # one result: a two-column table reads at any terminal width; long notes go under it, not into cells
+    t = Table(title=f"{res.model} ({res.backend} {res.precision or ''}) on {device}".replace(" )", ")"), show_header=False)
+    t.add_column("", style="bold", no_wrap=True)
+    t.add_column("", no_wrap=True)
+    c = res.contamination
+    rows = [("latency p50 / p90 / p99", f"{_ms(lat.p50)} / {_ms(lat.p90)} / {_ms(lat.p99)} ms"),
+            ("mean, CV", f"{_ms(lat.mean)} ms, {'-' if res.cv is None else f'{res.cv:.3f}'}"),
+            ("runs (warm-up)", f"{res.runs} ({res.warmup})"), ("load time", f"{res.init_ms or 0:.0f} ms"),
+            ("peak RSS", f"{res.peak_rss_mb or 0:.0f} MB"), ("outputs match", str(res.outputs_match)),
+            ("energy", "-" if res.energy is None else f"{res.energy.joules_per_inference * 1e3:.3f} mJ/inference ({res.energy.meter})"),
+            ("other load", "-" if c is None else ("[red]" if c.flagged else "") + c.summary())]
+    for k, v in rows:
+        t.add_row(k, v)
     console.print(t)
+    if res.energy is None:
+        console.print(f"energy: not measured ({res.energy_reason or 'no meter'})", style="dim")
+    if c is not None:
+        console.print(_contamination_note(c), style="red" if c.flagged else "dim")
+
+
+def _contamination_note(c: Any) -> str:
+    if c.foreign_cpu_share is None:
+        return f"load: not measured ({c.reason})"
+    tries = f" after {c.attempts} attempts" if c.attempts > 1 else ""
+    what = "FLAGGED: " if c.flagged else ""
+    return (f"load: {what}other processes took {100 * c.foreign_cpu_share:.0f}% of the run's {c.cores_used} core(s) "
+            f"(limit {100 * c.threshold:.0f}%{tries}); load average {_f2(c.load_before)} -> {_f2(c.load_after)}")
+
+
+def _f2(v: float | None) -> str:
+    return "?" if v is None else f"{v:.2f}"
+
+
+@app.command()
+def compare(
+    bundles: Annotated[list[Path], typer.Argument(help="two or more bundle folders; the first is the baseline")],
+    device: Annotated[str, typer.Option("--device", "-d", help="a URI or a devices.yaml name")] = "local",
+    rounds: Annotated[int, typer.Option("--rounds", help="interleaved rounds (each times every bundle once)")] = 7,
+    threads: Annotated[int | None, typer.Option("--threads")] = None,
+    runs: Annotated[int, typer.Option("--runs", help="timed runs per bundle per round")] = 10,
+    min_seconds: Annotated[float, typer.Option("--min-seconds", help="seconds per bundle per round")] = 0.5,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Compare bundles on one device in interleaved rounds: each one's p50 and its ratio to the first with
+    a 95 % bootstrap interval ("no clear difference" when the interval contains 1)."""
+    from rich.progress import Progress
+
+    from edgeopt.api import compare as do_compare
+
+    kw: dict[str, Any] = {"device": device, "rounds": rounds, "threads": threads, "runs": runs, "min_seconds": min_seconds}
+    if as_json:
+        print(json.dumps(do_compare(list(bundles), **kw).to_dict(), default=str))
+        return
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task(f"{rounds} interleaved rounds on {device}", total=rounds)
+        res = do_compare(list(bundles), on_round=lambda i, n: prog.update(task, completed=i), **kw)
+    t = Table(title=f"{len(bundles)} bundles on {device}, {rounds} interleaved rounds")
+    t.add_column("bundle", overflow="fold")
+    for col in ("model", "p50 ms", "ratio", "95% interval", "verdict"):
+        t.add_column(col, no_wrap=col != "model", justify="right" if col in ("p50 ms", "ratio") else "left")
+    flagged = 0
+    for r, ms in zip(res.results, res.measurements, strict=True):
+        m = ms[0]
+        flagged += r.flagged_rounds
+        t.add_row(r.label, f"{m.model} {m.backend} {m.precision or ''}".strip(), f"{r.p50_ms:.3f}", f"{r.ratio:.3f}",
+                  "baseline" if r is res.results[0] else f"{r.ci95[0]:.3f}-{r.ci95[1]:.3f}", "baseline" if r is res.results[0] else r.verdict)
+    console.print(t)
+    if flagged:
+        console.print(f"{flagged} of {rounds * len(bundles)} runs were disturbed by other processes; the interval includes their spread", style="red")
 
 
 def _ms(v: float | None) -> str:
@@ -265,7 +357,7 @@ def report(
     if as_json:
         print(json.dumps(rows, default=str))
         return
-    console.print(measurements_table(rows))
+    console.print(measurements_table(rows, width=console.width))
 
 
 def _register_subapps() -> None:
@@ -285,30 +377,60 @@ _register_subapps()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI, turning EdgeoptError into one line and exit code 1."""
+    """Entry point: run the CLI. Every failure is one line on stderr (what, then how to fix) and a non-zero
+    exit code: EdgeoptError as it is, errors from the OS and the libraries underneath (ONNX Runtime, TVM,
+    LiteRT, coremltools, SQLAlchemy, ...) through `_library_error`. `--debug` shows the traceback instead."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         app(args=argv, standalone_mode=False)
-    except EdgeoptError as e:
-        if debug:
-            raise
-        err_console.print(f"[bold red]error:[/] {e.message}" + (f" [dim]({e.hint})[/]" if e.hint else ""), highlight=False, soft_wrap=True)
-        return 1
     except (typer.Exit, SystemExit) as e:
         return int(getattr(e, "exit_code", getattr(e, "code", 0)) or 0)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    except Exception as e:  # click usage errors
+    except Exception as e:
         import click
 
-        if isinstance(e, click.exceptions.ClickException):
+        if isinstance(e, click.exceptions.ClickException):  # usage errors: click's own message
             e.show()
             return e.exit_code
         if isinstance(e, click.exceptions.Abort):
             return 1
-        raise
+        if debug:
+            raise
+        err = e if isinstance(e, EdgeoptError) else _library_error(e)
+        err_console.print(f"[bold red]error:[/] {err.message}" + (f" [dim]({err.hint})[/]" if err.hint else ""), highlight=False, soft_wrap=True)
+        return 1
     return 0
+
+
+def _library_error(e: Exception) -> EdgeoptError:
+    """One line for an exception edgeopt did not raise itself: what failed, where it came from, and a hint."""
+    import errno
+    import shutil
+    import tempfile
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        target = e.filename2 or e.filename  # a copy names its source first, the file being written second
+        full = Path(target).parent if target else Path.cwd()
+        while not full.exists() and full != full.parent:  # the temporary folder it wrote into is gone already
+            full = full.parent
+        free = []
+        for w in dict.fromkeys((full, Path(tempfile.gettempdir()))):
+            try:
+                free.append(f"{w}: {shutil.disk_usage(w).free / 2**20:.0f} MiB free")
+            except OSError:
+                continue
+        return EdgeoptError(f"the disk is full (no space left on device{f' writing {target}' if target else ''}; {', '.join(free)})",
+                            "free some space or write to another disk (-o DIR, or TMPDIR for temporary files); nothing partial was kept")
+    if isinstance(e, OSError):
+        what = f"{e.strerror or e}" + (f": {e.filename2 or e.filename}" if e.filename else "")
+        return EdgeoptError(f"operating system error: {what}", "check the path and its permissions; --debug shows where it happened")
+    source = (type(e).__module__ or "").split(".")[0]
+    text = (str(e).strip().splitlines() or [""])[0][:300]
+    origin = f" from {source}" if source not in ("builtins", "edgeopt", "") else ""
+    return EdgeoptError(f"{type(e).__name__}{origin}: {text}" if text else f"{type(e).__name__}{origin}",
+                        "run again with --debug for the traceback; if the input looks right, this is a bug to report")
 
 
 if __name__ == "__main__":

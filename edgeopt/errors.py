@@ -39,3 +39,7 @@ class DeviceUnreachable(DeviceError):
 
 class AlreadyStored(EdgeoptError):
     """A measurement with this (bundle, device, protocol) key is already in the results database."""
+
+
+class Contaminated(EdgeoptError):
+    """A measurement that other processes disturbed (edgeopt.contention), refused under a strict protocol."""

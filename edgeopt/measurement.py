@@ -24,10 +24,19 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from edgeopt.contention import Contamination
 from edgeopt.errors import DeviceError, EdgeoptError
 
-# Protocol fields that change how long the harness waits, not what the figures mean: not in the key.
-_NOT_KEYED = ("timeout", "cooldown", "cooldown_timeout_s", "cooldown_tolerance_c", "idle_seconds", "throttle_c")
+# Protocol fields that change how long the harness waits or what it does with a contaminated result, not
+# what the figures mean: not in the key.
+_NOT_KEYED = ("timeout", "cooldown", "cooldown_timeout_s", "cooldown_tolerance_c", "idle_seconds", "throttle_c",
+              "max_foreign_share", "remeasure", "strict")
+
+# Valid ranges of the numeric protocol fields: (field, lowest, whether the lowest is allowed, what it means).
+_RANGES = (("warmup", 0, True, "warm-up calls"), ("runs", 1, True, "timed runs"), ("min_seconds", 0, True, "seconds"),
+           ("threads", 1, True, "threads"), ("timeout", 0, False, "seconds"), ("cooldown_timeout_s", 0, True, "seconds"),
+           ("cooldown_tolerance_c", 0, True, "degrees C"), ("idle_seconds", 0, True, "seconds"),
+           ("max_foreign_share", 0, True, "share of the run's cores"), ("remeasure", 0, True, "re-measurements"))
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,24 @@ class Protocol:
     cooldown_tolerance_c: float = 3.0
     throttle_c: float = 85.0
     idle_seconds: float = 2.0  # idle power baseline length (only where a meter exists)
+    # contamination (edgeopt.contention): flag a result when other processes took more than this share of
+    # the run's cores; re-measure a flagged result up to `remeasure` times; with `strict`, refuse it then.
+    max_foreign_share: float = 0.10
+    remeasure: int = 2
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        for name, lowest, inclusive, unit in _RANGES:
+            v = getattr(self, name)
+            if v is None and name == "threads":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v < lowest or (v == lowest and not inclusive):
+                bound = f">= {lowest}" if inclusive else f"> {lowest}"
+                flag = name.replace("_", "-")
+                raise EdgeoptError(f"protocol {name} = {v!r} is out of range: {unit} must be {bound}", f"give --{flag} (or protocol.{name}) a value {bound}")
+        if self.max_foreign_share > 1:
+            raise EdgeoptError(f"protocol max_foreign_share = {self.max_foreign_share} is out of range: a share lies in [0, 1]",
+                               "give protocol.max_foreign_share a value in [0, 1], e.g. 0.1")
 
     def key(self) -> str:
         """Hash of what changes the figures (not the waits), for resumable sweeps.
@@ -170,6 +197,7 @@ class Measurement:
     e2e: dict[str, Any] | None = None  # end-to-end mode: model-only and end-to-end summaries side by side
     after_loop_s: float | None = None  # seconds between the end of the timed loop and the result being printed
     loop_end: float | None = None  # the device's monotonic clock at the loop's end (runner-internal, never sent)
+    contamination: Contamination | None = None  # other processes' use of the run's cores during the timed loop
     # -- added by the harness on the host --
     energy: Energy | None = None
     energy_reason: str | None = None
@@ -199,7 +227,7 @@ class Measurement:
         if d["measurement_id"] is None:
             d.pop("measurement_id")
         d.pop("loop_end")
-        for k in ("timing", "first_inference_ms", "e2e", "after_loop_s"):
+        for k in ("timing", "first_inference_ms", "e2e", "after_loop_s", "contamination"):
             if d[k] is None:
                 d.pop(k)
         return d
@@ -214,6 +242,8 @@ class Measurement:
         kw["latency_ms"] = Latency(**d["latency_ms"])
         if isinstance(kw.get("energy"), dict):
             kw["energy"] = Energy(**kw["energy"])
+        if isinstance(kw.get("contamination"), dict):
+            kw["contamination"] = Contamination(**kw["contamination"])
         return cls(**kw)
 
     @classmethod

@@ -3,20 +3,24 @@ or `python -m edgeopt.runner BUNDLE --request JSON` (a `MeasureRequest`, as the 
 
 Loads a bundle (refusing it if any sha256 differs), checks the artifact's outputs on the bundle's own
 reference inputs, measures latency LoadGen-style (warm-up, then until both a run count and a duration are
-reached) and prints one `Measurement` as a JSON line on stdout (`{"error": ...}` with exit code 2 when it
+reached), records how much of its cores other processes took meanwhile (`edgeopt.contention`) and
+prints one `Measurement` as a JSON line on stdout (`{"error": ...}` with exit code 2 when it
 cannot). With a request that names an image, it measures model-only and end-to-end latency instead
-(`edgeopt.harness.e2e_runner`). Needs only numpy and the bundle's runtime: never torch.
+(`edgeopt.harness.e2e_runner`). Needs only numpy and the bundle's runtime: never torch, except where the
+bundle's manifest says its runtime needs it (`backend_details["device_needs"]`: ExecuTorch's Python runtime).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import sys
 import time
 
 from edgeopt._loop import measure_session, peak_rss_mb, print_result
+from edgeopt.contention import contamination, sample
 from edgeopt.measurement import Measurement, MeasureRequest, Protocol, summarize
 
 
@@ -30,6 +34,11 @@ def run_bundle(path: str, request: MeasureRequest) -> Measurement:
     bundle = load_bundle(path, verify=request.verify)
     m = bundle.manifest
     backend = get_backend(m.backend)
+    # What this bundle's runtime needs beyond numpy (ExecuTorch's Python runtime imports torch): say so first.
+    missing = [mod for mod in m.backend_details.get("device_needs", []) if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise RuntimeError(f"this {m.backend} bundle needs {', '.join(missing)} on the device and this device lacks it: "
+                           f"pip install {' '.join(missing)} here, or compile for another backend (docs/backends.md)")
     ok, why = backend.available()
     if not ok:
         raise RuntimeError(f"backend {m.backend} is not available on this device: {why}")
@@ -44,7 +53,11 @@ def run_bundle(path: str, request: MeasureRequest) -> Measurement:
     check["cosine_min"] = m.cosine_min
     outputs_match = bool(set(refs) <= set(outs) and check["cosine"] >= m.cosine_min)
 
-    lat = measure_session(lambda: session.run(inputs), p.warmup, p.runs, p.min_seconds, request.max_seconds)
+    for _ in range(p.warmup):
+        session.run(inputs)
+    before = sample()
+    lat = measure_session(lambda: session.run(inputs), 0, p.runs, p.min_seconds, request.max_seconds)
+    after = sample()
     loop_end = time.monotonic()
     session.close()
     summary, cv = summarize(lat)
@@ -54,6 +67,7 @@ def run_bundle(path: str, request: MeasureRequest) -> Measurement:
         peak_rss_mb=peak_rss_mb(), outputs_match=outputs_match, check=check,
         platform={"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(), "pid": os.getpid()},
         torch_loaded="torch" in sys.modules, loop_end=loop_end,
+        contamination=contamination(before, after, p.threads, p.max_foreign_share),
     )
 
 

@@ -136,6 +136,14 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _flat_items(d: dict[str, Any], prefix: str) -> list[tuple[str, Any]]:
+    """(prefix_key_subkey, value) for every leaf of a nested dict; lists (an interval) stay one value."""
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        out += _flat_items(v, f"{prefix}_{k}") if isinstance(v, dict) else [(f"{prefix}_{k}", v)]
+    return out
+
+
 def _clean(obj: Any) -> Any:
     """A JSON-safe copy: NaN/Infinity become null (PostgreSQL's json type refuses them), odd types become str."""
     if isinstance(obj, float):
@@ -336,6 +344,7 @@ class Store:
                         "latency_ms": (m.result or {}).get("latency_ms"), "threads": (m.protocol or {}).get("threads"),
                         "throttled": (m.result or {}).get("throttled"), "energy_reason": (m.result or {}).get("energy_reason"),
                         "e2e_p50_ms": (((m.result or {}).get("e2e") or {}).get("end_to_end") or {}).get("latency_ms", {}).get("p50"),
+                        "contamination": (m.result or {}).get("contamination"),
                     }
                 )
             return rows
@@ -425,8 +434,8 @@ class Store:
             rows = self.measurements(status=None)
             devs = self.devices()
             for r in rows:
-                for k, v in (r.pop("fidelity") or {}).items():
-                    r[f"fidelity_{k}"] = v
+                for k, v in _flat_items(r.pop("fidelity") or {}, "fidelity"):  # agreement / accuracy are nested (n, ci95)
+                    r[k] = v
                 for k, v in (r.pop("latency_ms") or {}).items():
                     r[f"latency_{k}_ms"] = v
                 d = devs.get(r["device"], {})

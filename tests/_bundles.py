@@ -13,19 +13,27 @@ import numpy as np
 from edgeopt.bundle import Bundle, Manifest, load_bundle, write_bundle
 
 
-def tiny_bundle(path: Path, seed: int = 0, n: int = 64, model: str = "tiny_mlp", broken: bool = False, passes: list | None = None, cosine: float = 1.0) -> Bundle:
+def tiny_bundle(path: Path, seed: int = 0, n: int = 64, model: str = "tiny_mlp", broken: bool = False, passes: list | None = None,
+                cosine: float = 1.0, layers: int = 1) -> Bundle:
+    """`layers` Gemm + Relu layers of width n (the cost grows linearly with `layers`)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    w = (rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32)
-    b = (rng.standard_normal(n) * 0.1).astype(np.float32)
+    wb = [((rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32), (rng.standard_normal(n) * 0.1).astype(np.float32)) for _ in range(layers)]
     x = rng.standard_normal((1, n)).astype(np.float32)
-    y = np.maximum(x @ w + b, 0)
+    y = x
+    nodes, inits = [], []
+    for i, (w, b) in enumerate(wb):
+        y = np.maximum(y @ w + b, 0)
+        src, dst = "x" if i == 0 else f"a{i}", "y" if i == layers - 1 else f"a{i + 1}"
+        suffix = "" if i == 0 else str(i)
+        nodes += [helper.make_node("Gemm", [src, f"w{suffix}", f"b{suffix}"], [f"h{suffix}"]), helper.make_node("Relu", [f"h{suffix}"], [dst])]
+        inits += [numpy_helper.from_array(w, f"w{suffix}"), numpy_helper.from_array(b, f"b{suffix}")]
     g = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w", "b"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "tiny",
+        nodes, "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
-        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+        initializer=inits,
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8

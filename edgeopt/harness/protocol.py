@@ -12,6 +12,10 @@ measures the latency from an image file through pre- and post-processing.
 Energy window: meters are sampled on the host clock while the device measures; the timed loop ended
 `after_loop_s` (reported by the device) before its result arrived, and lasted `runs x mean`, so energy is
 integrated over that window only, not over model loading.
+
+Contamination: the runner reports how much of its cores other processes took during the timed loop
+(`edgeopt.contention`). A flagged result is measured again, up to `protocol.remeasure` times; the last
+one is kept with its flag and the number of attempts, or, with `protocol.strict`, refused (`Contaminated`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt.bundle import Bundle, load_bundle
+from edgeopt.contention import Contamination
+from edgeopt.errors import Contaminated
 from edgeopt.harness.devices.base import Device
 from edgeopt.harness.meters.base import Meter, MeterError, energy_between, idle_baseline, no_meter_reason
 from edgeopt.harness.thermal import ThermalReader, cool_down, throttle_check
@@ -81,8 +87,7 @@ def measure(device: Device, bundle: Bundle | str | Path, protocol: Protocol, dev
     for m in meters:
         m.start()
     try:
-        res = device.run(bundle, MeasureRequest(protocol))
-        t_end = time.monotonic() - (res.after_loop_s or 0.0)
+        res, t_end = _run_clean(device, bundle, protocol)
     finally:
         for m in meters:
             try:
@@ -108,4 +113,25 @@ def measure(device: Device, bundle: Bundle | str | Path, protocol: Protocol, dev
     res.device = {**info, "uri": info.get("uri") or device.id, "emulated": device.emulated}
     res.protocol = protocol.to_dict()
     res.protocol_key = protocol.key()
+    if protocol.strict and res.contamination is not None and res.contamination.flagged:
+        c = res.contamination
+        raise Contaminated(f"{bundle.manifest.model.name} on {device.uri}: other processes took {100 * (c.foreign_cpu_share or 0):.0f}% of the "
+                           f"run's cores (limit {100 * c.threshold:.0f}%; load {c.load_before} -> {c.load_after}) in each of {c.attempts} attempts",
+                           "stop the other work on the device and measure again, or drop --strict to keep a flagged result")
     return res
+
+
+def _run_clean(device: Device, bundle: Bundle, protocol: Protocol) -> tuple[Measurement, float]:
+    """Run the measurement, again while it comes back flagged (at most `protocol.remeasure` more times).
+
+    Returns the last result and the host's monotonic time at the end of its timed loop."""
+    attempts = 0
+    while True:
+        attempts += 1
+        res = device.run(bundle, MeasureRequest(protocol))
+        t_end = time.monotonic() - (res.after_loop_s or 0.0)
+        if res.contamination is None:
+            res.contamination = Contamination.unmeasured(f"{device.uri} times the model without edgeopt's runner", protocol.max_foreign_share)
+        res.contamination.attempts = attempts
+        if not res.contamination.flagged or attempts > protocol.remeasure:
+            return res, t_end

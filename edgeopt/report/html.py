@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt._util import atomic_write_bytes
+from edgeopt.report import load_cell
 from edgeopt.report.plots import PLOTS
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{font-size:22px} h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:12px;margin:8px 0} td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
-td.l,th.l{text-align:left} tr:nth-child(even){background:#f6f6f6} .note{color:#666;font-style:italic}
+td.l,th.l{text-align:left} tr:nth-child(even){background:#f6f6f6} .note{color:#666;font-style:italic} tr.flagged td{color:#a00}
 figure{margin:12px 0} figure img{max-width:100%;border:1px solid #eee} .fail{color:#a00}
 """
 
@@ -60,15 +61,16 @@ def render_html(rows: list[dict[str, Any]], title: str = "edgeopt report", failu
 
     out.append("<h2>Measurements</h2><table id='measurements'><tr>")
     cols = [("model", "l"), ("passes", "l"), ("backend", "l"), ("precision", "l"), ("device", "l"), ("threads", ""), ("p50 ms", ""), ("p90 ms", ""),
-            ("p99 ms", ""), ("CV", ""), ("runs", ""), ("e2e p50 ms", ""), ("size MB", ""), ("cosine", ""), ("energy mJ", ""), ("meter", "l"), ("throttled", "")]
+            ("p99 ms", ""), ("CV", ""), ("runs", ""), ("e2e p50 ms", ""), ("size MB", ""), ("cosine", ""), ("energy mJ", ""), ("meter", "l"), ("throttled", ""), ("other load", "l")]
     out += [f"<th class='{c}'>{n}</th>" for n, c in cols]
     out.append("</tr>")
     for r in sorted(rows, key=lambda r: (r["model"], r.get("passes") or "", r["backend"], r["device"], r.get("threads") or 0)):
         fid = r.get("fidelity") or {}
         vals = [r["model"], r.get("passes") or "-", r["backend"], r.get("precision"), r["device"], r.get("threads"), r.get("p50_ms"), r.get("p90_ms"),
                 r.get("p99_ms"), _f(r.get("cv"), 3), r.get("runs"), r.get("e2e_p50_ms"), (r.get("size_bytes") or 0) / 1e6, _f(fid.get("cosine"), 5),
-                None if r.get("energy_j") is None else r["energy_j"] * 1e3, r.get("energy_meter"), r.get("throttled")]
-        out.append("<tr>" + "".join(f"<td class='{c}'>{_f(v)}</td>" for v, (_, c) in zip(vals, cols, strict=True)) + "</tr>")
+                None if r.get("energy_j") is None else r["energy_j"] * 1e3, r.get("energy_meter"), r.get("throttled"), load_cell(r.get("contamination"))]
+        flagged = bool((r.get("contamination") or {}).get("flagged"))
+        out.append(("<tr class='flagged'>" if flagged else "<tr>") + "".join(f"<td class='{c}'>{_f(v)}</td>" for v, (_, c) in zip(vals, cols, strict=True)) + "</tr>")
     out.append("</table>")
     if failures:
         out.append("<h2>Failed jobs</h2><table id='failures'><tr><th class='l'>job</th><th class='l'>stage</th><th class='l'>reason</th><th>attempts</th></tr>")

@@ -67,32 +67,82 @@ def _scatter_by_device(
         sc = ax.scatter([x(r) for r in rs], [y(r) for r in rs], label=label(dev, rs), alpha=0.8)
         if decorate is not None:
             decorate(ax, sc, rs)
+    _log_if_wide(ax, [x(r) for r in pts], "x")
+    _log_if_wide(ax, [y(r) for r in pts], "y")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     return _png(fig)
 
 
-def _draw_front(ax: Any, sc: Any, rs: list[Row]) -> None:
-    """The device's Pareto front as a dashed line in its series' colour, its points labelled."""
-    xy = [(r["p50_ms"], r["fidelity"]["cosine"]) for r in rs]
-    front = pareto_front(xy)
-    ax.plot(*zip(*front, strict=True), "--", color=sc.get_facecolor()[0], linewidth=1)
-    for r, (x, y) in zip(rs, xy, strict=True):
-        if (x, y) in front:
-            ax.annotate(config_label(r), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+def short_label(r: Row) -> str:
+    """A configuration without its model name (for a panel that already names the model)."""
+    passes = r.get("passes") or "fp32"
+    t = r.get("threads")
+    return f"{passes} | {r['backend']}/{r.get('precision') or '-'}" + (f" | t{t}" if t else "")
+
+
+def _log_if_wide(ax: Any, values: list[float], axis: str = "x", ratio: float = 20.0) -> None:
+    """A log axis where the values span more than `ratio` (one linear axis would crush the small ones)."""
+    pos = [v for v in values if v > 0]
+    if pos and max(pos) / min(pos) > ratio:
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
 
 
 def latency_vs_fidelity(rows: list[Row]) -> bytes | None:
+    """One panel per model: latency (log where the range calls for it) against output cosine, one series per
+    device with its Pareto front dashed. Front points are numbered on the plot and named in a list under
+    the panel, so labels never collide however close the points lie."""
     pts = [r for r in rows if r.get("p50_ms") is not None and (r.get("fidelity") or {}).get("cosine") is not None]
     if not pts:
         return None
-    return _scatter_by_device(
-        pts, lambda r: r["p50_ms"], lambda r: r["fidelity"]["cosine"], "latency p50 (ms)", "fidelity: output cosine vs fp32 torch",
-        "Latency vs fidelity (dashed: Pareto front per device)", decorate=_draw_front,
-    )
+    by_model: dict[str, list[Row]] = defaultdict(list)
+    for r in pts:
+        by_model[r["model"]].append(r)
+    models = sorted(by_model)
+    ncols = 1 if len(models) == 1 else 2
+    nrows = (len(models) + ncols - 1) // ncols
+    devices = sorted({r["device"] for r in pts})
+    colours = {d: f"C{i % 10}" for i, d in enumerate(devices)}
+    plt = _plt()
+    heights = []
+    for m in models:  # the list under each panel needs room: one line per front point
+        n_front = sum(len(pareto_front([(r["p50_ms"], r["fidelity"]["cosine"]) for r in _by_device(by_model[m])[d]]))
+                      for d in _by_device(by_model[m]))
+        heights.append(3.0 + 0.16 * n_front)
+    row_h = [max(heights[i * ncols:(i + 1) * ncols]) for i in range(nrows)]
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, sum(row_h)), squeeze=False, gridspec_kw={"height_ratios": row_h})
+    for k, m in enumerate(models):
+        ax = axes[k // ncols][k % ncols]
+        items: list[tuple[str, Row]] = []
+        for dev, rs in _by_device(by_model[m]).items():
+            xy = [(r["p50_ms"], r["fidelity"]["cosine"]) for r in rs]
+            ax.scatter(*zip(*xy, strict=True), color=colours[dev], alpha=0.75, s=22, label=dev)
+            front = pareto_front(xy)
+            ax.plot(*zip(*front, strict=True), "--", color=colours[dev], linewidth=1)
+            for r, pt in zip(rs, xy, strict=True):
+                if pt in front and all(pt != (x["p50_ms"], x["fidelity"]["cosine"]) for _, x in items):
+                    items.append((dev, r))
+        items.sort(key=lambda it: it[1]["p50_ms"])  # numbered fastest first
+        for i, (dev, r) in enumerate(items, 1):
+            ax.annotate(str(i), (r["p50_ms"], r["fidelity"]["cosine"]), fontsize=7, xytext=(3, 3), textcoords="offset points", color=colours[dev])
+        _log_if_wide(ax, [r["p50_ms"] for r in by_model[m]])
+        ax.set_title(m, fontsize=10)
+        ax.set_xlabel("latency p50 (ms)", fontsize=8)
+        ax.set_ylabel("output cosine vs fp32", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, which="both")
+        if len(devices) > 1:
+            ax.legend(fontsize=6)
+        listing = "\n".join(f"{i}. {short_label(r)} @ {dev}: {r['p50_ms']:.3g} ms, {r['fidelity']['cosine']:.4f}" for i, (dev, r) in enumerate(items, 1))
+        ax.text(0, -0.2, listing, transform=ax.transAxes, fontsize=6.5, va="top", family="monospace")
+    for k in range(len(models), nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
+    fig.suptitle("Latency vs fidelity per model (dashed: Pareto front per device; numbered points listed under each panel)", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
 
 
 def size_vs_latency(rows: list[Row]) -> bytes | None:
@@ -129,6 +179,7 @@ def per_device(rows: list[Row]) -> bytes | None:
     ax.set_yticks([k + 0.4 - h / 2 for k in range(len(cfgs))])
     ax.set_yticklabels(cfgs, fontsize=7)
     ax.invert_yaxis()
+    _log_if_wide(ax, [v for v in val.values()], "x")
     ax.set_xlabel("latency p50 (ms)")
     ax.set_title("Per-device comparison")
     ax.grid(axis="x", alpha=0.3)

@@ -42,7 +42,7 @@ _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9_.\-]*)$")
 # The files a board needs to run bundles (stdlib + numpy + one runtime; never torch).
 DEVICE_SIDE = [
     "__init__.py", "runner.py", "bundle.py", "fidelity.py", "errors.py", "_util.py", "_ort.py",
-    "measurement.py", "_registry.py", "_loop.py",
+    "measurement.py", "_registry.py", "_loop.py", "contention.py", "stats.py",
     "runtimes/__init__.py", "runtimes/base.py", "runtimes/*.py", "harness/__init__.py", "harness/e2e_runner.py",
     "postprocess.py",  # the e2e runner's detection chain (letterbox, DFL decode, NMS)
 ]

@@ -1,0 +1,184 @@
+"""bench/_doc.py and bench/all.py: how the bench scripts write docs (fast; nothing is measured).
+
+A block replaces its markers' content and leaves the rest of the page; under all.py (EDGEOPT_DOCS_STAGE) a
+script's blocks are staged and the page is untouched until all.py applies them; a run during which other
+processes take the CPUs refuses to write; `bench/all.py --list` names every script that writes a page.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+import _doc  # noqa: E402
+
+PAGE = "# Page\n\nhand-written intro\n\n<!-- fig:start -->\nold figures\n<!-- fig:end -->\n\nhand-written tail\n"
+
+
+@pytest.fixture(autouse=True)
+def _no_outer_stage(monkeypatch):
+    for k in (_doc.STAGE_ENV, _doc.ALLOW_ENV, _doc.SHARE_ENV):
+        monkeypatch.delenv(k, raising=False)
+
+
+def _quiet_run(**kw) -> _doc.DocRun:
+    # max_foreign_share 1.0: never contaminated (the share cannot exceed the machine), so these tests do not
+    # depend on what else this machine runs
+    return _doc.DocRun(["--x", "1"], script=str(REPO / "bench" / "demo.py"), max_foreign_share=1.0, quiet=True, **kw)
+
+
+def test_replace_block_replaces_only_the_block():
+    assert _doc.replace_block(PAGE, "fig", "new") == PAGE.replace("old figures", "new")
+    added = _doc.replace_block("# P\n\ntext\n", "other", "body")
+    assert added == "# P\n\ntext\n\n<!-- other:start -->\nbody\n<!-- other:end -->\n"
+
+
+def test_write_block_replaces_the_marked_block_and_leaves_the_rest(tmp_path):
+    doc = tmp_path / "page.md"
+    doc.write_text(PAGE)
+    with _quiet_run():
+        _doc.write_block(doc, "fig", "| a | b |\n|---|---|\n| 1 | 2 |")
+        _doc.write_block(doc, "fig", "| a | b |\n|---|---|\n| 3 | 4 |")  # the last one staged wins
+        assert doc.read_text() == PAGE  # staged, not written, while the run lasts
+    text = doc.read_text()
+    assert "old figures" not in text and "| 3 | 4 |" in text and "| 1 | 2 |" not in text
+    assert text.startswith("# Page\n") and "hand-written intro" in text and text.endswith("hand-written tail\n")
+    block = text[text.index("<!-- fig:start -->"):text.index("<!-- fig:end -->")]
+    assert "Regenerate: `" in block and "bench/demo.py --x 1`" in block  # the exact command
+    assert re.search(r"Measured \d{4}-\d\d-\d\d \d\d:\d\d UTC", block)  # the date
+    assert "before," in block and "after" in block  # load before/after
+    assert "other processes used" in block  # the foreign CPU share
+    assert text.count("<!-- machine:start -->") == 1 and "- CPU:" in text and "- Python:" in text  # described once
+    assert list(tmp_path.iterdir()) == [doc]  # no temp file left behind
+
+
+def test_a_failed_run_writes_nothing(tmp_path):
+    doc = tmp_path / "page.md"
+    doc.write_text(PAGE)
+    with pytest.raises(RuntimeError), _quiet_run():
+        _doc.write_block(doc, "fig", "new")
+        raise RuntimeError("the measurement broke")
+    assert doc.read_text() == PAGE
+    with pytest.raises(RuntimeError, match="outside a DocRun"):
+        _doc.write_block(doc, "fig", "new")
+
+
+def test_staged_under_all_py_until_applied(tmp_path, monkeypatch):
+    doc, png, stage = tmp_path / "page.md", tmp_path / "fig.png", tmp_path / "stage"
+    doc.write_text(PAGE)
+    stage.mkdir()
+    (stage / _doc.RUN_FILE).write_text('{"conditions": "%s"}' % (tmp_path / "conditions.md"))
+    monkeypatch.setenv(_doc.STAGE_ENV, str(stage))
+    with _quiet_run():
+        _doc.write_block(doc, "fig", "staged figures")
+        _doc.write_file(png, lambda stamp: f"png of {stamp.command}".encode())
+    assert doc.read_text() == PAGE and not png.exists()  # nothing written by the script
+    [rec] = _doc.stage_records(stage)
+    assert rec["script"] == "demo" and rec["stamp"]["command"].endswith("bench/demo.py --x 1")
+    monkeypatch.delenv(_doc.STAGE_ENV)
+    with _quiet_run(stage="", conditions=tmp_path / "conditions.md") as run:  # what all.py does at the end
+        run.adopt(_doc.staged_writes(stage))
+        assert doc.read_text() == PAGE
+    text = doc.read_text()
+    assert "staged figures" in text and "old figures" not in text and text.endswith("hand-written tail\n")
+    assert "[conditions.md](conditions.md)" in text and "- CPU:" not in text  # the machine is described once, elsewhere
+    assert png.read_bytes().startswith(b"png of ")
+
+
+def test_a_contaminated_run_refuses_to_write(tmp_path, capfd):
+    doc = tmp_path / "page.md"
+    doc.write_text(PAGE)
+    # Two CPU hogs that this process does not wait for while the run lasts: another process's CPU use, as
+    # far as the run can tell (children count as the run's own once they have ended and been waited for).
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    ncpu = len(os.sched_getaffinity(0))
+    limit = min(0.10, 0.5 / ncpu)  # two busy cores are well above it on any machine
+    try:
+        time.sleep(0.5)
+        with pytest.raises(SystemExit) as e:
+            with _doc.DocRun(["--x"], script="bench/demo.py", max_foreign_share=limit):
+                _doc.write_block(doc, "fig", "figures taken under load")
+                time.sleep(2.0)
+        assert e.value.code == _doc.REFUSED != 0
+        assert doc.read_text() == PAGE
+        assert "REFUSED" in capfd.readouterr().err
+        with _doc.DocRun(["--x"], script="bench/demo.py", max_foreign_share=limit, allow_contaminated=True, quiet=True):
+            _doc.write_block(doc, "fig", "figures taken under load")
+            time.sleep(2.0)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    text = doc.read_text()
+    assert "figures taken under load" in text
+    block = text[text.index("<!-- fig:start -->"):]
+    assert block.index("Contaminated run") < block.index("figures taken under load")  # said first, prominently
+
+
+def test_all_py_lists_every_script_that_writes_a_page():
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "all.py"), "--list"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    writers = [p for p in sorted((REPO / "bench").glob("*.py"))
+               if not p.name.startswith("_") and p.name != "all.py" and re.search(r"docs[/\"']", p.read_text())]
+    assert writers, "no bench script writes docs?"
+    for p in writers:
+        assert f"bench/{p.name}" in out.stdout, f"bench/all.py --list does not run {p.name}, which writes docs"
+    assert re.search(r"^total\s+~", out.stdout, re.M)
+    for line in out.stdout.splitlines():
+        if "bench/" in line and "writes" not in line:
+            assert re.search(r"~\s*[\d.]+ (min|h)", line), line  # every step has its rough duration
+
+
+def test_all_py_only_rejects_unknown_steps():
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "all.py"), "--only", "nope", "--list"], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "unknown step" in out.stderr
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "all.py"), "--only", "tvm,latency", "--list"], capture_output=True, text=True, timeout=60)
+    lines = [ln.split()[0] for ln in out.stdout.splitlines() if ln and not ln.startswith(" ")]
+    assert lines == ["latency", "tvm", "total"]  # the fixed order, whatever the order asked
+
+
+def _fake_steps(tmp_path, monkeypatch, bodies: dict[str, str]):
+    """bench/all.py with its steps replaced by tiny scripts that each write one block of a page in tmp_path."""
+    import all as all_py
+
+    steps = []
+    for name, code in bodies.items():
+        script = tmp_path / f"{name}.py"
+        script.write_text(f"import sys\nsys.path.insert(0, {str(REPO / 'bench')!r})\nimport _doc\n"
+                          f"with _doc.DocRun():\n    {code}\n")
+        steps.append(all_py.Step(name, (str(script),), 0.1, "a test step", ("page.md",)))
+    monkeypatch.setattr(all_py, "STEPS", tuple(steps))
+    for attr, path in (("DOCS", tmp_path), ("CONDITIONS", tmp_path / "conditions.md"), ("LOGS", tmp_path / "logs"),
+                       ("STAGE_ROOT", tmp_path / "out")):
+        monkeypatch.setattr(all_py, attr, path)
+    return all_py
+
+
+def test_all_py_applies_the_staged_blocks_only_when_every_step_ended_clean(tmp_path, monkeypatch):
+    doc = tmp_path / "page.md"
+    doc.write_text(PAGE)
+    write = f"_doc.write_block({str(doc)!r}, 'fig', 'figures of step one')"
+    failing = f"_doc.write_block({str(doc)!r}, 'other', 'never written'); sys.exit(1)"
+    all_py = _fake_steps(tmp_path, monkeypatch, {"one": write, "two": failing})
+    assert all_py.main(["--max-foreign-share", "1.0"]) == 1
+    assert doc.read_text() == PAGE and not (tmp_path / "conditions.md").exists()  # one step failed: nothing written
+
+    all_py = _fake_steps(tmp_path, monkeypatch, {"one": write})
+    kept = set((tmp_path / "out").glob("docs-stage-*"))  # the failed run's stage, left for a look
+    assert all_py.main(["--max-foreign-share", "1.0"]) == 0
+    text = doc.read_text()
+    assert "figures of step one" in text and "old figures" not in text and "hand-written tail" in text
+    assert "[conditions.md](conditions.md)" in text  # the page links to the one description of the machine
+    cond = (tmp_path / "conditions.md").read_text()
+    assert "- CPU:" in cond and "| one | `" in cond  # the machine, once; the step with its command, date, load, share
+    assert "Regenerate: `" in cond and "bench/all.py" in cond
+    assert "docs-run:start" in (tmp_path / "benchmarks.md").read_text()  # a full run replaces the under-load note
+    assert set((tmp_path / "out").glob("docs-stage-*")) == kept  # this run's stage is removed once applied
