@@ -24,14 +24,14 @@ from typing import Any
 import pytest
 
 from edgeopt.capabilities import REPRESENTATIVES
+from edgeopt.runtimes.base import backend_class, backend_names
 
-BACKEND_MARKERS = ("onnxruntime", "tflite", "tvm", "coreml")
-# Distributions whose presence on the device means it can run a backend's bundles.
+BACKEND_MARKERS = tuple(backend_names())
+# Distributions whose presence on the device means it can run a backend's bundles: each backend's own
+# `device_runtimes` (the capability table), plus the other builds of a runtime a board may carry.
+_OTHER_BUILDS: dict[str, tuple[str, ...]] = {"onnxruntime": ("onnxruntime-gpu",), "tvm": ("tvm",)}
 BACKEND_RUNTIMES: dict[str, tuple[str, ...]] = {
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
-    "tflite": ("ai-edge-litert", "tflite-runtime"),
-    "tvm": ("apache-tvm", "tvm"),
-    "coreml": ("coremltools",),
+    b: (*backend_class(b).device_runtimes, *_OTHER_BUILDS.get(b, ())) for b in backend_names()
 }
 # The variant each family is tested with: the capability matrix's representative (small, so an emulated
 # run stays in minutes). Families not named there are tested with their smallest variant (MACs, then params).

@@ -40,7 +40,7 @@ def runtimes_present() -> dict[str, str]:
     import importlib.metadata as md
 
     found = {}
-    for dist in ("onnxruntime", "apache-tvm", "ai-edge-litert", "tflite-runtime", "coremltools"):
+    for dist in ("onnxruntime", "apache-tvm", "ai-edge-litert", "tflite-runtime", "coremltools", "executorch"):
         try:
             found[dist] = md.version(dist)
         except md.PackageNotFoundError:
