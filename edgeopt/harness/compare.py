@@ -8,7 +8,8 @@ each artifact once, in a fresh runner process, and the rounds rotate the order (
 so that no artifact always runs first or last. An artifact's figure is the median of its per-round p50s;
 its ratio to the first artifact is `median(X) / median(A)`, with a 95 % interval from a paired bootstrap
 over rounds (rounds resampled with replacement, both artifacts' p50s from the same rounds). When the
-interval contains 1 the artifacts are not told apart ("no clear difference").
+interval contains 1, or lies wholly within 2 % of it (`NEGLIGIBLE`), the artifacts are not told apart ("no
+clear difference").
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from edgeopt.errors import EdgeoptError
 from edgeopt.harness.devices.base import Device
 from edgeopt.measurement import Measurement, MeasureRequest, Protocol
 
+# Ratios whose whole 95 % interval lies within this of 1 are no clear difference: two fresh runner processes
+# of one artifact can differ systematically by a fraction of a percent (memory placement, which core).
+NEGLIGIBLE = 0.02
 # A short protocol per round: the rounds, not one long loop, carry the statistics.
 ROUND_PROTOCOL = Protocol(warmup=3, runs=10, min_seconds=0.5, cooldown=False, remeasure=0)
 
@@ -44,8 +48,11 @@ class Compared:
 
     @property
     def verdict(self) -> str:
+        """"no clear difference" when the interval holds 1 or lies wholly within NEGLIGIBLE of it (a
+        difference of a fraction of a percent is within what fresh processes of one artifact differ by);
+        else slower or faster by the ratio."""
         lo, hi = self.ci95
-        if lo <= 1.0 <= hi:
+        if lo <= 1.0 <= hi or (1 - NEGLIGIBLE <= lo and hi <= 1 + NEGLIGIBLE):
             return "no clear difference"
         return f"{self.ratio:.2f}x slower" if lo > 1.0 else f"{1 / self.ratio:.2f}x faster"
 
