@@ -77,6 +77,14 @@ class Job:
         return f"{u.model} ({u.passes or 'no passes'}) {u.backend}/{u.precision or 'default'} on {self.device_id} t={self.protocol.threads or 'auto'}"
 
 
+def by_unit(jobs: list[Job]) -> dict[CompileUnit, list[Job]]:
+    """Jobs grouped by what they compile (each unit is compiled once for all its jobs), in first-seen order."""
+    out: dict[CompileUnit, list[Job]] = {}
+    for j in jobs:
+        out.setdefault(j.unit, []).append(j)
+    return out
+
+
 def _spec(u: CompileUnit, device_id: str, protocol_key: str) -> dict[str, Any]:
     spec = {"model": u.model, "passes": u.passes, "backend": u.backend, "precision": u.precision, "device_id": device_id, "protocol_key": protocol_key}
     if u.target:  # only where set, so the keys of default-target jobs stay what they were

@@ -37,7 +37,7 @@ from edgeopt.bundle import Bundle, Manifest, load_bundle
 from edgeopt.errors import DeviceError, DeviceUnreachable, EdgeoptError
 from edgeopt.harness.devices.profiles import BoardSpec
 from edgeopt.measurement import Measurement
-from edgeopt.orchestrate.jobs import CompileUnit, Job, JobOutcome, JobRunner, compile_worker
+from edgeopt.orchestrate.jobs import CompileUnit, Job, JobOutcome, JobRunner, by_unit, compile_worker
 from edgeopt.orchestrate.schedule import bound_to
 
 if TYPE_CHECKING:
@@ -272,11 +272,9 @@ class LabScheduler:
                 t = self.targets[j.device_id]
                 self.count(j, self.runner.fail(j, "connect", next(self.down[b] for b in t.board_ids)))
             todo = [j for j in todo if j.device_id not in dead]
-            by_unit: dict[CompileUnit, list[Job]] = {}
-            for j in todo:
-                by_unit.setdefault(j.unit, []).append(j)
-            self.ui.start(len(by_unit), len(todo), [b for t in self.targets.values() for b in self.up(t)])
-            self._loop(ray, by_unit, cc)
+            units = by_unit(todo)
+            self.ui.start(len(units), len(todo), [b for t in self.targets.values() for b in self.up(t)])
+            self._loop(ray, units, cc)
         except KeyboardInterrupt:
             interrupted = True
             raise

@@ -26,7 +26,7 @@ from edgeopt.errors import DeviceUnreachable, EdgeoptError
 from edgeopt.harness.devices import Device
 from edgeopt.harness.devices.profiles import BoardSpec, open_device
 from edgeopt.harness.protocol import measure
-from edgeopt.orchestrate.jobs import CompileUnit, Job, JobOutcome, JobRunner, compile_worker
+from edgeopt.orchestrate.jobs import CompileUnit, Job, JobOutcome, JobRunner, by_unit, compile_worker
 
 if TYPE_CHECKING:
     from edgeopt.orchestrate.sweep import CompileConfig, SweepSummary, SweepTarget
@@ -179,12 +179,10 @@ class Scheduler:
                 t = self.targets[j.device_id]
                 self.fail(j, "connect", next((self.slots[b].error for b in t.board_ids if self.slots[b].error), "unreachable") or "")
             todo = [j for j in todo if j.device_id not in dead]
-            by_unit: dict[CompileUnit, list[Job]] = {}
-            for j in todo:
-                by_unit.setdefault(j.unit, []).append(j)
+            units = by_unit(todo)
             boards = [b for t in self.targets.values() if t.id not in dead for b in t.board_ids if self.slots[b].up]
-            self.ui.start(len(by_unit), len(todo), boards)
-            self._run(by_unit, compile_cfg, boards)
+            self.ui.start(len(units), len(todo), boards)
+            self._run(units, compile_cfg, boards)
         except KeyboardInterrupt:
             interrupted = True
             raise
