@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -c constraints.txt -e '.[tflite,coreml,devices,report,vlm,data,test,lab,executorch]'
+	$(PIP) install -c constraints.txt -e '.[tflite,coreml,devices,report,vlm,data,test,lab,executorch,genai]'
 	$(PIP) install -c constraints.txt -e '.[tvm]'
 	@touch $(STAMP)
 

@@ -89,6 +89,13 @@ STEPS: tuple[Step, ...] = (
          ("docs/data.md",), needs=("faster_coco_eval",)),
     Step("recover", ("bench/recover.py",), 25, "calibrated efficientformer_l1: prune 0.3 +- recover=400 on 128 images, max_drop 0.5 vs int8, "
          "512 evaluation images, interleaved latency rounds", ("docs/passes.md",)),
+    Step("llm-genai", ("bench/llm_genai.py",), 20,
+         "random Phi-2 (2.78 B): save_pretrained + genai builder int4, edgeopt export of TinyGPT-V's LLM + int4, "
+         "3 prompt lengths x 4 prefills + 128 decode steps per side (needs ~18 GB RAM)",
+         ("docs/llm.md",), needs=("onnxruntime_genai", "transformers")),
+    Step("melt", ("bench/melt.py", "--full"), 30,
+         "tinygpt_v_tiny fp32 and int4, and the full tinygpt_v int4 (compiled: ~20 min, ~14 GB): each profiled with 128-token "
+         "generations and 3 sustained ones", ("docs/llm.md",)),
     Step("capabilities", ("bench/capabilities.py",), 120,
          "every family x every cell of the capability table, each compiled, checked and timed (<= 600 s a cell)",
          ("docs/capabilities.md", "docs/capabilities.json", "README.md")),

@@ -23,7 +23,18 @@ def summary_dict(latencies_ms: list[float]) -> dict[str, Any]:
 
 
 def peak_rss_mb() -> float | None:
-    """Peak resident set size of this process in MiB (Linux/macOS), None where unknown."""
+    """Peak resident set size of this process in MiB, None where unknown.
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this program's own memory (getrusage's ru_maxrss
+    survives execve, so a runner started from a large parent would report the parent's peak). Elsewhere:
+    getrusage (macOS counts bytes)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
 

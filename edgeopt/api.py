@@ -20,14 +20,14 @@ import numpy as np
 from edgeopt._util import sha256_file
 from edgeopt.bundle import Bundle, Manifest, ModelInfo, TensorSpec, WeightsLabel, load_bundle, write_bundle
 from edgeopt.errors import EdgeoptError
-from edgeopt.fidelity import task_metrics
+from edgeopt.fidelity import check_threshold, task_metrics
 from edgeopt.measurement import Measurement, Protocol
 
 if TYPE_CHECKING:
     from edgeopt.data import DataRequest, Dataset
     from edgeopt.harness.compare import Comparison
 
-__all__ = ["compare", "compile", "load_bundle", "profile", "tool_versions"]
+__all__ = ["check_threshold", "compare", "compile", "load_bundle", "profile", "tool_versions"]
 
 
 def tool_versions(*dists: str) -> dict[str, str]:
@@ -44,14 +44,6 @@ def weights_label(weights: str | Path | None) -> WeightsLabel:
         return WeightsLabel("calibrated")
     p = Path(weights)
     return WeightsLabel("checkpoint", {"path": str(p), "sha256": sha256_file(p)})
-
-
-def check_threshold(cos: float) -> float:
-    """Minimum cosine a device must reach on the bundle's reference sample.
-
-    Slightly below what the host measured for this artifact, to allow for another CPU's rounding
-    (fp32 artifacts: 0.999; quantized ones: host cosine minus half the host's own loss, minus 0.001)."""
-    return float(max(0.0, min(0.999, cos - 0.001 - 0.5 * (1.0 - cos))))
 
 
 def compile(  # noqa: A001 - the public name the design asks for
@@ -76,6 +68,7 @@ def compile(  # noqa: A001 - the public name the design asks for
     skip_bad_images: bool = False,
     max_drop: float | None = None,
     progress_bar: Callable[[str, int, int], None] | None = None,
+    external_data: bool | None = None,
 ) -> Bundle:
     """Compile a registered model into a bundle folder and return it (verified).
 
@@ -95,6 +88,8 @@ def compile(  # noqa: A001 - the public name the design asks for
     split is too small to resolve is refused before any slow work. `progress_bar(label, done, total)`
     follows counted work (reading data, references, the artifact on the evaluation split).
     Without `data` the figures are measured on `samples` bundled photographs, as the manifest says.
+    `external_data`: keep the ONNX graph's tensors in a `model.onnx.data` file beside it (True), never (False), or
+    from 2 GB of weights on (None, the default; graphs past protobuf's 2 GB limit need it).
     """
     from edgeopt.data import DataRequest, Dataset
     from edgeopt.export import check_parity, export_onnx, torch_outputs
@@ -122,6 +117,19 @@ def compile(  # noqa: A001 - the public name the design asks for
     if output.exists() and not overwrite:
         raise EdgeoptError(f"{output} already exists", "choose another -o folder or pass --overwrite")
     ds = _read_data(req, spec, pipeline, max_drop, say, bar) if req is not None else None
+    if spec.generative is not None:
+        from edgeopt.generative import compile_generative
+
+        if module is not None or (weights is not None and str(weights) == "calibrated"):
+            raise EdgeoptError(f"{spec.name} is built part by part from a checkpoint or seeded random weights",
+                               "drop module= / --weights calibrated (pass a checkpoint file or nothing)")
+        return compile_generative(
+            spec, be, pipeline, build_pipeline=build_pipeline, weights=weights,
+            wlabel=WeightsLabel.of(weights_info) if weights_info is not None else weights_label(weights),
+            output=output, overwrite=overwrite, target=target, options=dict(options or {}), fidelity=fidelity,
+            samples=spec.sample_inputs(samples) if ds is None else ds.calibration.samples,
+            eval_samples=None if ds is None else ds.evaluation.samples, data_info=ds.info if ds is not None else None,
+            exporter=exporter, say=say, tools=tool_versions(), t_start=t_start, external_data=external_data)
     say(f"build {spec.name}")
     if weights is not None and str(weights) == "calibrated" and not Path(weights).is_file():
         # random init made confident on real data (edgeopt.calibrate); a user's own checkpoint always wins
@@ -179,7 +187,7 @@ def compile(  # noqa: A001 - the public name the design asks for
 
         def do_export(mod, path: Path):
             dyn = {i.name: dict(i.dynamic_axes) for i in spec.inputs if i.dynamic_axes} or None
-            info = export_onnx(mod, sample_list[0], input_names, output_names, path, dynamic_axes=dyn, prefer=exporter)
+            info = export_onnx(mod, sample_list[0], input_names, output_names, path, dynamic_axes=dyn, prefer=exporter, external_data=external_data)
             # no torch pass ran: the exported module is the reference module, its outputs are `refs`
             mod_refs = [torch_outputs(mod, s, input_names, output_names) for s in sample_list] if torch_passes_run else refs
             info.parity = check_parity(path, mod_refs, sample_list, outs=run_onnx(path))
@@ -377,19 +385,24 @@ def profile(
     device_options: dict[str, Any] | None = None,
     protocol: Protocol | None = None,
     strict: bool = False,
+    sustained: int = 0,
+    new_tokens: int = 128,
 ) -> Measurement:
     """Measure a bundle on a device with the standard protocol; store the result unless store=False.
 
     `protocol` gives every protocol field at once (it wins over runs/warmup/min_seconds/threads/timeout/strict).
     A result that other processes disturbed is measured again (`Protocol.remeasure`); with `strict` it is
-    refused (`Contaminated`) instead of kept with its flag."""
+    refused (`Contaminated`) instead of kept with its flag. A generative bundle is measured in MELT's terms
+    (`Measurement.generation`): `new_tokens` per timed generation, and `sustained` N more generations back
+    to back for tokens/s drift and temperatures."""
     from edgeopt.harness.devices import open_device
     from edgeopt.harness.protocol import measure
     from edgeopt.store import Store
 
     b = load_bundle(bundle)
     st = Store(db) if store else None  # open the database first: a bad URL fails before the run
-    proto = protocol or Protocol(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads, timeout=timeout, strict=strict)
+    proto = protocol or Protocol(warmup=warmup, runs=runs, min_seconds=min_seconds, threads=threads, timeout=timeout, strict=strict,
+                                 sustained=sustained, new_tokens=new_tokens)
     dev = open_device(device, **(device_options or {}))  # a devices.yaml name (its options apply) or a URI
     if dev.board_spec is not None:
         proto = dev.board_spec.protocol(proto)  # the board's pin_cpus where the protocol sets none

@@ -1,7 +1,8 @@
 """Bundle: a self-checking folder that carries a compiled model to a device.
 
     manifest.json      what it is, how it was made, sha256 of every file, fidelity
-    <artifact>         model.onnx | model.so | model.tflite | model.mlpackage/
+    <artifact>         model.onnx | model.so | model.tflite | model.mlpackage/ | llm/ (a generative bundle's graphs)
+    tokenizer.json     a generative bundle's tokenizer
     reference/         inputs.npz (sample inputs) and outputs.npz (fp32 torch outputs), keyed by graph names
 
 Device-side code reads bundles, so this module needs only the standard library and numpy.
@@ -111,6 +112,39 @@ class DataInfo:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+@dataclass(frozen=True)
+class GenerationInfo:
+    """What makes a bundle generative: its graphs by role (`vision`, `prefill`, `decode`: files in the
+    bundle), the tokenizer file, the end-of-sequence id, and the reference prompt's greedy tokens.
+
+    The reference prompt is the bundle's reference inputs (image, prefix_ids, suffix_ids). `fp32_tokens` are
+    torch fp32's greedy tokens on it, `tokens` the artifact's own on the host; a device must reproduce the
+    first `check_tokens` of `tokens` (the device-side check of a generative bundle)."""
+
+    graphs: dict[str, str]
+    eos_token_id: int
+    tokens: list[int]
+    fp32_tokens: list[int]
+    check_tokens: int
+    tokenizer: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None, where: str = "manifest") -> GenerationInfo | None:
+        if d is None:
+            return None
+        known = {f.name for f in fields(cls)}
+        try:
+            g = cls(**{k: v for k, v in d.items() if k in known})
+        except TypeError as e:
+            raise BundleError(f"{where}: 'generation' is malformed: {e}", "recompile the bundle with this edgeopt version") from None
+        for name in [*g.graphs.values(), *([g.tokenizer] if g.tokenizer else [])]:
+            check_member_name(name, where)
+        return g
+
+
 @dataclass
 class Manifest:
     """What a bundle is, how it was made, the sha256 of every file and the fidelity it kept.
@@ -141,6 +175,7 @@ class Manifest:
     check: dict[str, float] = field(default_factory=dict)  # cosine_min: what a device must reach on the reference
     preprocess: dict[str, Any] | None = None  # end-to-end preprocessing overrides (mean, std, crop_pct)
     auto: dict[str, Any] | None = None  # the --auto search that picked this artifact
+    generation: GenerationInfo | None = None  # a generative bundle's graphs, tokenizer and reference tokens
     # -- completed by BundleWriter.finish --
     schema: int = SCHEMA_VERSION
     created: str = ""
@@ -180,6 +215,8 @@ class Manifest:
         for k in ("fidelity_note", "preprocess", "auto"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
+        if self.generation is not None:
+            d["generation"] = self.generation.to_json()
         d["check"] = self.check
         d.update(self.extra)
         d.update({"files": self.files, "bundle_sha256": self.bundle_sha256, "size_bytes": self.size_bytes})
@@ -206,7 +243,9 @@ class Manifest:
                 target=d.get("target", "host"),
                 precision=d.get("precision"),
                 data=DataInfo.from_json(d.get("data")),
-                **{k: d[k] for k in known - {"model", "weights", "inputs", "outputs", "target", "precision", "data"} if k in d and d[k] is not None},
+                generation=GenerationInfo.from_json(d.get("generation"), where),
+                **{k: d[k] for k in known - {"model", "weights", "inputs", "outputs", "target", "precision", "data", "generation"}
+                   if k in d and d[k] is not None},
                 extra={k: v for k, v in d.items() if k not in known},
             )
         except TypeError as e:
@@ -246,6 +285,10 @@ class Bundle:
         return self.manifest.backend
 
     @property
+    def generative(self) -> bool:
+        return self.manifest.generation is not None
+
+    @property
     def model(self) -> str:
         return self.manifest.model.name
 
@@ -263,7 +306,12 @@ class Bundle:
 
 
 def artifact_size(a: Path) -> int:
-    return sum(p.stat().st_size for p in a.rglob("*") if p.is_file()) if a.is_dir() else a.stat().st_size
+    """Bytes of an artifact folder's files, or of an artifact file plus its external data file
+    (`<artifact>.data` beside it, as an ONNX graph with external data has)."""
+    if a.is_dir():
+        return sum(p.stat().st_size for p in a.rglob("*") if p.is_file())
+    data = a.with_name(a.name + ".data")
+    return a.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
 def read_manifest(path: str | Path) -> Manifest:

@@ -116,6 +116,8 @@ def compile_cmd(
     tune_minutes: Annotated[float | None, typer.Option("--tune-minutes", help="TVM: MetaSchedule time budget")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     exporter: Annotated[str, typer.Option("--exporter", help="dynamo (torch.export) or torchscript (faster to export)")] = "dynamo",
+    external_data: Annotated[bool | None, typer.Option("--external-data/--no-external-data",
+                                                       help="ONNX tensors in model.onnx.data beside the graph (default: from 2 GB of weights on)")] = None,
     auto: Annotated[bool, typer.Option("--auto", help="search passes x backends x precisions for the fastest artifact within --fidelity")] = False,
     device: Annotated[str, typer.Option("--device", "-d", help="--auto: device to measure candidates on")] = "local",
     budget_minutes: Annotated[float | None, typer.Option("--budget-minutes", help="--auto: stop searching after this long")] = None,
@@ -162,7 +164,7 @@ def compile_cmd(
         task = prog.add_task(f"compile {model}", total=None)
         b = do_compile(
             model, backend=backend, passes=passes, weights=weights, output=output, target=target, options=opts,
-            fidelity=fidelity, samples=samples, overwrite=overwrite, exporter=exporter, data=req, max_drop=max_drop,
+            fidelity=fidelity, samples=samples, overwrite=overwrite, exporter=exporter, data=req, max_drop=max_drop, external_data=external_data,
             progress=lambda msg: prog.update(task, description=f"{model}: {msg}", total=None, completed=0),
             progress_bar=lambda label, i, n: prog.update(task, description=f"{model}: {label}", completed=i, total=n),
         )
@@ -171,8 +173,12 @@ def compile_cmd(
     t = Table(show_header=False, box=None)
     t.add_row("model", f"{m.model.name} ({m.weights.kind} weights)")
     t.add_row("backend", f"{m.backend} / {m.target} / {m.precision}")
-    t.add_row("passes", ", ".join(m.pass_names) or "none")
+    t.add_row("passes", ", ".join(p["name"] + (f" ({p['graph']})" if p.get("graph") else "") for p in m.passes) or "none")
     t.add_row("size", f"{(m.size_bytes or 0) / 1e6:.2f} MB")
+    if m.generation is not None:
+        g = m.generation
+        t.add_row("generation", f"graphs {', '.join(g.graphs)} (vision {m.backend_details.get('vision_precision')}); "
+                                f"reference prompt: {len(g.tokens)} tokens, {sum(a == b for a, b in zip(g.tokens, g.fp32_tokens, strict=False))} as fp32")
     if (m.backend_details.get("delegation") or {}).get("summary"):  # which ops the delegate took, which fell back
         t.add_row("delegation", m.backend_details["delegation"]["summary"])
     t.add_row("fidelity", ", ".join(f"{k} {v:.4g}" for k, v in m.fidelity.items() if isinstance(v, int | float)) or m.fidelity_note or "-")
@@ -197,11 +203,11 @@ def _auto(model, output, device, fidelity, budget_minutes, backends, precisions,
             progress=lambda label, i, n: prog.update(task, description=f"{model}: {label}", completed=i, total=n),
         )
     t = Table(title=f"{model} on {device}: {len(res.candidates)} candidates in {res.seconds:.0f} s, budget cosine >= {fidelity}")
-    for c in ("candidate", "status", "p50 ms", "cosine", "top-1 agr.", "size MB", "front", "reason"):
+    for c in ("candidate", "status", "p50 ms", "cosine", "task agr.", "size MB", "front", "reason"):
         t.add_column(c, overflow="fold")
     for c in sorted(res.candidates, key=lambda c: (c.latency_ms is None, c.latency_ms or 0)):
         t.add_row(c.label, c.status, "-" if c.latency_ms is None else f"{c.latency_ms:.2f}",
-                  "-" if c.cosine is None else f"{c.cosine:.5f}", "-" if c.top1 is None else f"{c.top1:.2f}",
+                  "-" if c.cosine is None else f"{c.cosine:.5f}", "-" if c.agreement is None else f"{c.agreement:.2f}",
                   "-" if c.size_bytes is None else f"{c.size_bytes / 1e6:.1f}", "*" if c in res.front else "", c.reason or "")
     console.print(t)
     for n in res.notes:
@@ -226,13 +232,16 @@ def profile(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="seconds before the runner is killed")] = 600.0,
     strict: Annotated[bool, typer.Option("--strict", help="refuse a result other processes disturbed (after re-measuring)")] = False,
+    sustained: Annotated[int, typer.Option("--sustained", help="generative bundles: N more generations back to back (tokens/s drift, temperatures)")] = 0,
+    new_tokens: Annotated[int, typer.Option("--new-tokens", help="generative bundles: tokens per timed generation")] = 128,
 ) -> None:
-    """Measure BUNDLE on a device with the standard protocol and store the result."""
+    """Measure BUNDLE on a device with the standard protocol and store the result (a generative bundle: MELT's
+    figures: load, time to first token, prefill and decode tokens/s, energy per token, sustained drift)."""
     from edgeopt.api import profile as do_profile
 
     with console.status(f"profiling {bundle} on {device}", spinner="dots") if not as_json else _null():
         res = do_profile(bundle, device=device, runs=runs, warmup=warmup, min_seconds=min_seconds, threads=threads,
-                         db=db, store=not no_store, timeout=timeout, strict=strict)
+                         db=db, store=not no_store, timeout=timeout, strict=strict, sustained=sustained, new_tokens=new_tokens)
     if as_json:
         print(json.dumps(res.to_dict(), default=str))
         return
@@ -248,6 +257,10 @@ def profile(
             ("peak RSS", f"{res.peak_rss_mb or 0:.0f} MB"), ("outputs match", str(res.outputs_match)),
             ("energy", "-" if res.energy is None else f"{res.energy.joules_per_inference * 1e3:.3f} mJ/inference ({res.energy.meter})"),
             ("other load", "-" if c is None else ("[red]" if c.flagged else "") + c.summary())]
+    g = res.generation
+    if g is not None:
+        rows[0] = ("per token p50 / p90 / p99", rows[0][1])
+        rows[4:4] = _generation_rows(g)
     for k, v in rows:
         t.add_row(k, v)
     console.print(t)
@@ -255,6 +268,21 @@ def profile(
         console.print(f"energy: not measured ({res.energy_reason or 'no meter'})", style="dim")
     if c is not None:
         console.print(_contamination_note(c), style="red" if c.flagged else "dim")
+
+
+def _generation_rows(g: Any) -> list[tuple[str, str]]:
+    """MELT's figures of a generative measurement, as rows of the profile table."""
+    rows = [("decode", f"{g.decode_tokens_per_s:.1f} tokens/s ({g.new_tokens} tokens per generation)"),
+            ("time to first token", f"{g.ttft_ms:.1f} ms (vision {g.vision_ms:.1f} + prefill {g.prefill_ms:.1f} ms, {g.prompt_positions} positions)"),
+            ("prefill", ", ".join(f"{r['prompt_tokens']}: {r['positions_per_s']:.0f}" for r in g.prefill) + " positions/s (by prompt tokens)"),
+            ("first tokens", f"{g.check.get('matched')}/{g.check.get('check_tokens')} as on the host, {g.check.get('matched_fp32')} as fp32")]
+    if g.energy_per_token_j is not None:
+        rows.append(("energy per token", f"{g.energy_per_token_j * 1e3:.2f} mJ"))
+    if g.sustained:
+        rates = " ".join(f"{r['tokens_per_s']:.1f}" for r in g.sustained)
+        drift = "" if g.drift is None else f", drift {100 * g.drift:+.1f}%" + (" [red]THROTTLED[/]" if g.throttled else "")
+        rows.append(("sustained tokens/s", f"{rates}{drift}"))
+    return rows
 
 
 def _contamination_note(c: Any) -> str:

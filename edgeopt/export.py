@@ -16,11 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt._ort import data_file
 from edgeopt.errors import EdgeoptError
 from edgeopt.fidelity import output_metrics
 
 OPSET = 18
 TWO_GB = 2 * 1024**3
+# export_onnx(external_data=None) writes external data when the module's parameters and buffers reach this.
+EXTERNAL_DATA_MIN_BYTES = TWO_GB
 # fp32 export must agree with torch this well (cosine of centred outputs, and max abs diff relative to
 # the reference's largest magnitude); anything worse is an exporter or runtime bug, not rounding.
 PARITY_MIN_COSINE = 0.9999
@@ -73,13 +76,21 @@ def export_onnx(
     path: Path,
     dynamic_axes: dict[str, dict[int, str]] | None = None,
     prefer: str = "dynamo",
+    external_data: bool | None = None,
 ) -> ExportInfo:
-    """Export to one self-contained ONNX file (external data only above 2 GB)."""
+    """Export to `path`: one self-contained ONNX file, or, with external data, `path` plus ONE data file
+    `path.name + ".data"` beside it (edgeopt._ort's layout), written under temporary names and renamed into
+    place (a data file left by an earlier export is removed). `external_data`: True forces external data
+    (small models too), None uses it when the parameters and buffers reach EXTERNAL_DATA_MIN_BYTES (2 GiB),
+    False asks for one file (the TorchScript exporter still writes external data for a graph protobuf
+    cannot hold)."""
     import onnx
     import torch
 
+    from edgeopt._ort import staged_onnx
+
     args = to_torch_inputs(sample, input_names)
-    big = _param_bytes(module) >= TWO_GB
+    big = _param_bytes(module) >= EXTERNAL_DATA_MIN_BYTES if external_data is None else bool(external_data)
     t0 = time.perf_counter()
     reason = None
     exporter = prefer
@@ -92,7 +103,8 @@ def export_onnx(
                     opset_version=OPSET, dynamo=True, external_data=big, optimize=True, verbose=False,
                     dynamic_shapes=_dynamic_shapes(dynamic_axes, input_names) if dynamic_axes else None,
                 )
-                prog.save(str(path), external_data=big)
+                with staged_onnx(path) as tmp:
+                    prog.save(str(tmp), external_data=big)
         except Exception as e:  # noqa: BLE001 - any exporter failure triggers the fallback, recorded
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
             exporter = "torchscript"
@@ -100,10 +112,7 @@ def export_onnx(
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    module, args, str(path), input_names=input_names, output_names=output_names,
-                    opset_version=OPSET, dynamo=False, dynamic_axes=dynamic_axes, do_constant_folding=True,
-                )
+                _export_torchscript(module, args, path, input_names, output_names, dynamic_axes, big)
         except Exception as e:  # noqa: BLE001
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             raise EdgeoptError(
@@ -113,7 +122,31 @@ def export_onnx(
     seconds = time.perf_counter() - t0
     model = onnx.load(str(path), load_external_data=False)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
-    return ExportInfo(exporter=exporter, opset=opset, seconds=seconds, fallback_reason=reason, external_data=big)
+    return ExportInfo(exporter=exporter, opset=opset, seconds=seconds, fallback_reason=reason,
+                      external_data=data_file(path).is_file())
+
+
+def _export_torchscript(module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
+                        dynamic_axes: dict[str, dict[int, str]] | None, external: bool) -> None:
+    """The TorchScript exporter into a scratch folder, then into `path` in edgeopt's layout: as exported
+    when `external` is False, else with ONE data file `path.name + ".data"` (its own per-tensor files, which
+    it writes above 2 GiB, merged without loading them; a self-contained graph re-saved with external data)."""
+    import tempfile
+
+    import torch
+
+    from edgeopt._ort import copy_onnx, load_onnx, save_onnx, uses_external_data
+
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=path.parent) as tmp:
+        raw = Path(tmp) / path.name
+        torch.onnx.export(
+            module, args, str(raw), input_names=input_names, output_names=output_names,
+            opset_version=OPSET, dynamo=False, dynamic_axes=dynamic_axes, do_constant_folding=True,
+        )
+        if uses_external_data(raw) or not external:
+            copy_onnx(raw, path)
+        else:
+            save_onnx(load_onnx(raw), path, external=True)
 
 
 def _dynamic_shapes(dynamic_axes: dict[str, dict[int, str]], input_names: list[str]):

@@ -252,3 +252,11 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     den = np.linalg.norm(ra) * np.linalg.norm(rb)
     return float(np.dot(ra, rb) / den) if den > 0 else 1.0
+
+
+def check_threshold(cos: float) -> float:
+    """Minimum cosine a device must reach on the bundle's reference sample.
+
+    Slightly below what the host measured for this artifact, to allow for another CPU's rounding
+    (fp32 artifacts: 0.999; quantized ones: host cosine minus half the host's own loss, minus 0.001)."""
+    return float(max(0.0, min(0.999, cos - 0.001 - 0.5 * (1.0 - cos))))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -68,6 +68,21 @@ def encode(tokenizer: Any, text: str) -> np.ndarray:
     return np.asarray([tokenizer.encode(text).ids], dtype=np.int64)
 
 
+class Generator(Protocol):
+    """A greedy token loop over a generative bundle's graphs, as a backend opens it (`Backend.load_generator`)."""
+
+    def encode_image(self, image: np.ndarray) -> np.ndarray: ...
+
+    def first_step(self, image_embeds: np.ndarray, prefix_ids: np.ndarray, suffix_ids: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
+
+    def step(self, token: int, past: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
+
+    def generate(self, image: np.ndarray, prefix_ids: np.ndarray, suffix_ids: np.ndarray,
+                 max_new_tokens: int = 16, eos_token_id: int | None = None) -> list[int]: ...
+
+    def close(self) -> None: ...
+
+
 class OnnxVLM:
     """Greedy generation over three ONNX files: vision -> prefill -> decode step (K/V cache in and out).
 
@@ -85,6 +100,10 @@ class OnnxVLM:
         self._past_names = [i.name for i in self.decode.get_inputs() if i.name.startswith("past.")]
         self._dec_out = [o.name for o in self.decode.get_outputs()]
         self._pre_out = [o.name for o in self.prefill.get_outputs()]
+
+    def close(self) -> None:
+        """Release the three sessions."""
+        self.vision = self.prefill = self.decode = None
 
     def encode_image(self, image: np.ndarray) -> np.ndarray:
         return self.vision.run(None, {"image": np.ascontiguousarray(image, dtype=np.float32)})[0]

@@ -36,7 +36,10 @@ _NOT_KEYED = ("timeout", "cooldown", "cooldown_timeout_s", "cooldown_tolerance_c
 _RANGES = (("warmup", 0, True, "warm-up calls"), ("runs", 1, True, "timed runs"), ("min_seconds", 0, True, "seconds"),
            ("threads", 1, True, "threads"), ("timeout", 0, False, "seconds"), ("cooldown_timeout_s", 0, True, "seconds"),
            ("cooldown_tolerance_c", 0, True, "degrees C"), ("idle_seconds", 0, True, "seconds"),
-           ("max_foreign_share", 0, True, "share of the run's cores"), ("remeasure", 0, True, "re-measurements"))
+           ("max_foreign_share", 0, True, "share of the run's cores"), ("remeasure", 0, True, "re-measurements"),
+           ("new_tokens", 1, True, "generated tokens"), ("sustained", 0, True, "back-to-back generations"))
+# Generation fields, keyed only when they differ from these defaults (keys of earlier results stay valid).
+_KEYED_IF_SET = {"new_tokens": 128, "sustained": 0}
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,10 @@ class Protocol:
     max_foreign_share: float = 0.10
     remeasure: int = 2
     strict: bool = False
+    # generative bundles (MELT's figures): tokens generated per timed generation, and `sustained` N: N more
+    # generations back to back after the timed ones, each's tokens/s and temperature (drift, throttling)
+    new_tokens: int = 128
+    sustained: int = 0
 
     def __post_init__(self) -> None:
         for name, lowest, inclusive, unit in _RANGES:
@@ -85,6 +92,9 @@ class Protocol:
             d.pop(k)
         for k in ("pin_cpus", "end_to_end"):
             if d[k] is None:
+                d.pop(k)
+        for k, default in _KEYED_IF_SET.items():
+            if d[k] == default:
                 d.pop(k)
         if "end_to_end" in d:
             img = Path(d["end_to_end"])
@@ -152,6 +162,37 @@ class Energy:
     estimate: bool = False
 
 
+@dataclass
+class Generation:
+    """A generative bundle's figures in MELT's terms (Laskaridis et al. 2024), measured by the device's runner.
+
+    Times in ms. `ttft_ms` = `vision_ms` + `prefill_ms` on the reference prompt (image encode + prefill up to
+    the first token), each also timed alone. `prefill` holds prompt-length sweeps: per length of text after
+    the image, the positions processed (prefix + image tokens + text) and positions/s. Decode figures cover
+    `new_tokens` generated tokens per timed generation (end-of-sequence ignored); the measurement's
+    `latency_ms` is the per-token decode latency, so energy per inference is energy per decoded token.
+    `check`: how many of the reference's first tokens the device reproduced. `sustained`: one row per
+    back-to-back generation (tokens/s, ms to first token, the hottest sensor in C where readable);
+    `drift` = last/first tokens/s - 1."""
+
+    load_ms: float
+    vision_ms: float
+    prefill_ms: float
+    ttft_ms: float
+    prompt_positions: int
+    new_tokens: int
+    decode_tokens_per_s: float
+    prefill: list[dict[str, Any]] = field(default_factory=list)
+    check: dict[str, Any] = field(default_factory=dict)
+    sustained: list[dict[str, Any]] = field(default_factory=list)
+    drift: float | None = None
+    throttled: bool | None = None
+    energy_per_token_j: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def summarize(latencies_ms: list[float]) -> tuple[Latency, float]:
     """Latency summary and coefficient of variation of a list of latencies (ms)."""
     n = len(latencies_ms)
@@ -198,6 +239,7 @@ class Measurement:
     after_loop_s: float | None = None  # seconds between the end of the timed loop and the result being printed
     loop_end: float | None = None  # the device's monotonic clock at the loop's end (runner-internal, never sent)
     contamination: Contamination | None = None  # other processes' use of the run's cores during the timed loop
+    generation: Generation | None = None  # generative bundles: MELT's figures (load, TTFT, prefill/decode tokens/s)
     # -- added by the harness on the host --
     energy: Energy | None = None
     energy_reason: str | None = None
@@ -227,7 +269,7 @@ class Measurement:
         if d["measurement_id"] is None:
             d.pop("measurement_id")
         d.pop("loop_end")
-        for k in ("timing", "first_inference_ms", "e2e", "after_loop_s", "contamination"):
+        for k in ("timing", "first_inference_ms", "e2e", "after_loop_s", "contamination", "generation"):
             if d[k] is None:
                 d.pop(k)
         return d
@@ -244,6 +286,9 @@ class Measurement:
             kw["energy"] = Energy(**kw["energy"])
         if isinstance(kw.get("contamination"), dict):
             kw["contamination"] = Contamination(**kw["contamination"])
+        if isinstance(kw.get("generation"), dict):
+            g = {f.name for f in fields(Generation)}
+            kw["generation"] = Generation(**{k: v for k, v in kw["generation"].items() if k in g})
         return cls(**kw)
 
     @classmethod

@@ -6,7 +6,8 @@ reference inputs, measures latency LoadGen-style (warm-up, then until both a run
 reached), records how much of its cores other processes took meanwhile (`edgeopt.contention`) and
 prints one `Measurement` as a JSON line on stdout (`{"error": ...}` with exit code 2 when it
 cannot). With a request that names an image, it measures model-only and end-to-end latency instead
-(`edgeopt.harness.e2e_runner`). Needs only numpy and the bundle's runtime: never torch, except where the
+(`edgeopt.harness.e2e_runner`). A generative bundle (a manifest with `generation`) is measured in MELT's
+terms instead: load, time to first token, prefill and decode tokens/s (`edgeopt.harness.gen_runner`). Needs only numpy and the bundle's runtime: never torch, except where the
 bundle's manifest says its runtime needs it (`backend_details["device_needs"]`: ExecuTorch's Python runtime).
 """
 
@@ -42,6 +43,10 @@ def run_bundle(path: str, request: MeasureRequest) -> Measurement:
     ok, why = backend.available()
     if not ok:
         raise RuntimeError(f"backend {m.backend} is not available on this device: {why}")
+    if m.generation is not None:
+        from edgeopt.harness.gen_runner import run as run_generation
+
+        return run_generation(bundle, request)
     t0 = time.perf_counter()
     session = backend.load(bundle.path, m, threads=p.threads)
     init_ms = (time.perf_counter() - t0) * 1e3
@@ -74,7 +79,7 @@ def run_bundle(path: str, request: MeasureRequest) -> Measurement:
 def run_request(path: str, request: MeasureRequest) -> Measurement:
     """The plain measurement, or with an image the end-to-end one (model-only + end-to-end, side by side)."""
     res = run_bundle(path, request)
-    if request.image:
+    if request.image and res.generation is None:
         from edgeopt.harness.e2e_runner import run as run_e2e
 
         p = request.protocol

@@ -345,6 +345,7 @@ class Store:
                         "throttled": (m.result or {}).get("throttled"), "energy_reason": (m.result or {}).get("energy_reason"),
                         "e2e_p50_ms": (((m.result or {}).get("e2e") or {}).get("end_to_end") or {}).get("latency_ms", {}).get("p50"),
                         "contamination": (m.result or {}).get("contamination"),
+                        "generation": (m.result or {}).get("generation"),
                     }
                 )
             return rows

@@ -453,7 +453,7 @@ def test_prompts_for_tinygpt_v(tmp_path):
              {"prompt": "What colour is it?", "image": "coffee.png"}, {"prompt": "Count the objects."}, {"prompt": "Where is this?"}]
     f = tmp_path / "prompts.jsonl"
     f.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    m = api.compile("tinygpt_v_tiny", output=tmp_path / "b", data=f, calib_samples=2, eval_samples=3).manifest
+    m = api.compile("tinygpt_v_tiny_whole", output=tmp_path / "b", data=f, calib_samples=2, eval_samples=3).manifest
     assert m.data.format == "prompts" and (m.data.calibration, m.data.evaluation) == (2, 3)
     ag = m.fidelity["agreement"]
     assert ag["metric"] == "next_token_agreement" and ag["n"] == 3 and ag["value"] == 1.0

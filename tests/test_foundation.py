@@ -182,3 +182,17 @@ def test_measurement_round_trips_through_the_runner_codec():
 def test_public_api_lists_models():
     assert "efficientformer_l1" in edgeopt.list_models()
     assert Path(edgeopt.load_bundle.__code__.co_filename).name == "bundle.py"
+
+
+def test_peak_rss_is_the_programs_own_not_its_parents():
+    """getrusage's ru_maxrss survives execve, so a runner started by a large process (a bench script, --auto
+    with torch loaded) would report that process's peak; the runner reads its own high-water mark."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(600 * 1024 * 1024)  # resident in this (parent) process
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    out = subprocess.run([sys.executable, "-c", "from edgeopt._loop import peak_rss_mb; print(peak_rss_mb())"],
+                         capture_output=True, text=True, check=True).stdout
+    assert float(out) < 300, f"the child reports {out.strip()} MiB: its parent's peak, not its own"
+    del ballast

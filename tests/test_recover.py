@@ -67,6 +67,20 @@ def test_option_ranges_fail_when_the_pipeline_is_parsed(spec, message):
     assert e.value.message == message and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("backend", ["tflite", "coreml", "executorch"])
+def test_backends_with_their_own_quantizer_refuse_max_drop(backend, tmp_path):
+    """max_drop keeps ONNX nodes in float; a backend that quantizes itself would silently ignore it."""
+    from edgeopt import api
+    from edgeopt.runtimes.base import get_backend
+
+    be = get_backend(backend)
+    if not be.available()[0]:
+        pytest.skip(f"{backend} is not installed")
+    with pytest.raises(EdgeoptError, match="cannot keep chosen layers in float"):
+        api.compile("efficientformer_l1", backend=backend, passes="quantize:int8,max_drop=0.5", output=tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
 def test_options_parse_with_their_defaults():
     p = build_pipeline("prune:ratio=0.3,recover=200")[0]
     assert p.config.recover == 200 and p.config.recover_batch == 16 and p.config.recover_augment

@@ -58,7 +58,7 @@ def test_sweep_file_takes_every_protocol_field(tmp_path):
     img.write_bytes(b"not read here")
     values = {"warmup": 2, "runs": 7, "min_seconds": 0.25, "threads": 3, "timeout": 90.0, "pin_cpus": "0", "end_to_end": "img.png",
               "cooldown": False, "cooldown_timeout_s": 30.0, "cooldown_tolerance_c": 1.5, "throttle_c": 80.0, "idle_seconds": 0.5,
-              "max_foreign_share": 0.2, "remeasure": 1, "strict": True}
+              "max_foreign_share": 0.2, "remeasure": 1, "strict": True, "new_tokens": 64, "sustained": 2}
     assert set(values) == {f.name for f in fields(Protocol)}, "a Protocol field this test does not set"
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump({"models": [MODEL], "protocol": values}))

@@ -97,7 +97,7 @@ def test_split_onnx_decode_loop_reproduces_torch_greedy_tokens(part_bundles, tin
 
 
 def test_whole_graph_compiles_and_profiles(tmp_path, tiny):
-    b = edgeopt.compile(TINY, output=tmp_path / "whole", samples=2, module=tiny)
+    b = edgeopt.compile(f"{TINY}_whole", output=tmp_path / "whole", samples=2, module=tiny)
     m = b.manifest
     assert m["model"]["task"] == "vlm" and [i["name"] for i in m["inputs"]] == ["image", "prefix_ids", "suffix_ids"]
     assert m["outputs"][0]["shape"] == [1, get_spec(TINY).extras["config"]["vocab_size"]]

@@ -101,6 +101,8 @@ def measure(device: Device, bundle: Bundle | str | Path, protocol: Protocol, dev
     else:
         res.energy = None
         res.energy_reason = why_none or no_meter_reason()
+    if res.generation is not None and res.energy is not None:
+        res.generation.energy_per_token_j = res.energy.joules_per_inference  # a generative run's latency is per decoded token
     for m in meters:
         m.close()  # streaming meters (tegrastats) end their process here
     if reader is not None and before is not None:

@@ -18,7 +18,10 @@ What is borrowed and what is written here, and why:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -98,8 +101,16 @@ class PhiAttention(nn.Module):
         self.dense = nn.Linear(h, h)
         self.q_layernorm = nn.LayerNorm(self.head_dim, eps=cfg.layer_norm_eps)
         self.k_layernorm = nn.LayerNorm(self.head_dim, eps=cfg.layer_norm_eps)
-        inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, self.rotary_dim, 2, dtype=torch.float32) / self.rotary_dim))
-        self.register_buffer("inv_freq", inv, persistent=False)
+        self.rope_theta = cfg.rope_theta
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+
+    def _inv_freq(self, device: torch.device | str | None = None) -> torch.Tensor:
+        r = self.rotary_dim
+        return 1.0 / (self.rope_theta ** (torch.arange(0, r, 2, dtype=torch.float32, device=device) / r))
+
+    def reset_rope(self, device: torch.device | str) -> None:
+        """Recompute the rotary frequencies on `device` (a non-persistent buffer: checkpoints do not hold it)."""
+        self.inv_freq = self._inv_freq(device)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         r = self.rotary_dim
@@ -216,19 +227,93 @@ def _build_qformer(cfg: TinyGPTVConfig) -> nn.Module:
     return Blip2QFormerModel(qc)
 
 
+def _query_tokens(cfg: TinyGPTVConfig) -> nn.Parameter:
+    return nn.Parameter(torch.zeros(1, cfg.num_query_tokens, cfg.qformer_hidden).normal_(std=0.02))
+
+
+# The top-level components in construction order, each with the factory that builds and initializes it
+# (its own constructor's init: timm Eva's trunc-normal, Blip2QFormer's `_init_weights`, torch's nn defaults).
+COMPONENTS: dict[str, Callable[[TinyGPTVConfig], nn.Module]] = {
+    "visual_encoder": _build_eva,
+    "ln_vision": lambda cfg: nn.LayerNorm(cfg.vit_dim),
+    "query_tokens": _query_tokens,
+    "qformer": _build_qformer,
+    "llama_proj": lambda cfg: nn.Linear(cfg.qformer_hidden, cfg.proj_hidden),
+    "llama_proj2": lambda cfg: nn.Linear(cfg.proj_hidden, cfg.llm_hidden),
+    "llama_model": lambda cfg: PhiForCausalLM(cfg),
+}
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Modules built inside put their parameters on the meta device (no memory) and keep their buffers
+    (rotary frequencies, zero biases) real: small, and not in checkpoints, so they cannot be loaded later."""
+    register = nn.Module.register_parameter
+
+    def on_meta(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(self, name, param)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def component_seed(seed: int, name: str) -> int:
+    """The RNG seed of one component: derived from (seed, component name), so a component's weights do not
+    depend on which other components a build materializes."""
+    return int.from_bytes(hashlib.sha256(f"tinygpt_v:{seed}:{name}".encode()).digest()[:8], "little") >> 1
+
+
 class TinyGPTV(nn.Module):
-    """The whole VLM. `forward(image, prefix_ids, suffix_ids)` gives the first generated token's logits."""
+    """The whole VLM. `forward(image, prefix_ids, suffix_ids)` gives the first generated token's logits.
+
+    The constructor builds every component on the ambient device with the ambient RNG; `build_seeded`
+    builds only some of them, each from its own seed; the others keep their parameters on the meta device."""
 
     def __init__(self, cfg: TinyGPTVConfig = FULL) -> None:
         super().__init__()
         self.config = cfg
-        self.visual_encoder = _build_eva(cfg)
-        self.ln_vision = nn.LayerNorm(cfg.vit_dim)
-        self.query_tokens = nn.Parameter(torch.zeros(1, cfg.num_query_tokens, cfg.qformer_hidden).normal_(std=0.02))
-        self.qformer = _build_qformer(cfg)
-        self.llama_proj = nn.Linear(cfg.qformer_hidden, cfg.proj_hidden)
-        self.llama_proj2 = nn.Linear(cfg.proj_hidden, cfg.llm_hidden)
-        self.llama_model = PhiForCausalLM(cfg)
+        for name, make in COMPONENTS.items():
+            setattr(self, name, make(cfg))
+
+    @classmethod
+    def build_seeded(
+        cls, cfg: TinyGPTVConfig, seed: int = 0, components: Iterable[str] | None = None, device: str = "cpu",
+    ) -> TinyGPTV:
+        """The model with `components` (all when None) materialized on `device`, each initialized under
+        `component_seed(seed, name)`; the others keep their parameters on the meta device (no memory) and their
+        buffers on `device`. A component's weights are the same whichever others are built, so a split part
+        equals the same part of a whole build. `device="meta"` builds everything on meta (to count parameters)."""
+        from edgeopt.errors import EdgeoptError
+
+        names = list(COMPONENTS) if components is None else list(components)
+        unknown = [n for n in names if n not in COMPONENTS]
+        if unknown:
+            raise EdgeoptError(f"unknown TinyGPT-V components {unknown}", f"known: {', '.join(COMPONENTS)}")
+        if str(device) == "meta":
+            with torch.device("meta"):
+                return cls(cfg).eval()
+        with _parameters_on_meta(), torch.device(device):
+            model = cls(cfg)
+        for name in names:
+            with torch.random.fork_rng(devices=[]), torch.device(device):
+                torch.manual_seed(component_seed(seed, name))
+                setattr(model, name, COMPONENTS[name](cfg))
+        return model.eval()
+
+    def materialized(self) -> list[str]:
+        """The components that hold real weights (not on the meta device)."""
+        out = []
+        for name in COMPONENTS:
+            m = getattr(self, name)
+            t = m if isinstance(m, torch.Tensor) else next(m.parameters(), None)
+            if t is not None and t.device.type != "meta":
+                out.append(name)
+        return out
 
     # -- the three parts an on-device runtime runs -------------------------------------------------------
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -277,7 +362,9 @@ class TinyGPTV(nn.Module):
 # -- the split graphs: each a module with plain tensor inputs and outputs, as ONNX wants them --------------
 class _Part(nn.Module):
     """Holds only the submodules its graph uses (so its parameter count is its own), under the whole model's
-    names so TinyGPTV's methods run on it unchanged; `full` (not a submodule) is where checkpoints load."""
+    names so TinyGPTV's methods run on it unchanged; `full` (not a submodule) is where checkpoints load. Built
+    by `build_tinygpt_v`, `full` has real weights only in the components listed in USES (the others' parameters
+    are on the meta device until a checkpoint fills them)."""
 
     USES: tuple[str, ...] = ()
     embed = TinyGPTV.embed

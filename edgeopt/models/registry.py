@@ -50,6 +50,25 @@ class PaperFigures:
     macs_convention: str = "flop_counter"
 
 
+@dataclass(frozen=True)
+class Generative:
+    """How a model generates on a device: the split graphs an on-device loop runs, named by their specs
+    (`vision`: image -> image tokens; `prefill`: prompt + image tokens -> first logits + KV cache; `decode`:
+    one token + KV cache -> logits + grown cache), the end-of-sequence id and the tokenizer to ship with it.
+
+    `tokenizer()` returns a `tokenizers.Tokenizer` (for random weights a small BPE trained on the spec's
+    captions; for real weights the user passes the model's own tokenizer.json). `decode_from_prefill(part)`
+    makes the decode part on the built prefill part's weights (the two graphs share the LLM)."""
+
+    vision: str
+    prefill: str
+    decode: str
+    eos_token_id: int
+    tokenizer: Callable[[], Any]
+    decode_from_prefill: Callable[[Any], Any]
+    max_positions: int = 2048
+
+
 @dataclass
 class ModelSpec:
     """Everything edgeopt knows about one named variant.
@@ -58,6 +77,8 @@ class ModelSpec:
     sample_inputs(n) returns n real samples, each a dict input-name -> numpy array of the input's shape.
     load_checkpoint(module, path) loads an official or timm checkpoint into the module (strict, with a
     clear error on a mismatch); None means the family cannot load checkpoints yet.
+    `generative`: set on a model that generates token by token; compiling it gives a generative bundle (its
+    split graphs, tokenizer and reference tokens; docs/llm.md) instead of one graph.
     """
 
     name: str
@@ -72,6 +93,7 @@ class ModelSpec:
     description: str = ""
     # Free-form extras a task needs (class names for classification, prompts for CLIP, ...).
     extras: dict[str, Any] = field(default_factory=dict)
+    generative: Generative | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -1,30 +1,35 @@
 """TinyGPT-V (Yuan et al. 2023): a 2.8 B-parameter VLM (Phi-2 + projections) on top of EVA ViT-g/14 and a
 BLIP-2 Q-Former. The network is in `_tinygpt_v_net.py`; this file registers the variants and their parts.
 
-Specs:
-- `tinygpt_v` (full widths) and `tinygpt_v_tiny` (same code, small widths; what tests build). Their single
-  graph is vision + prefill: (image, prompt before the image, prompt after it) -> first-token logits, so the
-  whole model compiles and profiles as one ONNX graph.
-- `tinygpt_v_tiny_vision`, `tinygpt_v_tiny_prefill`, `tinygpt_v_tiny_decode`: the split on-device LLM
-  runtimes use (vision encoder + Q-Former + projections; LLM prefill; one decode step with past key/values in
-  and present key/values out). `edgeopt.llm.OnnxVLM` runs the three graphs as a greedy loop.
+Specs, for `tinygpt_v` (full widths) and `tinygpt_v_tiny` (same code, small widths; what tests build):
+- `NAME`: the generative model. Compiling it gives a generative bundle: the three split graphs below, the
+  tokenizer and a reference prompt with its greedy tokens (`ModelSpec.generative`; docs/llm.md).
+- `NAME_whole`: the single graph vision + prefill: (image, prompt before the image, prompt after it) ->
+  first-token logits, so the whole model compiles and profiles as one ONNX graph.
+- `NAME_vision`, `NAME_prefill`, `NAME_decode`: the split on-device LLM runtimes use (vision encoder +
+  Q-Former + projections; LLM prefill; one decode step with past key/values in and present key/values out).
+  `edgeopt.llm.OnnxVLM` runs the three graphs as a greedy loop.
 
-Random weights are seeded (seed 0), so every build of a variant is the same model: the prefill and decode
-specs' sample inputs (image tokens, KV caches) are computed by that same model from real photographs.
+Random weights are seeded (seed 0), each component (EVA, ln_vision, query tokens, Q-Former, the projections,
+Phi-2) from its own seed derived from (seed, component name), so every build of a variant is the same model
+and a part build allocates only its own components (at full size: 1.1 B parameters for the vision part,
+2.78 B for the LLM parts, not 3.9 B): the prefill and decode specs' sample inputs (image tokens, KV caches)
+are computed by that same model from real photographs, the vision part freed before the LLM part is built.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from functools import cache, lru_cache, partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeopt.errors import CheckpointError
+from edgeopt.errors import CheckpointError, EdgeoptError
 from edgeopt.models.inputs import image_samples
-from edgeopt.models.registry import InputSpec, ModelSpec, PaperFigures, register
+from edgeopt.models.registry import Generative, InputSpec, ModelSpec, PaperFigures, register
 
 # BLIP-2 / EVA-CLIP image normalisation (Blip2ImageEvalProcessor: bicubic resize to the square input).
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -70,17 +75,23 @@ def _cfg(variant: str):
     return {"full": FULL, "tiny": TINY}[variant]
 
 
-def build_tinygpt_v(variant: str = "tiny", part: str = "whole", device: str = "cpu", seed: int = 0):
-    """Build the model (or one of its split parts) with seeded random weights, on `device` ("meta" to count)."""
-    import torch
+PARTS = ("whole", "vision", "prefill", "decode")
 
+
+def build_tinygpt_v(variant: str = "tiny", part: str = "whole", device: str = "cpu", seed: int = 0) -> Any:
+    """Build the model (or one of its split parts) with seeded random weights, on `device` ("meta" to count).
+
+    Only the components the part uses are materialized (a full-size vision part holds 1.1 B parameters, the
+    LLM parts 2.78 B, the whole model 3.9 B); each is initialized from a seed derived from (seed, component
+    name), so a part's weights equal the same components of the whole build. A part's `full` is the whole
+    model with the unused components on the meta device (checkpoints load there)."""
     from edgeopt.models._tinygpt_v_net import PrefillPart, TinyGPTV, VisionPart, make_decode_part
 
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(seed)
-        full = TinyGPTV(_cfg(variant))
-    full.eval()
+    if part not in PARTS:
+        raise EdgeoptError(f"unknown TinyGPT-V part {part!r}", f"one of {', '.join(PARTS)}")
     wrap = {"whole": None, "vision": VisionPart, "prefill": PrefillPart, "decode": make_decode_part}[part]
+    uses = None if wrap is None else (VisionPart.USES if part == "vision" else PrefillPart.USES)
+    full = TinyGPTV.build_seeded(_cfg(variant), seed=seed, components=uses, device=device)
     return full if wrap is None else wrap(full).eval()
 
 
@@ -123,20 +134,34 @@ def _vision_samples(variant: str, n: int) -> list[dict[str, np.ndarray]]:
 
 @lru_cache(maxsize=4)
 def _prefill_and_decode_samples(variant: str, n: int) -> tuple[list, list]:
-    """Run the seeded model on the photographs: image tokens for prefill, the KV cache + next token for decode."""
+    """Run the seeded model on the photographs: image tokens for prefill, the KV cache + next token for decode.
+
+    The vision part is built, run and freed before the LLM part is built, so at full size only one of them
+    (1.1 B or 2.78 B parameters) is in memory at a time; the weights are those of the whole build."""
+    import gc
+
     import torch
 
-    model = build_tinygpt_v(variant)
+    from edgeopt.models._tinygpt_v_net import TinyGPTV
+
+    texts = _text_samples(variant, n)
+    vision = build_tinygpt_v(variant, "vision")
+    with torch.inference_mode():
+        embeds = [vision(torch.from_numpy(s["image"])) for s in texts]
+    del vision
+    gc.collect()
+    llm = build_tinygpt_v(variant, "prefill")
     pre, dec = [], []
     with torch.inference_mode():
-        for s in _text_samples(variant, n):
-            emb = model.encode_image(torch.from_numpy(s["image"]))
+        for s, emb in zip(texts, embeds, strict=True):
             pre.append({"image_embeds": emb.numpy(), "prefix_ids": s["prefix_ids"], "suffix_ids": s["suffix_ids"]})
-            logits, presents = model.prefill(emb, torch.from_numpy(s["prefix_ids"]), torch.from_numpy(s["suffix_ids"]))
+            logits, presents = TinyGPTV.prefill(llm, emb, torch.from_numpy(s["prefix_ids"]), torch.from_numpy(s["suffix_ids"]))
             d = {"input_ids": logits.argmax(-1, keepdim=True).numpy().astype(np.int64)}
             for i, (k, v) in enumerate(presents):
                 d[f"past.{i}.key"], d[f"past.{i}.value"] = k.numpy(), v.numpy()
             dec.append(d)
+    del llm
+    gc.collect()
     return pre, dec
 
 
@@ -225,7 +250,27 @@ def load_tinygpt_v_checkpoint(module, path: Path, variant: str = "") -> None:
             "a TinyGPT-V stage checkpoint holds only trained weights: combine it with the base weights first, "
             "edgeopt.models.tinygpt_v.merge_checkpoints(out, [(eva, 'visual_encoder.'), (blip2, ''), (phi2, 'llama_model.'), (stage, '')])",
         )
-    load_state_strict(target, sd, Path(path), variant=variant)
+    with warnings.catch_warnings():  # copying into a meta tensor is a no-op that torch warns about
+        warnings.simplefilter("ignore")
+        load_state_strict(target, sd, Path(path), variant=variant)
+    _assign_meta_components(target, sd)
+
+
+def _assign_meta_components(model, sd: dict) -> None:
+    """A split part's unused components have their parameters on the meta device, where loading copies
+    nothing: give them the checkpoint's tensors (no copy when the dtype already matches)."""
+    import torch
+
+    from edgeopt.models._tinygpt_v_net import COMPONENTS
+
+    for name in COMPONENTS:
+        comp = getattr(model, name)
+        if isinstance(comp, torch.Tensor):
+            if comp.device.type == "meta":
+                setattr(model, name, torch.nn.Parameter(sd[name].to(comp.dtype), requires_grad=comp.requires_grad))
+        elif next(comp.parameters()).device.type == "meta":
+            own = comp.state_dict()
+            comp.load_state_dict({k: sd[f"{name}.{k}"].to(v.dtype) for k, v in own.items()}, assign=True)
 
 
 def merge_checkpoints(out: str | Path, sources: list[tuple[str | Path, str]]) -> Path:
@@ -250,6 +295,13 @@ def merge_checkpoints(out: str | Path, sources: list[tuple[str | Path, str]]) ->
 
 
 # -- registration ------------------------------------------------------------------------------------------
+def _decode_from_prefill(part):
+    """The decode part on the prefill part's weights (one LLM for both graphs)."""
+    from edgeopt.models._tinygpt_v_net import make_decode_part
+
+    return make_decode_part(part.full).eval()
+
+
 def _ids(name: str) -> InputSpec:
     return InputSpec(name, (1, 3 if name == "prefix_ids" else 12), "int64", {1: name.replace("_ids", "_len")})
 
@@ -270,38 +322,47 @@ def _specs(variant: str, name: str) -> list[ModelSpec]:
         # the paper's 2.8 B counts Phi-2 plus the projections; EVA and the Q-Former come on top
         "card_params_of": ("llama_model", "llama_proj", "llama_proj2"),
         "tokenizer": "sample BPE trained on the captions; pass Phi-2's tokenizer.json for real weights",
+        "components": parts,
     }
     load = partial(load_tinygpt_v_checkpoint, variant=name)
     kv_names = tuple(f"present.{i}.{t}" for i in range(cfg.llm_layers) for t in ("key", "value"))
-    whole = ModelSpec(
-        name=name, family="tinygpt_v", task="vlm",
-        builder=partial(build_tinygpt_v, variant),
+    size = " (tiny widths)" if variant == "tiny" else ""
+    arch = (f"EVA ViT-g/14 + Q-Former ({nq} queries) + Phi-2 with QK LayerNorm and attention-output RMSNorm")
+    common = dict(
+        family="tinygpt_v", task="vlm", builder=partial(build_tinygpt_v, variant),
         inputs=(InputSpec("image", (1, 3, s, s)), _ids("prefix_ids"), _ids("suffix_ids")),
-        outputs=("logits",),
-        sample_inputs=partial(_whole_samples, variant),
-        paper=paper, load_checkpoint=load,
-        description=(
-            f"TinyGPT-V{' (tiny widths)' if variant == 'tiny' else ''}: EVA ViT-g/14 + Q-Former ({nq} queries) + "
-            "Phi-2 with QK LayerNorm and attention-output RMSNorm. Single graph = vision + LLM prefill "
-            "(image, prompt before/after the image) -> first-token logits; the split graphs are its components"
-        ),
-        extras={**extras, "components": parts if variant == "tiny" else
-                {k: f"(not registered at full size) {v}" for k, v in parts.items()}},
+        outputs=("logits",), sample_inputs=partial(_whole_samples, variant), paper=paper, load_checkpoint=load,
     )
-    if variant != "tiny":
-        return [whole]
+    generative = ModelSpec(
+        name=name, **common,
+        description=(f"TinyGPT-V{size}: {arch}. Compiles to a generative bundle: the vision, prefill and decode "
+                     f"graphs, the tokenizer and reference tokens, run by a greedy loop on the device ({name}_whole "
+                     "is the single graph)"),
+        extras=extras,
+        generative=Generative(vision=parts["vision"], prefill=parts["prefill"], decode=parts["decode"],
+                              eos_token_id=cfg.eos_token_id, tokenizer=partial(sample_tokenizer, min(cfg.vocab_size, 512)),
+                              decode_from_prefill=_decode_from_prefill),
+    )
+    whole = ModelSpec(
+        name=f"{name}_whole", **common,
+        description=(f"TinyGPT-V{size} as one graph: vision + LLM prefill (image, prompt before/after the image) -> "
+                     f"first-token logits; {name} is the generative bundle of its split graphs"),
+        extras={**extras, "component_of": name},
+    )
     past = tuple(
         InputSpec(f"past.{i}.{t}", (1, cfg.llm_heads, 40, hd), "float32", {2: "past_len"})
         for i in range(cfg.llm_layers) for t in ("key", "value")
     )
+    part_paper = PaperFigures(source=_SRC)
     return [
+        generative,
         whole,
         ModelSpec(
             name=parts["vision"], family="tinygpt_v", task="embedding",
             builder=partial(build_tinygpt_v, variant, "vision"),
             inputs=(InputSpec("image", (1, 3, s, s)),), outputs=("image_embeds",),
-            sample_inputs=partial(_vision_samples, variant), paper=PaperFigures(source=_SRC), load_checkpoint=load,
-            description=f"TinyGPT-V part (a): EVA ViT + ln_vision + Q-Former + llama_proj/llama_proj2 -> {nq}x{h} image tokens",
+            sample_inputs=partial(_vision_samples, variant), paper=part_paper, load_checkpoint=load,
+            description=f"TinyGPT-V{size} part (a): EVA ViT + ln_vision + Q-Former + llama_proj/llama_proj2 -> {nq}x{h} image tokens",
             extras={**extras, "component_of": name},
         ),
         ModelSpec(
@@ -309,8 +370,8 @@ def _specs(variant: str, name: str) -> list[ModelSpec]:
             builder=partial(build_tinygpt_v, variant, "prefill"),
             inputs=(InputSpec("image_embeds", (1, nq, h)), _ids("prefix_ids"), _ids("suffix_ids")),
             outputs=("logits", *kv_names),
-            sample_inputs=partial(_prefill_samples, variant), paper=PaperFigures(source=_SRC), load_checkpoint=load,
-            description="TinyGPT-V part (b): LLM prefill over [prefix, image tokens, suffix] -> first-token logits + KV cache",
+            sample_inputs=partial(_prefill_samples, variant), paper=part_paper, load_checkpoint=load,
+            description=f"TinyGPT-V{size} part (b): LLM prefill over [prefix, image tokens, suffix] -> first-token logits + KV cache",
             extras={**extras, "component_of": name},
         ),
         ModelSpec(
@@ -318,8 +379,8 @@ def _specs(variant: str, name: str) -> list[ModelSpec]:
             builder=partial(build_tinygpt_v, variant, "decode"),
             inputs=(InputSpec("input_ids", (1, 1), "int64"), *past),
             outputs=("logits", *kv_names),
-            sample_inputs=partial(_decode_samples, variant), paper=PaperFigures(source=_SRC), load_checkpoint=load,
-            description="TinyGPT-V part (c): one decode step, past key/values in (any length), grown key/values out",
+            sample_inputs=partial(_decode_samples, variant), paper=part_paper, load_checkpoint=load,
+            description=f"TinyGPT-V{size} part (c): one decode step, past key/values in (any length), grown key/values out",
             extras={**extras, "component_of": name},
         ),
     ]

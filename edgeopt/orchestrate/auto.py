@@ -335,6 +335,12 @@ def auto_compile(
     try:
         info = dev.info()
         requested = backends or list(dict.fromkeys(b for b, _ in auto_grid()))
+        if spec.generative is not None:  # a generative bundle: backends with a token loop, graph passes only (no stage 2)
+            requested = [b for b in requested if get_backend(b).generative]
+            stage2 = False
+            if not requested:
+                raise EdgeoptError(f"{model} generates token by token and none of {', '.join(backends or [])} builds generative bundles",
+                                   f"search onnxruntime (-b onnxruntime), or search the single graph {model}_whole")
         build = plan_build(info, requested, dev.board_spec, device)  # no backend for this board: an error before any compile
     except BaseException:
         dev.close()

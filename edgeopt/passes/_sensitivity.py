@@ -14,7 +14,6 @@ search finds the smallest such k (`keep_float_until`). The criterion is a cosine
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt._ort import copy_onnx, remove_onnx
 from edgeopt.errors import EdgeoptError
-from edgeopt.passes._ort_quant import SampleReader, preprocess, static_int8
+from edgeopt.passes._ort_quant import SampleReader, preprocess, static_int8, wants_external_data
 from edgeopt.passes.base import PassContext
 from edgeopt.passes.quantize_config import QuantizeConfig
 
@@ -49,13 +49,14 @@ def rank_nodes(float_pre: Path, qdq: Path, ctx: PassContext, samples: int = 4) -
 
     work = ctx.workdir
     aug_f, aug_q = work / "sens_float.onnx", work / "sens_qdq.onnx"
-    modify_model_output_intermediate_tensors(str(float_pre), str(aug_f))
-    modify_model_output_intermediate_tensors(str(qdq), str(aug_q))
+    big = wants_external_data(float_pre)  # above 2 GB the augmented graphs must keep their tensors outside
+    modify_model_output_intermediate_tensors(str(float_pre), str(aug_f), save_as_external_data=big)
+    modify_model_output_intermediate_tensors(str(qdq), str(aug_q), save_as_external_data=big)
     data = ctx.samples[:samples]
     fa = collect_activations(str(aug_f), SampleReader(data, ctx.input_names))
     qa = collect_activations(str(aug_q), SampleReader(data, ctx.input_names))
-    aug_f.unlink(missing_ok=True)
-    aug_q.unlink(missing_ok=True)
+    remove_onnx(aug_f)
+    remove_onnx(aug_q)
 
     # In the QDQ model an activation keeps its float name up to its QuantizeLinear, and its
     # dequantized value is NAME_DequantizeLinear_Output: that is what the next node reads.
@@ -123,7 +124,7 @@ def keep_float_until(src: Path, dst: Path, cfg: QuantizeConfig, ctx: PassContext
 
     full = work / "mixed_k0.onnx"
     if attempt([], full):
-        shutil.copyfile(full, dst)
+        copy_onnx(full, dst)
         return FloatSearch(True, [], tried, [], 0, full)
     # rank on a QDQ model (the debug matching needs QDQ even when the output format is QOperator)
     qdq = full
@@ -149,7 +150,7 @@ def keep_float_until(src: Path, dst: Path, cfg: QuantizeConfig, ctx: PassContext
             hi = mid
         else:
             lo = mid
-    shutil.copyfile(work / f"mixed_k{hi}.onnx", dst)
+    copy_onnx(work / f"mixed_k{hi}.onnx", dst)
     kept = [{**r, "why": f"adds {r['drop_db']} dB of quantization noise (SQNR {r['sqnr_in_db']} -> {r['sqnr_out_db']} dB)"}
             for r in ranked[:hi]]
     return FloatSearch(True, kept, tried, ranked, limit, full)

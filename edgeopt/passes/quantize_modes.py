@@ -44,7 +44,9 @@ def int8(src: Path, dst: Path, cfg: QuantizeConfig, ctx: PassContext) -> tuple[d
 
 @QUANTIZE_MODES.register("dynamic")
 def dynamic(src: Path, dst: Path, cfg: QuantizeConfig, ctx: PassContext) -> tuple[dict[str, Any], str]:
-    return dynamic_int8(src, dst, cfg), f"dynamic int8: {cfg.weight_type} weights, activations quantized at run time"
+    details = dynamic_int8(src, dst, cfg)
+    streamed = str(details.get("method", "")).startswith("streamed")
+    return details, f"dynamic int8: {cfg.weight_type} weights, activations quantized at run time" + ("; MatMul only, streamed" if streamed else "")
 
 
 @QUANTIZE_MODES.register("fp16")

@@ -72,6 +72,19 @@ def render_html(rows: list[dict[str, Any]], title: str = "edgeopt report", failu
         flagged = bool((r.get("contamination") or {}).get("flagged"))
         out.append(("<tr class='flagged'>" if flagged else "<tr>") + "".join(f"<td class='{c}'>{_f(v)}</td>" for v, (_, c) in zip(vals, cols, strict=True)) + "</tr>")
     out.append("</table>")
+    gens = [r for r in rows if r.get("generation")]
+    if gens:
+        out.append("<h2>Generation (MELT)</h2><table id='generation'><tr><th class='l'>model</th><th class='l'>precision</th><th class='l'>device</th>"
+                   "<th>load ms</th><th>TTFT ms</th><th>prefill 128 pos/s</th><th>decode tok/s</th><th>peak RSS MB</th><th>energy mJ/token</th><th>drift</th><th>throttled</th></tr>")
+        for r in sorted(gens, key=lambda r: (r["model"], r["device"])):
+            g = r["generation"]
+            pre = next((x["positions_per_s"] for x in g.get("prefill", []) if x.get("prompt_tokens") == 128), None)
+            e = g.get("energy_per_token_j")
+            vals = [g.get("load_ms"), g.get("ttft_ms"), pre, g.get("decode_tokens_per_s"), r.get("peak_rss_mb"), None if e is None else e * 1e3,
+                    None if g.get("drift") is None else f"{100 * g['drift']:+.1f}%", g.get("throttled")]
+            out.append(f"<tr><td class='l'>{_f(r['model'])}</td><td class='l'>{_f(r.get('precision'))}</td><td class='l'>{_f(r['device'])}</td>"
+                       + "".join(f"<td>{_f(v)}</td>" for v in vals) + "</tr>")
+        out.append("</table>")
     if failures:
         out.append("<h2>Failed jobs</h2><table id='failures'><tr><th class='l'>job</th><th class='l'>stage</th><th class='l'>reason</th><th>attempts</th></tr>")
         for f in failures:

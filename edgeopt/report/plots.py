@@ -209,10 +209,31 @@ def latency_distributions(rows: list[Row]) -> bytes | None:
     return _png(fig)
 
 
+def tokens_per_iteration(rows: list[Row]) -> bytes | None:
+    """Generative measurements with sustained runs: tokens/s of each back-to-back generation (MELT's drift)."""
+    pts = [r for r in rows if (r.get("generation") or {}).get("sustained")]
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for r in pts:
+        g = r["generation"]
+        its = [x["iteration"] for x in g["sustained"]]
+        drift = "" if g.get("drift") is None else f" (drift {100 * g['drift']:+.1f}%{', throttled' if g.get('throttled') else ''})"
+        ax.plot(its, [x["tokens_per_s"] for x in g["sustained"]], marker="o", label=f"{config_label(r)} @ {r['device']}{drift}")
+    ax.set_xlabel("generation (back to back)")
+    ax.set_ylabel("tokens/s (first token to last)")
+    ax.set_title("Sustained generation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
 PLOTS = {
     "pareto": ("Latency vs fidelity (Pareto front)", latency_vs_fidelity),
     "size": ("Size vs latency", size_vs_latency),
     "energy": ("Energy per inference vs latency", energy_vs_latency),
     "devices": ("Per-device comparison", per_device),
     "distributions": ("Latency distributions", latency_distributions),
+    "tokens": ("Tokens/s per generation (sustained)", tokens_per_iteration),
 }

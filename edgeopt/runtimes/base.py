@@ -26,6 +26,7 @@ from edgeopt.errors import EdgeoptError
 
 if TYPE_CHECKING:
     from edgeopt.bundle import Manifest
+    from edgeopt.llm import Generator
 
 
 RUNS_ANYWHERE = "Linux, macOS, Windows, Android, arm64 boards"
@@ -122,6 +123,8 @@ class Backend(ABC):
     # True when the artifact is the pipeline's final ONNX file, run by ONNX Runtime's CPU provider with
     # the same session settings: outputs already measured on those bytes stand for the artifact's.
     runs_pipeline_onnx: ClassVar[bool] = False
+    # Builds and runs generative bundles (a model's vision/prefill/decode graphs and a token loop; docs/llm.md)
+    generative: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -136,6 +139,10 @@ class Backend(ABC):
     def load(self, bundle_dir: Path, manifest: Manifest, threads: int | None = None) -> Session:
         """Open the bundle's artifact for inference (device side: no torch)."""
 
+    def load_generator(self, bundle_dir: Path, manifest: Manifest, threads: int | None = None) -> Generator:
+        """Open a generative bundle's graphs as a greedy token loop (device side, no torch)."""
+        raise EdgeoptError(f"backend {self.name} runs no generative bundles", "compile the generative model for onnxruntime")
+
     def require(self) -> None:
         ok, why = self.available()
         if not ok:
@@ -148,14 +155,24 @@ class Backend(ABC):
         quantize pass itself builds only its `modes`: the pass's mode (or, without the pass, the `precision`
         option) must be one of their spellings. Where the quantize pass runs on the ONNX graph, the graph
         is what the backend compiles and the `precision` option only labels the bundle: nothing to check.
+        Accuracy control (`max_drop`) keeps ONNX nodes in float; a backend's own quantizer is not told which,
+        so a delegated quantize pass with `max_drop` is refused rather than built without it.
         """
         if "quantize" not in self.implements:
             return
+        self.refuse_accuracy_control(passes)
         q = next((p for p in passes if p.name == "quantize"), None)
         if q is not None:
             self.mode_for(str(getattr(q.config, "mode", "int8")), "quantize mode")
         elif "precision" in options:
             self.mode_for(str(options["precision"]), "precision")
+
+    def refuse_accuracy_control(self, passes: list[Any]) -> None:
+        """A quantize pass this backend implements itself must not ask for `max_drop` (it would be ignored)."""
+        q = next((p for p in passes if p.name == "quantize" and p.name in self.implements), None)
+        if q is not None and getattr(q.config, "max_drop", None) is not None:
+            raise EdgeoptError(f"backend {self.name} quantizes with its own quantizer, which cannot keep chosen layers in float: max_drop is not applied there",
+                               "drop max_drop, or use -b onnxruntime for accuracy-controlled int8")
 
     @classmethod
     def get_mode(cls, precision: str) -> Mode:

@@ -153,6 +153,7 @@ class CoreMLBackend(Backend):
 
     def check_request(self, passes: list[Any], options: dict[str, Any]) -> None:
         """Refuse a quantize mode / precision / compression Core ML cannot build before any slow work."""
+        self.refuse_accuracy_control(passes)
         q = next((p.config.model_dump(mode="json") for p in passes if p.name in self.implements), None)
         resolve_request(q, options)
 

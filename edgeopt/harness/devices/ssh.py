@@ -11,9 +11,11 @@ Host keys are checked (StrictHostKeyChecking=yes against known_hosts); `trust_ne
 What runs on the board: its own Python (profile option `python`, default `python3`) with numpy and the
 bundle's runtime installed. edgeopt itself need not be installed there: the device-side files
 (runner, bundle, fidelity, runtimes, ...) are pushed once as a small zip (keyed by its sha256) and put on
-PYTHONPATH. Bundles are pushed once per sha256 under `remote_dir/bundles/<sha256>` (tar over the SSH
-channel into a temp folder, renamed when complete) and verified on the board by the runner's own
-sha256 check; a second push of the same bundle is skipped after that check passes.
+PYTHONPATH. Bundles are pushed once per sha256 under `remote_dir/bundles/<sha256>` (a tar stream written
+into the SSH channel file by file, in chunks, so a bundle of several GB, e.g. an ONNX graph with its
+external data file, is never held in memory; unpacked into a temp folder, renamed when complete) and
+verified on the board by the runner's own sha256 check of every file; a second push of the same bundle is
+skipped after that check passes.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from edgeopt.bundle import Bundle
@@ -44,6 +49,7 @@ DEVICE_SIDE = [
     "__init__.py", "runner.py", "bundle.py", "fidelity.py", "errors.py", "_util.py", "_ort.py",
     "measurement.py", "_registry.py", "_loop.py", "contention.py", "stats.py",
     "runtimes/__init__.py", "runtimes/base.py", "runtimes/*.py", "harness/__init__.py", "harness/e2e_runner.py",
+    "llm.py", "harness/gen_runner.py",  # generative bundles: the token loop and MELT's figures
     "postprocess.py",  # the e2e runner's detection chain (letterbox, DFL decode, NMS)
 ]
 
@@ -173,6 +179,49 @@ class SSHDevice(Device):
             raise DeviceError(f"{self.uri}: {argv[0]} exited {p.returncode}: {(out.stderr.strip().splitlines() or [''])[-1][:300]}")
         return out
 
+    def exec_stream(self, argv: list[str], feed: Callable[[IO[bytes]], None], timeout: float) -> subprocess.CompletedProcess:
+        """Run argv on the board with `feed` writing its stdin as a stream (nothing is held in memory); the
+        ssh process is killed after `timeout` s. Raise DeviceError as `exec` does (check=True)."""
+        cmd = [*self.ssh_base(), shlex.join(argv)]
+        timed_out = threading.Event()
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err)
+            assert p.stdin is not None
+
+            def kill() -> None:
+                if p.poll() is None:
+                    timed_out.set()
+                    p.kill()
+
+            timer = threading.Timer(timeout, kill)
+            timer.start()
+            try:
+                try:
+                    feed(p.stdin)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the remote side stopped reading: its exit status and stderr say why
+                finally:
+                    try:
+                        p.stdin.close()
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                rc = p.wait()
+            finally:
+                timer.cancel()
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            out.seek(0)
+            err.seek(0)
+            res = subprocess.CompletedProcess(cmd, rc, out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+        if timed_out.is_set():
+            raise DeviceError(f"{self.uri}: {argv[0]} did not finish within {timeout:.0f} s", "the board may be hung or the link slow; raise push_timeout in devices.yaml")
+        if rc == 255:
+            raise _ssh_error(self.uri, self.host, res.stderr)
+        if rc != 0:
+            raise DeviceError(f"{self.uri}: {argv[0]} exited {rc}: {(res.stderr.strip().splitlines() or [''])[-1][:300]}")
+        return res
+
     def files(self) -> FileAccess:
         return SSHFiles(self)
 
@@ -215,11 +264,13 @@ class SSHDevice(Device):
         if self.remote_sha(remote) == sha256:
             self.last_push_skipped = True
             return remote
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            tar.add(str(bundle.path), arcname=".")
+
+        def feed(pipe: IO[bytes]) -> None:
+            with tarfile.open(fileobj=pipe, mode="w|") as tar:  # a stream: each file copied in chunks
+                tar.add(str(bundle.path), arcname=".")
+
         script = 'set -e; mkdir -p "$(dirname "$1")"; t="$1.tmp.$$"; rm -rf "$t"; mkdir "$t"; tar -xf - -C "$t"; rm -rf "$1"; mv "$t" "$1"'
-        self.exec(["sh", "-c", script, "sh", remote], timeout=float(self.options.get("push_timeout", 600)), stdin=buf.getvalue())
+        self.exec_stream(["sh", "-c", script, "sh", remote], feed, timeout=float(self.options.get("push_timeout", 600)))
         got = self.remote_sha(remote)
         if got != sha256:
             raise DeviceError(f"{self.uri}: the pushed bundle does not verify on the board ({got})", "the copy was altered in transit; retry")
@@ -244,7 +295,12 @@ class SSHDevice(Device):
 
         remote = f"{self.remote_dir}/files/{sha256_file(local)[:16]}-{Path(local).name}"
         script = 'if [ ! -f "$1" ]; then mkdir -p "$(dirname "$1")" && cat > "$1.tmp.$$" && mv "$1.tmp.$$" "$1"; fi'
-        self.exec(["sh", "-c", script, "sh", remote], stdin=Path(local).read_bytes(), timeout=120)
+
+        def feed(pipe: IO[bytes]) -> None:
+            with open(local, "rb") as f:
+                shutil.copyfileobj(f, pipe)
+
+        self.exec_stream(["sh", "-c", script, "sh", remote], feed, timeout=120)
         return remote
 
     def shell_prefix(self) -> list[str] | None:
