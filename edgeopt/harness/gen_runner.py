@@ -17,7 +17,6 @@ What is timed (all batch 1, greedy):
 
 from __future__ import annotations
 
-import glob
 import os
 import platform
 import sys
@@ -28,24 +27,12 @@ import numpy as np
 
 from edgeopt._loop import peak_rss_mb
 from edgeopt.contention import contamination, sample
+from edgeopt.harness.thermal import ThermalReader
 from edgeopt.measurement import Generation, Measurement, MeasureRequest, summarize
 
 PREFILL_LENGTHS = (32, 128, 512)  # MELT's prompt lengths (tokens of text)
 PREFILL_REPEATS = 3  # median of this many prefills per length
 DRIFT_THROTTLED = -0.10  # a sustained run whose tokens/s fell more than 10 % counts as throttled
-
-
-def hottest_c() -> float | None:
-    """The hottest readable thermal zone in C (Linux sysfs), None where there is none."""
-    best = None
-    for path in glob.glob("/sys/class/thermal/thermal_zone*/temp"):
-        try:
-            with open(path) as f:
-                v = int(f.read().strip()) / 1000.0
-        except (OSError, ValueError):
-            continue
-        best = v if best is None else max(best, v)
-    return best
 
 
 def _median_ms(fn, repeats: int) -> tuple[float, Any]:
@@ -140,13 +127,14 @@ def run(bundle, request: MeasureRequest) -> Measurement:
     summary, cv = summarize(steps)
 
     sustained = []
+    thermal = ThermalReader() if p.sustained else None  # this machine's thermal zones (none: temp_c is None)
     for i in range(p.sustained):
         t0 = time.perf_counter()
-        v_ms = _median_ms(lambda: gen.encode_image(image), 1)[0]
-        pre_ms, s, toks = _generate_timed(gen, gen.encode_image(image), prefix, suffix, p.new_tokens)
+        v_ms, emb = _median_ms(lambda: gen.encode_image(image), 1)
+        pre_ms, s, toks = _generate_timed(gen, emb, prefix, suffix, p.new_tokens)
         total_s = time.perf_counter() - t0
         sustained.append({"iteration": i + 1, "tokens_per_s": len(toks) / total_s, "decode_tokens_per_s": len(s) / (sum(s) / 1e3) if s else None,
-                          "ttft_ms": v_ms + pre_ms, "temp_c": hottest_c()})
+                          "ttft_ms": v_ms + pre_ms, "temp_c": thermal.snapshot().max_c})
     drift = None
     throttled = None
     if len(sustained) >= 2:

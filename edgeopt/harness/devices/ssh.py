@@ -50,6 +50,7 @@ DEVICE_SIDE = [
     "measurement.py", "_registry.py", "_loop.py", "contention.py", "stats.py",
     "runtimes/__init__.py", "runtimes/base.py", "runtimes/*.py", "harness/__init__.py", "harness/e2e_runner.py",
     "llm.py", "harness/gen_runner.py",  # generative bundles: the token loop and MELT's figures
+    "harness/thermal.py", "harness/meters/__init__.py", "harness/meters/base.py", "harness/meters/registry.py",  # its temperatures
     "postprocess.py",  # the e2e runner's detection chain (letterbox, DFL decode, NMS)
 ]
 
