@@ -160,26 +160,28 @@ def _in_child(fn: Callable[..., Any], *args: Any) -> Any:
                                "free memory (close other jobs) and compile again; docs/llm.md gives the peak of each stage") from None
 
 
-def _vision_stage(name: str, weights: str | Path | None, samples: list[dict[str, np.ndarray]], evals: list[dict[str, np.ndarray]],
+def _vision_stage(name: str, weights: str | Path | None, samples: list[dict[str, np.ndarray]], evals: list[dict[str, np.ndarray]] | None,
                   workdir: Path, exporter: str, external_data: bool | None) -> dict[str, Any]:
     """Build the vision part, take its fp32 outputs on the samples (and the image tokens of the evaluation
-    prompts), export it. Runs in a child process (`_in_child`)."""
+    prompts, where they are others: `evals`), export it. Runs in a child process (`_in_child`)."""
     from edgeopt.models import get_spec
 
     vspec = get_spec(name)
     vmod = vspec.build(weights=weights)
     g = _Graph("vision", vspec, [{"image": s["image"]} for s in samples], [], workdir / "vision.onnx")
     g.refs = [_forward(vmod, x, g.input_names, g.output_names) for x in g.samples]
-    embeds = [_forward(vmod, {"image": s["image"]}, g.input_names, g.output_names)["image_embeds"] for s in evals]
+    embeds = (None if evals is None else
+              [_forward(vmod, {"image": s["image"]}, g.input_names, g.output_names)["image_embeds"] for s in evals])
     _export(g, vmod, workdir, exporter, external_data)
     return {"samples": g.samples, "refs": g.refs, "embeds": embeds, "path": str(g.path), "export": g.export}
 
 
 def _llm_stage(model: str, weights: str | Path | None, samples: list[dict[str, np.ndarray]], vision_refs: list[dict[str, np.ndarray]],
-               embeds: list[np.ndarray], evals: list[dict[str, np.ndarray]], n_tok: int, workdir: Path, exporter: str,
+               embeds: list[np.ndarray] | None, evals: list[dict[str, np.ndarray]] | None, n_tok: int, workdir: Path, exporter: str,
                external_data: bool | None) -> dict[str, Any]:
     """Build the LLM once (prefill and decode parts share it), take the fp32 references of both graphs and
-    fp32's greedy tokens on every prompt, export both graphs. Runs in a child process (`_in_child`)."""
+    fp32's greedy tokens on the reference prompt (`samples[0]`) and every evaluation prompt (`evals`, with
+    their image tokens `embeds`; None: the samples), export both graphs. Runs in a child process (`_in_child`)."""
     from edgeopt.models import get_spec
 
     gen = get_spec(model).generative
@@ -197,8 +199,13 @@ def _llm_stage(model: str, weights: str | Path | None, samples: list[dict[str, n
         ds.update(zip(decode.input_names[1:], (pr[o] for o in prefill.output_names[1:]), strict=True))
         decode.samples.append(ds)
         decode.refs.append(_forward(dmod, ds, decode.input_names, decode.output_names))
-    fp32 = [_torch_greedy(pmod, dmod, e, s["prefix_ids"], s["suffix_ids"], n_tok) for e, s in zip(embeds, evals, strict=True)]
-    ref_first, ref_tokens = _torch_greedy(pmod, dmod, vision_refs[0]["image_embeds"], samples[0]["prefix_ids"], samples[0]["suffix_ids"], n_tok)
+    ref = _torch_greedy(pmod, dmod, vision_refs[0]["image_embeds"], samples[0]["prefix_ids"], samples[0]["suffix_ids"], n_tok)
+    if evals is None:  # the evaluation prompts are the samples: the first is the reference prompt, just run
+        fp32 = [ref] + [_torch_greedy(pmod, dmod, v["image_embeds"], s["prefix_ids"], s["suffix_ids"], n_tok)
+                        for v, s in zip(vision_refs[1:], samples[1:], strict=True)]
+    else:
+        fp32 = [_torch_greedy(pmod, dmod, e, s["prefix_ids"], s["suffix_ids"], n_tok) for e, s in zip(embeds, evals, strict=True)]
+    ref_first, ref_tokens = ref
     _export(prefill, pmod, workdir, exporter, external_data)
     _export(decode, dmod, workdir, exporter, external_data)
     return {"prefill_samples": prefill.samples, "prefill_refs": prefill.refs, "prefill_path": str(prefill.path), "prefill_export": prefill.export,
@@ -235,10 +242,10 @@ def compile_generative(
         # -- torch stages, each in a fresh process: its memory (the LLM's weights, the exporter's copies) is
         # returned to the system whole when it ends, before ONNX Runtime opens the graphs here --------------
         say(f"vision: build {gen.vision}, fp32 reference, export (child process)")
-        v = _in_child(_vision_stage, gen.vision, weights, samples, evals, workdir, exporter, external_data)
+        v = _in_child(_vision_stage, gen.vision, weights, samples, eval_samples, workdir, exporter, external_data)
         vision = _Graph("vision", get_spec(gen.vision), v["samples"], v["refs"], Path(v["path"]), v["export"])
         say(f"prefill and decode: build {gen.prefill}, fp32 references and greedy tokens, export (child process)")
-        lm = _in_child(_llm_stage, spec.name, weights, samples, vision.refs, v["embeds"], evals, n_tok, workdir, exporter, external_data)
+        lm = _in_child(_llm_stage, spec.name, weights, samples, vision.refs, v["embeds"], eval_samples, n_tok, workdir, exporter, external_data)
         prefill = _Graph("prefill", get_spec(gen.prefill), lm["prefill_samples"], lm["prefill_refs"], Path(lm["prefill_path"]), lm["prefill_export"])
         decode = _Graph("decode", get_spec(gen.decode), lm["decode_samples"], lm["decode_refs"], Path(lm["decode_path"]), lm["decode_export"])
         fp32, ref_first, ref_tokens = lm["fp32"], lm["ref_first"], lm["ref_tokens"]
@@ -295,8 +302,9 @@ def compile_generative(
                 for e_s in evals:
                     logits, past = loop.first_step(loop.encode_image(e_s["image"]), e_s["prefix_ids"], e_s["suffix_ids"])
                     firsts.append(logits)
-                    seqs.append(loop.generate(e_s["image"], e_s["prefix_ids"], e_s["suffix_ids"], max_new_tokens=n_tok))
-                own = loop.generate(samples[0]["image"], samples[0]["prefix_ids"], samples[0]["suffix_ids"], max_new_tokens=n_tok)
+                    seqs.append(loop.greedy(logits, past, n_tok))
+                own = seqs[0] if eval_samples is None else loop.generate(
+                    samples[0]["image"], samples[0]["prefix_ids"], samples[0]["suffix_ids"], max_new_tokens=n_tok)
             finally:
                 loop.close()
             refs = [{"logits": f} for f, _ in fp32]

@@ -80,6 +80,8 @@ class Generator(Protocol):
     def generate(self, image: np.ndarray, prefix_ids: np.ndarray, suffix_ids: np.ndarray,
                  max_new_tokens: int = 16, eos_token_id: int | None = None) -> list[int]: ...
 
+    def greedy(self, logits: np.ndarray, past: dict[str, np.ndarray], max_new_tokens: int = 16, eos_token_id: int | None = None) -> list[int]: ...
+
     def close(self) -> None: ...
 
 
@@ -124,6 +126,10 @@ class OnnxVLM:
     ) -> list[int]:
         """Greedy tokens (batch 1), stopping after `eos_token_id` or `max_new_tokens`."""
         logits, past = self.first_step(self.encode_image(image), prefix_ids, suffix_ids)
+        return self.greedy(logits, past, max_new_tokens, eos_token_id)
+
+    def greedy(self, logits: np.ndarray, past: dict[str, np.ndarray], max_new_tokens: int = 16, eos_token_id: int | None = None) -> list[int]:
+        """Greedy tokens from a first step's logits and cache, stopping after `eos_token_id` or `max_new_tokens`."""
         tokens: list[int] = []
         for _ in range(max_new_tokens):
             nxt = int(np.argmax(logits[0]))
