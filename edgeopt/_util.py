@@ -63,3 +63,44 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class StageClock:
+    """Wall seconds per named stage of one job, exclusive: a stage entered inside another pauses the outer one,
+    so the stages add up to the time spent inside any of them. A stage entered twice adds up."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._now = time.perf_counter
+        self.started = self._now()
+        self.seconds: dict[str, float] = {}
+        self._stack: list[tuple[str, float]] = []
+
+    def _charge(self, now: float) -> None:
+        if self._stack:
+            name, since = self._stack[-1]
+            self.seconds[name] = self.seconds.get(name, 0.0) + now - since
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        now = self._now()
+        self._charge(now)
+        self._stack.append((name, now))
+        try:
+            yield
+        finally:
+            now = self._now()
+            self._charge(now)
+            self._stack.pop()
+            if self._stack:
+                self._stack[-1] = (self._stack[-1][0], now)
+
+    def report(self) -> dict[str, float]:
+        """Each stage's seconds (rounded to ms) in the order first entered, `other` (time outside every stage)
+        and `total` since the clock started."""
+        total = self._now() - self.started
+        out = {k: round(v, 3) for k, v in self.seconds.items()}
+        out["other"] = round(max(0.0, total - sum(self.seconds.values())), 3)
+        out["total"] = round(total, 3)
+        return out

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import platform
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeopt._util import sha256_file
+from edgeopt._util import StageClock, sha256_file
 from edgeopt.bundle import Bundle, Manifest, ModelInfo, TensorSpec, WeightsLabel, load_bundle, write_bundle
 from edgeopt.errors import EdgeoptError
 from edgeopt.fidelity import check_threshold, task_metrics
@@ -100,23 +99,25 @@ def compile(  # noqa: A001 - the public name the design asks for
 
     say = progress or (lambda _msg: None)
     bar = progress_bar or (lambda label, i, n: say(f"{label} {i}/{n}"))
-    t_start = time.perf_counter()
+    clock = StageClock()
     req = data if isinstance(data, Dataset) else DataRequest.of(
         data, labels=labels, calib_samples=calib_samples, eval_samples=eval_samples, skip_bad_images=skip_bad_images)
     if req is None and (labels is not None or max_drop is not None):
         raise EdgeoptError("--labels and --max-drop need --data (a labelled dataset)", "pass --data PATH")
-    spec = get_spec(model)
-    be = get_backend(backend)
-    be.require()
-    pipeline = build_pipeline(passes)  # parse before any slow work: a bad spec fails at once
-    be.check_request(pipeline, options or {})  # e.g. tflite refuses quantize:int4 before building anything
+    with clock.stage("setup"):  # the model registry (imports each family's library), the backend's runtime
+        spec = get_spec(model)
+        be = get_backend(backend)
+        be.require()
+        pipeline = build_pipeline(passes)  # parse before any slow work: a bad spec fails at once
+        be.check_request(pipeline, options or {})  # e.g. tflite refuses quantize:int4 before building anything
     if exporter not in ("dynamo", "torchscript"):
         raise EdgeoptError(f"unknown exporter {exporter!r}", "use dynamo or torchscript")
     torch_passes_run = any(p.works_on == "torch" for p in pipeline)
     output = Path(output or f"{spec.name}-{be.name}.bundle")
     if output.exists() and not overwrite:
         raise EdgeoptError(f"{output} already exists", "choose another -o folder or pass --overwrite")
-    ds = _read_data(req, spec, pipeline, max_drop, say, bar) if req is not None else None
+    with clock.stage("data"):
+        ds = _read_data(req, spec, pipeline, max_drop, say, bar) if req is not None else None
     if spec.generative is not None:
         from edgeopt.generative import compile_generative
 
@@ -129,39 +130,41 @@ def compile(  # noqa: A001 - the public name the design asks for
             output=output, overwrite=overwrite, target=target, options=dict(options or {}), fidelity=fidelity,
             samples=spec.sample_inputs(samples) if ds is None else ds.calibration.samples,
             eval_samples=None if ds is None else ds.evaluation.samples, data_info=ds.info if ds is not None else None,
-            exporter=exporter, say=say, tools=tool_versions(), t_start=t_start, external_data=external_data)
+            exporter=exporter, say=say, tools=tool_versions(), clock=clock, external_data=external_data)
     say(f"build {spec.name}")
-    if weights is not None and str(weights) == "calibrated" and not Path(weights).is_file():
-        # random init made confident on real data (edgeopt.calibrate); a user's own checkpoint always wins
-        from edgeopt.calibrate import build_calibrated
+    with clock.stage("build"):
+        if weights is not None and str(weights) == "calibrated" and not Path(weights).is_file():
+            # random init made confident on real data (edgeopt.calibrate); a user's own checkpoint always wins
+            from edgeopt.calibrate import build_calibrated
 
-        say("calibrate weights (BN statistics + short training on load_digits)")
-        if module is None:
-            module, weights_info = build_calibrated(spec)
-    elif module is None:
-        module = spec.build(weights=weights)
+            say("calibrate weights (BN statistics + short training on load_digits)")
+            if module is None:
+                module, weights_info = build_calibrated(spec)
+        elif module is None:
+            module = spec.build(weights=weights)
     wlabel = WeightsLabel.of(weights_info) if weights_info is not None else weights_label(weights)
     input_names = [i.name for i in spec.inputs]
     output_names = list(spec.outputs)
     say("sample inputs and fp32 reference")
-    sample_list = spec.sample_inputs(samples) if ds is None else ds.calibration.samples
-    refs = [torch_outputs(module, s, input_names, output_names) for s in sample_list]
-    eval_list: list[dict[str, np.ndarray]] = [] if ds is None else ds.evaluation.samples
-    eval_refs: list[dict[str, np.ndarray]] = []
-    text_embeds = None
-    if ds is not None:
-        from edgeopt.data import DataError, check_outputs_cover_classes, zero_shot_text_embeds
+    with clock.stage("reference"):
+        sample_list = spec.sample_inputs(samples) if ds is None else ds.calibration.samples
+        refs = [torch_outputs(module, s, input_names, output_names) for s in sample_list]
+        eval_list: list[dict[str, np.ndarray]] = [] if ds is None else ds.evaluation.samples
+        eval_refs: list[dict[str, np.ndarray]] = []
+        text_embeds = None
+        if ds is not None:
+            from edgeopt.data import DataError, check_outputs_cover_classes, zero_shot_text_embeds
 
-        width = check_outputs_cover_classes(ds, refs, output_names)
-        if width is not None:
-            raise DataError(f"the data has {ds.catalog.num_classes} classes but {spec.name} has {width} outputs",
-                            "use a model with enough classes, or map the classes onto its outputs with --labels FILE")
-        for i, s in enumerate(eval_list):
-            eval_refs.append(torch_outputs(module, s, input_names, output_names))
-            if i % 16 == 15 or i + 1 == len(eval_list):
-                bar("fp32 reference on the evaluation split", i + 1, len(eval_list))
-        if ds.kind == "clip" and ds.eval_labels is not None and ds.catalog.class_names:
-            text_embeds = zero_shot_text_embeds(module, ds.catalog.class_names)
+            width = check_outputs_cover_classes(ds, refs, output_names)
+            if width is not None:
+                raise DataError(f"the data has {ds.catalog.num_classes} classes but {spec.name} has {width} outputs",
+                                "use a model with enough classes, or map the classes onto its outputs with --labels FILE")
+            for i, s in enumerate(eval_list):
+                eval_refs.append(torch_outputs(module, s, input_names, output_names))
+                if i % 16 == 15 or i + 1 == len(eval_list):
+                    bar("fp32 reference on the evaluation split", i + 1, len(eval_list))
+            if ds.kind == "clip" and ds.eval_labels is not None and ds.catalog.class_names:
+                text_embeds = zero_shot_text_embeds(module, ds.catalog.class_names)
 
     def fid(outs: list[dict[str, np.ndarray]]) -> dict[str, float]:
         return task_metrics(spec.task, refs, outs)
@@ -187,21 +190,25 @@ def compile(  # noqa: A001 - the public name the design asks for
 
         def do_export(mod, path: Path):
             dyn = {i.name: dict(i.dynamic_axes) for i in spec.inputs if i.dynamic_axes} or None
-            info = export_onnx(mod, sample_list[0], input_names, output_names, path, dynamic_axes=dyn, prefer=exporter, external_data=external_data)
-            # no torch pass ran: the exported module is the reference module, its outputs are `refs`
-            mod_refs = [torch_outputs(mod, s, input_names, output_names) for s in sample_list] if torch_passes_run else refs
-            info.parity = check_parity(path, mod_refs, sample_list, outs=run_onnx(path))
+            with clock.stage("export"):
+                info = export_onnx(mod, sample_list[0], input_names, output_names, path, dynamic_axes=dyn, prefer=exporter,
+                                   external_data=external_data)
+            with clock.stage("parity"):
+                # no torch pass ran: the exported module is the reference module, its outputs are `refs`
+                mod_refs = [torch_outputs(mod, s, input_names, output_names) for s in sample_list] if torch_passes_run else refs
+                info.parity = check_parity(path, mod_refs, sample_list, outs=run_onnx(path))
             return path, info.to_dict()
 
         def eval_torch(mod):
             return [torch_outputs(mod, s, input_names, output_names) for s in sample_list]
 
-        result = run_pipeline(
-            pipeline, module, ctx,
-            export=do_export if be.consumes == "onnx" else None,
-            evaluate_torch=eval_torch, evaluate_onnx=run_onnx,
-            budget=fidelity, delegate=be.implements, progress=say,
-        )
+        with clock.stage("passes"):
+            result = run_pipeline(
+                pipeline, module, ctx,
+                export=do_export if be.consumes == "onnx" else None,
+                evaluate_torch=eval_torch, evaluate_onnx=run_onnx,
+                budget=fidelity, delegate=be.implements, progress=say,
+            )
         inp = CompileInput(
             model_name=spec.name, task=spec.task, input_names=input_names, output_names=output_names,
             samples=sample_list, module=result.module, onnx_path=result.onnx_path,
@@ -210,9 +217,8 @@ def compile(  # noqa: A001 - the public name the design asks for
         opts = {"precision": result.precision, **(options or {})}
         with write_bundle(output, overwrite=overwrite) as w:
             say(f"compile with {be.name}")
-            t0 = time.perf_counter()
-            cres = be.compile(inp, w.root, target or "host", opts)
-            compile_s = time.perf_counter() - t0
+            with clock.stage("backend"):
+                cres = be.compile(inp, w.root, target or "host", opts)
             w.write_reference(sample_list[0], refs[0])
             manifest = Manifest(
                 model=ModelInfo(spec.name, spec.family, spec.task),
@@ -228,24 +234,24 @@ def compile(  # noqa: A001 - the public name the design asks for
                 export=result.export,
                 backend_details=cres.details,
                 tools={**tool_versions(), **cres.tools},
-                compile_seconds={"backend": compile_s, "total": None},
                 samples=len(sample_list),
                 data=ds.info if ds is not None else None,
             )
             # Fidelity of the artifact itself, run through its own backend on every sample (of the evaluation
             # split with --data), with its sample count, intervals and, against labels, accuracy.
             say("measure fidelity of the artifact")
-            if ds is None:
-                manifest.fidelity, manifest.fidelity_note, outs = _artifact_fidelity(be, w.root, manifest, sample_list, fid, last_ort)
-                used_refs = refs
-            else:
-                manifest.fidelity, manifest.fidelity_note, outs = _artifact_fidelity(
-                    be, w.root, manifest, eval_list, lambda o: task_metrics(spec.task, eval_refs, o), {}, bar)
-                used_refs = eval_refs
-            _add_intervals(manifest, spec.task, used_refs, outs, ds, output_names, text_embeds, max_drop)
-            if ds is not None and ds.kind == "vlm" and outs is not None:
-                say("greedy sequences of fp32 and the artifact")
-                _greedy_agreement(manifest, be, w.root, module, eval_list, input_names, output_names)
+            with clock.stage("fidelity"):
+                if ds is None:
+                    manifest.fidelity, manifest.fidelity_note, outs = _artifact_fidelity(be, w.root, manifest, sample_list, fid, last_ort)
+                    used_refs = refs
+                else:
+                    manifest.fidelity, manifest.fidelity_note, outs = _artifact_fidelity(
+                        be, w.root, manifest, eval_list, lambda o: task_metrics(spec.task, eval_refs, o), {}, bar)
+                    used_refs = eval_refs
+                _add_intervals(manifest, spec.task, used_refs, outs, ds, output_names, text_embeds, max_drop)
+                if ds is not None and ds.kind == "vlm" and outs is not None:
+                    say("greedy sequences of fp32 and the artifact")
+                    _greedy_agreement(manifest, be, w.root, module, eval_list, input_names, output_names)
             cos = manifest.fidelity.get("cosine", 1.0)
             if fidelity is not None and cos < fidelity:
                 raise EdgeoptError(
@@ -253,7 +259,7 @@ def compile(  # noqa: A001 - the public name the design asks for
                     "relax --fidelity or change precision; no bundle was written",
                 )
             manifest.check = {"cosine_min": check_threshold(cos)}
-            manifest.compile_seconds["total"] = time.perf_counter() - t_start
+            manifest.compile_seconds = clock.report()
             w.finish(manifest)
     return load_bundle(output)
 

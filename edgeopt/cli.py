@@ -185,7 +185,15 @@ def compile_cmd(
     for line in fidelity_lines(m):
         t.add_row("", line)
     t.add_row("sha256", m.bundle_sha256[:16])
+    if m.compile_seconds.get("total"):
+        t.add_row("time", _stage_line(m.compile_seconds))
     console.print(t)
+
+
+def _stage_line(seconds: dict[str, float | None], top: int = 3) -> str:
+    """`28.2 s: export 10.7, other 7.6, passes 7.3`: the total and the slowest stages of a compile."""
+    stages = sorted(((k, v) for k, v in seconds.items() if k != "total" and v), key=lambda kv: -kv[1])
+    return f"{seconds['total']:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in stages[:top])
 
 
 def _auto(model, output, device, fidelity, budget_minutes, backends, precisions, weights, db, overwrite, min_agreement, data=None) -> None:

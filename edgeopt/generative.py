@@ -19,7 +19,6 @@ specs can be built there (the child imports the registry afresh).
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt._util import StageClock
 from edgeopt.bundle import (
     Bundle,
     GenerationInfo,
@@ -217,7 +217,7 @@ def compile_generative(
     spec: Any, be: Any, pipeline: list, *, build_pipeline: Callable[[str | None], list], weights: str | Path | None,
     wlabel: WeightsLabel, output: Path, overwrite: bool, target: str | None, options: dict[str, Any],
     fidelity: float | None, samples: list[dict[str, np.ndarray]], eval_samples: list[dict[str, np.ndarray]] | None,
-    data_info: Any, exporter: str, say: Callable[[str], None], tools: dict[str, str], t_start: float,
+    data_info: Any, exporter: str, say: Callable[[str], None], tools: dict[str, str], clock: StageClock,
     external_data: bool | None = None,
 ) -> Bundle:
     """Build, export, pass, bundle and check a generative model; returns the verified bundle.
@@ -242,37 +242,39 @@ def compile_generative(
         # -- torch stages, each in a fresh process: its memory (the LLM's weights, the exporter's copies) is
         # returned to the system whole when it ends, before ONNX Runtime opens the graphs here --------------
         say(f"vision: build {gen.vision}, fp32 reference, export (child process)")
-        v = _in_child(_vision_stage, gen.vision, weights, samples, eval_samples, workdir, exporter, external_data)
+        with clock.stage("vision"):
+            v = _in_child(_vision_stage, gen.vision, weights, samples, eval_samples, workdir, exporter, external_data)
         vision = _Graph("vision", get_spec(gen.vision), v["samples"], v["refs"], Path(v["path"]), v["export"])
         say(f"prefill and decode: build {gen.prefill}, fp32 references and greedy tokens, export (child process)")
-        lm = _in_child(_llm_stage, spec.name, weights, samples, vision.refs, v["embeds"], eval_samples, n_tok, workdir, exporter, external_data)
+        with clock.stage("llm"):
+            lm = _in_child(_llm_stage, spec.name, weights, samples, vision.refs, v["embeds"], eval_samples, n_tok, workdir, exporter, external_data)
         prefill = _Graph("prefill", get_spec(gen.prefill), lm["prefill_samples"], lm["prefill_refs"], Path(lm["prefill_path"]), lm["prefill_export"])
         decode = _Graph("decode", get_spec(gen.decode), lm["decode_samples"], lm["decode_refs"], Path(lm["decode_path"]), lm["decode_export"])
         fp32, ref_first, ref_tokens = lm["fp32"], lm["ref_first"], lm["ref_tokens"]
 
         # -- parity and passes, graph by graph (torch is no longer holding weights) --------------------------
         # the --fidelity budget judges the whole loop's first-token logits (below), not each graph's outputs
-        _passes(vision, vision_pipeline, be, None, say)
-        for g in (prefill, decode):
-            _passes(g, pipeline, be, None, say)
+        with clock.stage("passes"):
+            _passes(vision, vision_pipeline, be, None, say)
+            for g in (prefill, decode):
+                _passes(g, pipeline, be, None, say)
 
         with write_bundle(output, overwrite=overwrite) as w:
             say(f"compile with {be.name}")
-            t0 = time.perf_counter()
             graphs: dict[str, str] = {}
             details: dict[str, Any] = {}
             btools: dict[str, str] = {}
-            for g in (vision, prefill, decode):
-                out_dir = w.root / GRAPHS_DIR / g.role
-                out_dir.mkdir(parents=True)
-                cres = be.compile(
-                    CompileInput(model_name=g.spec.name, task=g.spec.task, input_names=g.input_names, output_names=g.output_names,
-                                 samples=g.samples, onnx_path=g.path, workdir=g.path.parent),
-                    out_dir, target or "host", {"precision": g.precision or "fp32", **opts})
-                graphs[g.role] = f"{GRAPHS_DIR}/{g.role}/{cres.artifact}"
-                details[g.role] = {"precision": cres.precision, **cres.details}
-                btools.update(cres.tools)
-            compile_s = time.perf_counter() - t0
+            with clock.stage("backend"):
+                for g in (vision, prefill, decode):
+                    out_dir = w.root / GRAPHS_DIR / g.role
+                    out_dir.mkdir(parents=True)
+                    cres = be.compile(
+                        CompileInput(model_name=g.spec.name, task=g.spec.task, input_names=g.input_names, output_names=g.output_names,
+                                     samples=g.samples, onnx_path=g.path, workdir=g.path.parent),
+                        out_dir, target or "host", {"precision": g.precision or "fp32", **opts})
+                    graphs[g.role] = f"{GRAPHS_DIR}/{g.role}/{cres.artifact}"
+                    details[g.role] = {"precision": cres.precision, **cres.details}
+                    btools.update(cres.tools)
             tokenizer_src = options.get("tokenizer")
             if tokenizer_src is not None:
                 shutil.copyfile(tokenizer_src, w.root / TOKENIZER)
@@ -290,45 +292,46 @@ def compile_generative(
                 passes=[{**r.to_dict(), "graph": g.role} for g in (vision, prefill, decode) for r in g.reports],
                 export={g.role: g.export for g in (vision, prefill, decode)},
                 backend_details={"graphs": details, "vision_precision": vision.precision or "fp32"},
-                tools={**tools, **btools}, compile_seconds={"backend": compile_s, "total": None},
+                tools={**tools, **btools},
                 samples=len(samples), data=data_info, generation=info,
             )
 
             # -- the artifact's own tokens on the host, against fp32 -----------------------------------------
             say("greedy tokens of the artifact")
-            loop = be.load_generator(w.root, manifest)
-            try:
-                firsts, seqs = [], []
-                for e_s in evals:
-                    logits, past = loop.first_step(loop.encode_image(e_s["image"]), e_s["prefix_ids"], e_s["suffix_ids"])
-                    firsts.append(logits)
-                    seqs.append(loop.greedy(logits, past, n_tok))
-                own = seqs[0] if eval_samples is None else loop.generate(
-                    samples[0]["image"], samples[0]["prefix_ids"], samples[0]["suffix_ids"], max_new_tokens=n_tok)
-            finally:
-                loop.close()
-            refs = [{"logits": f} for f, _ in fp32]
-            outs = [{"logits": f} for f in firsts]
-            fid = output_metrics(refs, outs)
-            agree = agreement_figure("vlm", refs, outs)
-            seq = Figure.proportion("greedy_sequence_agreement", np.asarray([a == t for a, (_, t) in zip(seqs, fp32, strict=True)]))
-            prefix_len = [next((i for i, (x, y) in enumerate(zip(a, t, strict=False)) if x != y), n_tok) for a, (_, t) in zip(seqs, fp32, strict=True)]
-            fid.update({
-                "next_token_agreement": agree.value if agree is not None else None,
-                "greedy_sequence_agreement": seq.value,
-                "greedy_sequence": {**seq.to_json(), "steps": n_tok},
-                "matched_prefix_mean": float(np.mean(prefix_len)),
-                "evaluated_on": "data: evaluation split" if eval_samples else "bundled photographs", "n": len(evals),
-            })
-            if agree is not None:
-                fid["agreement"] = agree.to_json()
-            manifest.fidelity = fid
-            manifest.generation = replace(info, tokens=own)
+            with clock.stage("fidelity"):
+                loop = be.load_generator(w.root, manifest)
+                try:
+                    firsts, seqs = [], []
+                    for e_s in evals:
+                        logits, past = loop.first_step(loop.encode_image(e_s["image"]), e_s["prefix_ids"], e_s["suffix_ids"])
+                        firsts.append(logits)
+                        seqs.append(loop.greedy(logits, past, n_tok))
+                    own = seqs[0] if eval_samples is None else loop.generate(
+                        samples[0]["image"], samples[0]["prefix_ids"], samples[0]["suffix_ids"], max_new_tokens=n_tok)
+                finally:
+                    loop.close()
+                refs = [{"logits": f} for f, _ in fp32]
+                outs = [{"logits": f} for f in firsts]
+                fid = output_metrics(refs, outs)
+                agree = agreement_figure("vlm", refs, outs)
+                seq = Figure.proportion("greedy_sequence_agreement", np.asarray([a == t for a, (_, t) in zip(seqs, fp32, strict=True)]))
+                prefix_len = [next((i for i, (x, y) in enumerate(zip(a, t, strict=False)) if x != y), n_tok) for a, (_, t) in zip(seqs, fp32, strict=True)]
+                fid.update({
+                    "next_token_agreement": agree.value if agree is not None else None,
+                    "greedy_sequence_agreement": seq.value,
+                    "greedy_sequence": {**seq.to_json(), "steps": n_tok},
+                    "matched_prefix_mean": float(np.mean(prefix_len)),
+                    "evaluated_on": "data: evaluation split" if eval_samples else "bundled photographs", "n": len(evals),
+                })
+                if agree is not None:
+                    fid["agreement"] = agree.to_json()
+                manifest.fidelity = fid
+                manifest.generation = replace(info, tokens=own)
             cos = fid.get("cosine", 1.0)
             if fidelity is not None and cos < fidelity:
                 raise EdgeoptError(f"the {be.name} artifact broke the fidelity budget: first-token logits cosine {cos:.6f} < {fidelity}",
                                    "relax --fidelity or change precision; no bundle was written")
             manifest.check = {"cosine_min": check_threshold(cos)}
-            manifest.compile_seconds["total"] = time.perf_counter() - t_start
+            manifest.compile_seconds = clock.report()
             w.finish(manifest)
     return load_bundle(output)

@@ -83,6 +83,9 @@ def test_weights_load_round_trip(cli_env, tmp_path):
     assert man["weights"]["kind"] == "checkpoint" and len(man["weights"]["sha256"]) == 64
     assert man["export"]["exporter"] == "torchscript" and man["export"]["parity"]["cosine"] > 0.99999
     assert man["fidelity"]["cosine"] > 0.99999
+    # the summary names the compile's total time and its slowest stages (manifest compile_seconds)
+    line = next(ln for ln in p.stdout.splitlines() if ln.strip().startswith("time"))
+    assert "export" in line and f"{man['compile_seconds']['total']:.1f} s" in line
 
 
 def test_unknown_exporter(cli_env, tmp_path):

@@ -36,6 +36,36 @@ def test_manifest_records_export_parity_and_fidelity(l1_bundle):
         assert len(sha) == 64 and (l1_bundle / rel).is_file()
 
 
+def test_manifest_names_the_slow_stages(l1_bundle, l1_int8_bundle):
+    # compile_seconds: each stage's exclusive seconds, which add up to the total with `other`
+    for b in (l1_bundle, l1_int8_bundle):
+        cs = load_bundle(b).manifest["compile_seconds"]
+        for stage in ("build", "reference", "export", "parity", "backend", "fidelity"):
+            assert cs[stage] >= 0, (stage, cs)
+        assert cs["export"] > 0 and cs["total"] > cs["export"]
+        assert sum(v for k, v in cs.items() if k != "total") == pytest.approx(cs["total"], abs=0.01)
+    assert load_bundle(l1_int8_bundle).manifest["compile_seconds"]["passes"] > 0  # the quantize pass itself
+
+
+def test_stage_clock_is_exclusive():
+    import time
+
+    from edgeopt._util import StageClock
+
+    c = StageClock()
+    with c.stage("outer"):
+        time.sleep(0.05)
+        with c.stage("inner"):
+            time.sleep(0.1)
+        time.sleep(0.05)
+    with c.stage("inner"):
+        time.sleep(0.02)
+    r = c.report()
+    assert list(r) == ["outer", "inner", "other", "total"]
+    assert 0.09 <= r["outer"] < 0.2 and 0.11 <= r["inner"] < 0.25
+    assert r["outer"] + r["inner"] + r["other"] == pytest.approx(r["total"], abs=0.005)
+
+
 def test_int8_is_smaller_and_close(l1_bundle, l1_int8_bundle):
     fp32, q = load_bundle(l1_bundle), load_bundle(l1_int8_bundle)
     assert q.manifest["precision"] == "int8"

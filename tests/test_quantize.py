@@ -197,3 +197,149 @@ def test_int8_survives_a_shared_bias_whose_copy_name_clashes(tmp_path):
     cos = float(np.dot(q[0]["logits"].ravel(), float_out[0]["logits"].ravel())
                 / np.linalg.norm(q[0]["logits"]) / np.linalg.norm(float_out[0]["logits"]))
     assert cos > 0.99 and op_histogram(out).get("QuantizeLinear", 0) >= 2
+
+
+class GroupedConvNet(nn.Module):
+    """A dense conv, then MobileOne/FastViT's stride-2 downsampling: a 7x7 and a 3x3 grouped conv with two
+    output channels per group, summed; then a depthwise and a 1x1 conv. `relu_after_down`: a ReLU instead
+    of the sum (ORT drops a ReLU before a QuantizeLinear)."""
+
+    def __init__(self, relu_after_down: bool = False) -> None:
+        super().__init__()
+        self.relu_after_down = relu_after_down
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.down = nn.Conv2d(16, 32, 7, stride=2, padding=3, groups=16)
+        self.down3 = nn.Conv2d(16, 32, 3, stride=2, padding=1, groups=16)
+        self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.pw = nn.Conv2d(32, 10, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.down(x)) if self.relu_after_down else self.down(x) + self.down3(x)
+        return self.pw(torch.relu(self.dw(x))).mean((2, 3))
+
+
+def _ort_optimized_convs(path: Path, tmp: Path) -> dict[str, list[int]]:
+    """Group sizes of the float Conv (FusedConv: Conv + Relu) and the int8 QLinearConv nodes in the graph
+    ORT actually runs (its session optimiser fuses DequantizeLinear -> Conv -> QuantizeLinear into QLinearConv)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp / f"{path.stem}.ort_opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    convs: dict[str, list[int]] = {"Conv": [], "QLinearConv": []}
+    for n in onnx.load(so.optimized_model_filepath).graph.node:
+        op = "Conv" if n.op_type == "FusedConv" else n.op_type
+        if op in convs:
+            convs[op].append(next((a.i for a in n.attribute if a.name == "group"), 1))
+    return {k: sorted(v) for k, v in convs.items()}
+
+
+def _grouped(relu: bool, tmp_path_factory):
+    torch.manual_seed(0)
+    net = GroupedConvNet(relu).eval()
+    work = tmp_path_factory.mktemp("qg")
+    ctx = make_ctx(net, work)
+    return export(net, ctx, work / "fp32.onnx"), ctx
+
+
+@pytest.fixture(scope="module")
+def grouped_model(tmp_path_factory):
+    return _grouped(False, tmp_path_factory)
+
+
+def test_int8_leaves_grouped_non_depthwise_conv_float(grouped_model, tmp_path):
+    from edgeopt.passes._ort_quant import slow_int8_nodes
+
+    path, _ = grouped_model
+    g = onnx.load(str(path)).graph
+    ops = {n.name: n.op_type for n in g.node}
+    # the two grouped convs and the Add that reads them; neither the dense, the depthwise nor the 1x1 conv
+    assert sorted(ops[k] for k in slow_int8_nodes(g)) == ["Add", "Conv", "Conv"]
+    out, rep, fid = _run("quantize:int8", grouped_model)
+    convs = _ort_optimized_convs(out, tmp_path)
+    assert convs == {"Conv": [16, 16], "QLinearConv": [1, 1, 32]}  # grouped float on ORT; stem, dw, pw int8
+    assert sorted(r["op"] for r in rep["changes"][0]["float_by_rule"]) == ["Add", "Conv", "Conv"]
+    assert "3 nodes left float (1 Add, 2 Conv)" in rep["notes"][0]
+    assert fid["cosine"] > 0.99
+
+
+def test_int8_float_slow_ops_false_quantizes_grouped_conv(grouped_model, tmp_path):
+    out, rep, fid = _run("quantize:int8,float_slow_ops=false", grouped_model)
+    assert _ort_optimized_convs(out, tmp_path) == {"Conv": [], "QLinearConv": [1, 1, 16, 16, 32]}
+    assert rep["changes"][0]["float_by_rule"] == [] and "left float" not in rep["notes"][0]
+    assert fid["cosine"] > 0.99
+
+
+def test_int8_excluding_only_the_grouped_conv_is_not_enough(grouped_model, tmp_path):
+    """Why the rule keeps the consumers float too: with the grouped convs alone excluded, their inputs and
+    outputs are still quantized and ORT fuses them into QLinearConv at session creation all the same."""
+    path, _ = grouped_model
+    g = onnx.load(str(path)).graph
+    grouped = [n.name for n in g.node if n.op_type == "Conv" and any(a.name == "group" and a.i == 16 for a in n.attribute)]
+    assert len(grouped) == 2
+    out, _, _ = _run(f"quantize:int8,float_slow_ops=false,exclude_nodes={'|'.join(grouped)}", grouped_model)
+    assert _ort_optimized_convs(out, tmp_path)["QLinearConv"] == [1, 1, 16, 16, 32]
+
+
+def test_int8_grouped_conv_then_relu_stays_float(tmp_path_factory, tmp_path):
+    """ORT drops a Relu between a Conv and a QuantizeLinear, so the rule keeps the Relu's reader float too."""
+    model = _grouped(True, tmp_path_factory)
+    out, rep, fid = _run("quantize:int8", model)
+    assert sorted(r["op"] for r in rep["changes"][0]["float_by_rule"]) == ["Conv", "Conv", "Relu"]
+    assert _ort_optimized_convs(out, tmp_path) == {"Conv": [16, 32], "QLinearConv": [1, 1]}
+    assert fid["cosine"] > 0.99
+
+
+class PoolMixerNet(nn.Module):
+    """PoolFormer's token mixer (EfficientFormer): x + (avgpool(x) - x) between two convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.pool = nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+        self.pw = nn.Conv2d(16, 10, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = x + (self.pool(x) - x)
+        return self.pw(x).mean((2, 3))
+
+
+def _ort_optimized_ops(path: Path, tmp: Path) -> dict[str, int]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp / f"{path.stem}.ort_opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return op_histogram(Path(so.optimized_model_filepath))
+
+
+@pytest.mark.parametrize("float_slow_ops", [True, False])
+def test_int8_average_pool_float_unless_asked(tmp_path, float_slow_ops):
+    torch.manual_seed(0)
+    net = PoolMixerNet().eval()
+    ctx = make_ctx(net, tmp_path)
+    model = export(net, ctx, tmp_path / "fp32.onnx"), ctx
+    out, rep, fid = _run(f"quantize:int8,float_slow_ops={str(float_slow_ops).lower()}", model)
+    ops = _ort_optimized_ops(out, tmp_path)
+    assert ops.get("QLinearConv", 0) == 2
+    if float_slow_ops:
+        assert ops.get("AveragePool", 0) == 1 and "QLinearAveragePool" not in ops
+        assert "AveragePool" in {r["op"] for r in rep["changes"][0]["float_by_rule"]}
+    else:
+        assert ops.get("QLinearAveragePool", 0) == 1 and "AveragePool" not in ops
+    assert fid["cosine"] > 0.99
+
+
+def test_delegating_backends_know_the_ort_only_defaults():
+    # LiteRT and ExecuTorch report an ORT-only option as not applied when it differs from this table
+    from edgeopt.passes.quantize_config import QuantizeConfig
+    from edgeopt.runtimes.base import ORT_ONLY_QUANTIZE_DEFAULTS, quantize_options_not_applied
+
+    defaults = QuantizeConfig().model_dump(mode="json")
+    assert {k: defaults[k] for k in ORT_ONLY_QUANTIZE_DEFAULTS} == ORT_ONLY_QUANTIZE_DEFAULTS
+    assert quantize_options_not_applied(defaults, {"mode"}) == {}
+    assert quantize_options_not_applied({**defaults, "float_slow_ops": False}, {"mode"}) == {"float_slow_ops": False}

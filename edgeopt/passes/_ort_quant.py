@@ -152,6 +152,68 @@ def preprocess(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _conv_group_shape(node: Any, weights: dict[str, Any]) -> tuple[int, list[int]] | None:
+    """(group, weight dims) of a Conv whose weight is a 4-D initializer, else None."""
+    w = weights.get(node.input[1]) if len(node.input) > 1 else None
+    if w is None or len(w.dims) != 4:
+        return None
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    return group, list(w.dims)
+
+
+# Activations ORT's session optimiser removes between a Conv and a QuantizeLinear (the quantized range clips
+# as they would), so a float Conv -> Relu -> QuantizeLinear still fuses into QLinearConv: their consumers
+# must stay float as well.
+_DROPPED_BEFORE_Q = ("Relu", "Clip")
+
+
+def slow_int8_nodes(graph: Any) -> dict[str, str]:
+    """Nodes static int8 leaves in float because ONNX Runtime's CPU int8 kernel for them is slower than
+    fp32: node name -> why (for the pass report).
+
+    - A grouped Conv that is neither dense (group 1) nor depthwise with one input and one output channel
+      per group (weight [C, 1, k, k] with group C) -- e.g. MobileOne/FastViT's stride-2 "depthwise" convs
+      with two output channels per group, [2C, 1, 7, 7] with group C. ORT's QLinearConv has a fast kernel
+      for dense and for depthwise convs only; any other grouped conv runs one tiny im2col GEMM per group:
+      on mobileclip_s0_image the 6 such convs took about a third of the int8 model's time (about 1% each
+      in fp32).
+    - AveragePool (not GlobalAveragePool): ORT's QLinearAveragePool took a quarter of efficientformer_l1's
+      int8 time (its 14 PoolFormer token mixers), fp32 AveragePool about 1% of the fp32 time.
+
+    Their readers stay float too (through a Relu or Clip, which ORT drops before a QuantizeLinear, to the
+    nodes after it): were the output quantized, ORT's session optimiser would fuse DequantizeLinear -> op ->
+    QuantizeLinear into the int8 kernel all the same (for a Conv it quantizes the float weight itself).
+    Excluding the node alone (`exclude_nodes`) therefore changes nothing at run time."""
+    weights = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    out: dict[str, str] = {}
+    for n in graph.node:
+        if n.domain not in ("", "ai.onnx") or not n.name:
+            continue
+        if n.op_type == "Conv" and (gs := _conv_group_shape(n, weights)) is not None:
+            group, (c_out, c_in_per_group, kh, kw) = gs
+            if group == 1 or (c_in_per_group == 1 and c_out == group):
+                continue
+            why = (f"grouped Conv (group {group}, weight [{c_out}, {c_in_per_group}, {kh}, {kw}]): ORT's int8 "
+                   "QLinearConv has no fast kernel for it (one small GEMM per group), slower than fp32")
+        elif n.op_type == "AveragePool":
+            why = "AveragePool: ORT's int8 QLinearAveragePool is several times slower than fp32 AveragePool"
+        else:
+            continue
+        out.setdefault(n.name, why)
+        front = list(consumers.get(n.output[0], []))
+        while front:
+            c = front.pop()
+            if c.name and c.name not in out:  # ORT's quantizer excludes nodes by name
+                out[c.name] = f"reads the float {n.op_type} {n.name!r} (else ORT fuses it into its int8 kernel)"
+                if c.op_type in _DROPPED_BEFORE_Q:
+                    front += consumers.get(c.output[0], [])
+    return out
+
+
 def _quant_types() -> dict[str, Any]:
     from onnxruntime.quantization import QuantType
 
@@ -172,11 +234,17 @@ def static_int8(
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[cfg.calibration]
     qt = _quant_types()
     nodes_to_exclude = list(cfg.exclude_nodes) + list(extra_exclude or [])
-    if cfg.exclude_ops:
+    float_by_rule: list[dict[str, str]] = []
+    if cfg.exclude_ops or cfg.float_slow_ops:
         import onnx
 
         g = onnx.load(str(pre), load_external_data=False).graph
         nodes_to_exclude += [n.name for n in g.node if n.op_type in cfg.exclude_ops]
+        if cfg.float_slow_ops:
+            ops = {n.name: n.op_type for n in g.node}
+            slow = slow_int8_nodes(g)
+            float_by_rule = [{"node": k, "op": ops[k], "why": v} for k, v in slow.items()]
+            nodes_to_exclude += [k for k in slow if k not in nodes_to_exclude]
     extra: dict[str, Any] = {}
     if cfg.calibration == "percentile":
         extra["CalibPercentile"] = cfg.percentile
@@ -196,7 +264,7 @@ def static_int8(
     finally:
         if own_pre and pre != src:
             remove_onnx(pre)
-    return {"calibration_samples": len(samples), "nodes_excluded": nodes_to_exclude}
+    return {"calibration_samples": len(samples), "nodes_excluded": nodes_to_exclude, "float_by_rule": float_by_rule}
 
 
 def dynamic_int8(src: Path, dst: Path, cfg: QuantizeConfig) -> dict[str, Any]:

@@ -32,6 +32,9 @@ class QuantizeConfig(PassConfig):
     # op types / node names to leave in float (e.g. "Softmax|LayerNormalization")
     exclude_ops: list[str] = []
     exclude_nodes: list[str] = []
+    # int8 / mixed (ONNX Runtime): leave in float the patterns whose int8 kernel on ORT's CPU is slower than
+    # fp32 (`_ort_quant.slow_int8_nodes`: grouped convs that are not depthwise, AveragePool; and their readers)
+    float_slow_ops: bool = True
     keep_io_types: bool = True  # fp16: fp32 inputs and outputs, casts inside
     block_size: Literal[16, 32, 64, 128, 256] = 32  # int4: weights per block (sizes MatMulNBits takes)
     symmetric: bool = True  # int4

@@ -39,7 +39,21 @@ def int8(src: Path, dst: Path, cfg: QuantizeConfig, ctx: PassContext) -> tuple[d
     details = static_int8(src, dst, cfg, ctx)
     weights = f"{cfg.weight_type} weights" + (" per channel" if cfg.per_channel else "")
     calibration = f"{cfg.calibration} calibration on {details['calibration_samples']} real samples"
-    return details, f"static {cfg.format.upper()}, {cfg.activation_type} activations x {weights}, {calibration}"
+    note = f"static {cfg.format.upper()}, {cfg.activation_type} activations x {weights}, {calibration}"
+    return details, note + _float_by_rule_note(details["float_by_rule"])
+
+
+def _float_by_rule_note(nodes: list[dict[str, str]]) -> str:
+    """'; 12 nodes left float (6 Conv, 6 Add): ...' for the nodes `slow_int8_nodes` kept in float."""
+    if not nodes:
+        return ""
+    ops: dict[str, int] = {}
+    for n in nodes:
+        ops[n["op"]] = ops.get(n["op"], 0) + 1
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(ops.items()))
+    return (f"; {len(nodes)} nodes left float ({counts}): ops whose int8 kernel on ONNX Runtime's CPU is slower "
+            "than fp32 (grouped convs that are not depthwise, AveragePool) and their readers; "
+            "float_slow_ops=false quantizes them")
 
 
 @QUANTIZE_MODES.register("dynamic")

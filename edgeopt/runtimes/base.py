@@ -214,6 +214,20 @@ def torch_converter(backend: str, module: str, extra: str, inp: CompileInput) ->
     return conv
 
 
+# Options of the quantize pass (edgeopt.passes.quantize_config.QuantizeConfig) that only ONNX Runtime's
+# quantizer reads, with their defaults: a backend taking the pass delegated reports any of them set to another
+# value as not applied. tests/test_quantize.py checks these against the config's own defaults.
+ORT_ONLY_QUANTIZE_DEFAULTS: dict[str, Any] = {
+    "calibration": "minmax", "activation_type": "uint8", "weight_type": "int8", "exclude_ops": [],
+    "exclude_nodes": [], "percentile": 99.999, "float_slow_ops": True,
+}
+
+
+def quantize_options_not_applied(qcfg: dict[str, Any], honoured: set[str]) -> dict[str, Any]:
+    """The delegated quantize options a backend does not honour that differ from their defaults."""
+    return {k: v for k, v in qcfg.items() if k not in honoured and ORT_ONLY_QUANTIZE_DEFAULTS.get(k, v) != v}
+
+
 def dist_versions(*dists: str) -> dict[str, str]:
     """Installed versions of the given distributions (absent ones left out), for a manifest's `tools`."""
     import importlib.metadata as md

@@ -40,6 +40,7 @@ from edgeopt.runtimes.base import (
     Mode,
     Session,
     dist_versions,
+    quantize_options_not_applied,
     register_backend,
     torch_converter,
 )
@@ -56,8 +57,6 @@ _RUNS_ON = "Linux, macOS, Android, arm64 boards with executorch's Python runtime
 
 # quantize-pass options this backend honours; any other non-default option is reported as not applied
 _HONOURED = {"mode", "calibration_samples", "per_channel"}
-_DEFAULTS = {"calibration": "minmax", "activation_type": "uint8", "weight_type": "int8", "exclude_ops": [],
-             "exclude_nodes": [], "percentile": 99.999}
 # structural nodes that carry no computation (tuple indexing of a delegate's or a split's outputs)
 _STRUCTURAL = {"getitem"}
 
@@ -172,7 +171,7 @@ class ExecuTorchBackend(Backend):
     def compile(self, inp: CompileInput, out_dir: Path, target: str, options: dict[str, Any]) -> CompileResult:
         torch_converter(self.name, "executorch.exir", "executorch", inp)
         precision, qcfg = resolve_precision(inp, options)
-        not_applied = {k: v for k, v in qcfg.items() if k not in _HONOURED and _DEFAULTS.get(k, v) != v}
+        not_applied = quantize_options_not_applied(qcfg, _HONOURED)
         strict = str(options.get("strict_delegation", False)).lower() in ("1", "true", "yes")
         t0 = time.perf_counter()
         data, delegation, qdetails = _lower(inp, precision, qcfg)

@@ -35,6 +35,7 @@ from edgeopt.runtimes.base import (
     Mode,
     Session,
     dist_versions,
+    quantize_options_not_applied,
     register_backend,
     torch_converter,
 )
@@ -48,8 +49,6 @@ SIGNATURE = "serving_default"
 
 # quantize-pass options this backend honours; any other non-default option is reported as not applied
 _HONOURED = {"mode", "calibration_samples", "per_channel"}
-_DEFAULTS = {"calibration": "minmax", "activation_type": "uint8", "weight_type": "int8", "exclude_ops": [],
-             "exclude_nodes": [], "percentile": 99.999}
 
 
 def _interpreter_class() -> tuple[Any, str]:
@@ -215,7 +214,7 @@ class TFLiteBackend(Backend):
     def compile(self, inp: CompileInput, out_dir: Path, target: str, options: dict[str, Any]) -> CompileResult:
         torch_converter(self.name, "litert_torch", "tflite", inp)
         precision, qcfg = resolve_precision(inp, options)
-        not_applied = {k: v for k, v in qcfg.items() if k not in _HONOURED and _DEFAULTS.get(k, v) != v}
+        not_applied = quantize_options_not_applied(qcfg, _HONOURED)
         t0 = time.perf_counter()
         data, qdetails = _convert(inp, precision, qcfg)
         convert_s = time.perf_counter() - t0
