@@ -87,8 +87,10 @@ STEPS: tuple[Step, ...] = (
          ("docs/lab.md",), needs=("ray", "exe:/usr/sbin/sshd")),
     Step("data", ("bench/data.py",), 40, "digits as a labelled folder: fp32 vs int8 for each task, int8 calibrated on 8 vs 128 images",
          ("docs/data.md",), needs=("faster_coco_eval",)),
-    Step("recover", ("bench/recover.py",), 25, "calibrated efficientformer_l1: prune 0.3 +- recover=400 on 128 images, max_drop 0.5 vs int8, "
-         "512 evaluation images, interleaved latency rounds", ("docs/passes.md",)),
+    Step("recover", ("bench/recover.py",), 30, "calibrated efficientformer_l1: prune 0.3 +- recover=600 on 128 images, max_drop 0.5 vs int8, "
+         "800 evaluation images, interleaved latency rounds", ("docs/passes.md",)),
+    Step("int8", ("bench/int8.py",), 20, "5 families: ORT fp32, int8, int8 with every op quantized; interleaved rounds, op profiles",
+         ("docs/backends.md",)),
     Step("llm-genai", ("bench/llm_genai.py",), 20,
          "random Phi-2 (2.78 B): save_pretrained + genai builder int4, edgeopt export of TinyGPT-V's LLM + int4, "
          "3 prompt lengths x 4 prefills + 128 decode steps per side (needs ~18 GB RAM)",

@@ -31,12 +31,16 @@ ALIGN_ABOVE = 1024**2
 _CHUNK = 8 * 1024**2
 
 
-def ort_session(path: str | Path, threads: int | None = None, optimization: str = "all") -> Any:
+def ort_session(path: str | Path, threads: int | None = None, optimization: str = "all", profile_prefix: str | None = None) -> Any:
     """A CPU InferenceSession with `threads` intra-op threads (None/0 = the runtime's default), created from
-    the file's path so that ONNX Runtime reads a graph's external data from the files beside it."""
+    the file's path so that ONNX Runtime reads a graph's external data from the files beside it.
+    `profile_prefix`: ONNX Runtime's profiler on, its JSON written to `PREFIX_<date>.json` (`end_profiling`)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     if threads:
         so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
@@ -73,6 +77,32 @@ def ort_latency_ms(path: str | Path, sample: dict[str, np.ndarray], runs: int = 
         s.run(None, feed)
         ts.append((time.perf_counter() - t0) * 1e3)
     return float(np.median(ts))
+
+
+def ort_op_profile(path: str | Path, sample: dict[str, np.ndarray], runs: int = 20, warmup: int = 3,
+                   threads: int | None = None) -> dict[str, float]:
+    """Share of kernel time per op type (the kernels ONNX Runtime runs after its graph optimisations, e.g.
+    QLinearConv, FusedConv), from its profiler over `runs` calls after `warmup`; shares sum to 1, largest first."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgeopt-prof-") as tmp:
+        s = ort_session(path, threads, profile_prefix=str(Path(tmp) / "ort"))
+        feed = {i.name: sample[i.name] for i in s.get_inputs()}
+        for _ in range(warmup + runs):
+            s.run(None, feed)
+        events = json.loads(Path(s.end_profiling()).read_text())
+    per_op: dict[str, float] = {}
+    calls = 0
+    for e in events:
+        if e.get("cat") == "Session" and e.get("name") == "model_run":
+            calls += 1
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or calls <= warmup:
+            continue
+        op = (e.get("args") or {}).get("op_name", "?")
+        per_op[op] = per_op.get(op, 0.0) + float(e.get("dur", 0))
+    total = sum(per_op.values()) or 1.0
+    return {k: v / total for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])}
 
 
 # -- ONNX files with external data ------------------------------------------------------------------------
