@@ -85,7 +85,7 @@ STEPS: tuple[Step, ...] = (
          ("docs/harness.md", "docs/report.png"), needs=("tvm", "yaml", "exe:/usr/sbin/sshd", "exe:chromium")),
     Step("lab", ("bench/lab.py",), 4, "compile the tiny model, then 12 jobs on 3 boards and on 1 board, 2 alternating repeats (local Ray cluster)",
          ("docs/lab.md",), needs=("ray", "exe:/usr/sbin/sshd")),
-    Step("data", ("bench/data.py",), 40, "digits as a labelled folder: fp32 vs int8 for each task, int8 calibrated on 8 vs 128 images",
+    Step("data", ("bench/data.py",), 25, "digits as a labelled folder: fp32 vs int8 for each task, int8 calibrated on 8 vs 128 images",
          ("docs/data.md",), needs=("faster_coco_eval",)),
     Step("recover", ("bench/recover.py",), 30, "calibrated efficientformer_l1: prune 0.3 +- recover=600 on 128 images, max_drop 0.5 vs int8, "
          "800 evaluation images, interleaved latency rounds", ("docs/passes.md",)),

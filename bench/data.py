@@ -2,7 +2,7 @@
 that regenerates it, the date and the load average (bench/_doc.py: nothing is written when other processes used
 the CPUs).
 
-    python bench/data.py                                  # every table, writes docs/data.md (a quiet machine: ~1 h on 2 cores)
+    python bench/data.py                                  # every table, writes docs/data.md (a quiet machine: ~21 min on 2 cores)
     python bench/data.py --quick --no-write               # a check that it works (small splits, tiny models)
 
 Tables:
