@@ -19,6 +19,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,9 +59,7 @@ def measure(model: str, work: Path, rounds: int, runs: int) -> dict:
     prof = {k: ort_op_profile(paths[k], sample, runs=max(5, runs // 2)) for k in ("fp32", "int8")}
     q = next(p for p in manifests["int8"].passes if p["name"] == "quantize")
     floated = (q.get("changes") or [{}])[0].get("float_by_rule") or []
-    ops: dict[str, int] = {}
-    for n in floated:
-        ops[n["op"]] = ops.get(n["op"], 0) + 1
+    ops = Counter(n["op"] for n in floated)
     return {
         "model": model, "lat": lat, "prof": prof, "cosine": manifests["int8"].fidelity.get("cosine"),
         "floated": ", ".join(f"{v} {k}" for k, v in sorted(ops.items())) or "none",

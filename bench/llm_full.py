@@ -106,8 +106,7 @@ def _spec_io(variant: str, part: str) -> tuple[list[str], list[str], dict[str, d
     from edgeopt.models import get_spec
 
     spec = get_spec(f"{NAMES[variant]}_{part}")
-    dyn = {i.name: dict(i.dynamic_axes) for i in spec.inputs if i.dynamic_axes} or None
-    return [i.name for i in spec.inputs], list(spec.outputs), dyn
+    return [i.name for i in spec.inputs], list(spec.outputs), spec.dynamic_axes
 
 
 def _save(path: Path, obj: Any) -> None:

@@ -63,10 +63,9 @@ def measure_one(name: str, runs: int, min_seconds: float, threads: int | None) -
     names, outs = [i.name for i in spec.inputs], list(spec.outputs)
     samples = spec.sample_inputs(2)
     refs = [torch_outputs(module, s, names, outs) for s in samples]
-    dyn = {i.name: dict(i.dynamic_axes) for i in spec.inputs if i.dynamic_axes} or None
     with tempfile.TemporaryDirectory(prefix="edgeopt-bench-") as d:
         path = Path(d) / "model.onnx"
-        info = export_onnx(module, samples[0], names, outs, path, dynamic_axes=dyn)
+        info = export_onnx(module, samples[0], names, outs, path, dynamic_axes=spec.dynamic_axes)
         got = ort_run_all(path, samples, threads)
         m = output_metrics(refs, got)
         sess = ort_session(path, threads)

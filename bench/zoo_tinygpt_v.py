@@ -68,9 +68,8 @@ def tiny_parts(runs: int, tokens: int, threads: int) -> tuple[list[dict], dict]:
         spec = get_spec(TINY if part == "whole" else f"{TINY}_{part}")
         names, outs = [i.name for i in spec.inputs], list(spec.outputs)
         sample = spec.sample_inputs(1)[0]
-        dyn = {i.name: dict(i.dynamic_axes) for i in spec.inputs if i.dynamic_axes} or None
         path = paths[part] = tmp / f"{part}.onnx"
-        info = export_onnx(mods[part], sample, names, outs, path, dynamic_axes=dyn)
+        info = export_onnx(mods[part], sample, names, outs, path, dynamic_axes=spec.dynamic_axes)
         ref = torch_outputs(mods[part], sample, names, outs)
         sess = ort_session(path, threads)
         feed = {n: sample[n] for n in names}

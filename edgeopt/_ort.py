@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -84,7 +84,6 @@ def ort_op_profile(path: str | Path, sample: dict[str, np.ndarray], runs: int = 
     """Share of kernel time per op type (the kernels ONNX Runtime runs after its graph optimisations, e.g.
     QLinearConv, FusedConv), from its profiler over `runs` calls after `warmup`; shares sum to 1, largest first."""
     import json
-    import tempfile
 
     with tempfile.TemporaryDirectory(prefix="edgeopt-prof-") as tmp:
         s = ort_session(path, threads, profile_prefix=str(Path(tmp) / "ort"))
@@ -286,16 +285,38 @@ def load_onnx(path: str | Path) -> Any:
     return onnx.load(str(p), load_external_data=True)
 
 
-def _stream(src: Path, offset: int, length: int, out: Any) -> None:
-    with open(src, "rb") as f:
-        f.seek(offset)
-        left = length
-        while left:
-            chunk = f.read(min(_CHUNK, left))
-            if not chunk:
-                raise EdgeoptError(f"{src} ended before byte {offset + length}", "the data file is truncated; re-export the model")
-            out.write(chunk)
-            left -= len(chunk)
+def copy_region(src: IO[bytes], offset: int, length: int, out: IO[bytes], name: str | Path) -> None:
+    """Copy bytes offset..offset+length of the open file `src` (named `name` in errors) to `out`, in chunks."""
+    src.seek(offset)
+    left = length
+    while left:
+        chunk = src.read(min(_CHUNK, left))
+        if not chunk:
+            raise EdgeoptError(f"{name} ended before byte {offset + length}", "the data file is truncated; re-export the model")
+        out.write(chunk)
+        left -= len(chunk)
+
+
+def aligned_offset(out: IO[bytes], length: int) -> int:
+    """Where a tensor of `length` bytes starts in the data file `out` (being appended to): the current end,
+    padded to an ALIGN boundary when the tensor is over ALIGN_ABOVE bytes."""
+    pos = out.tell()
+    if length > ALIGN_ABOVE and pos % ALIGN:
+        out.write(b"\0" * (ALIGN - pos % ALIGN))
+        pos = out.tell()
+    return pos
+
+
+def point_external(t: Any, location: str, offset: int, length: int, checksum: str | None = None) -> None:
+    """Make tensor `t` read its `length` bytes at `offset` of the data file `location` (beside the graph)."""
+    import onnx
+
+    del t.external_data[:]
+    t.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", str(offset)), ("length", str(length)), ("checksum", checksum)):
+        if v is not None:
+            e = t.external_data.add()
+            e.key, e.value = k, v
 
 
 def _write_layout(src: Path, out: Path) -> Path:
@@ -318,21 +339,13 @@ def _write_layout(src: Path, out: Path) -> Path:
                 key = (ref.file, ref.offset, ref.length)
                 if key in placed:
                     continue
-                pos = f.tell()
-                if ref.length > ALIGN_ABOVE and pos % ALIGN:
-                    f.write(b"\0" * (ALIGN - pos % ALIGN))
-                    pos = f.tell()
-                _stream(ref.file, ref.offset, ref.length, f)
-                placed[key] = pos
+                placed[key] = aligned_offset(f, ref.length)
+                with open(ref.file, "rb") as src_file:
+                    copy_region(src_file, ref.offset, ref.length, f, ref.file)
     loc = out.name + DATA_SUFFIX
     for t, ref in refs:
         checksum = next((e.value for e in t.external_data if e.key == "checksum"), None)
-        del t.external_data[:]
-        for k, v in (("location", loc), ("offset", str(placed[(ref.file, ref.offset, ref.length)])),
-                     ("length", str(ref.length)), ("checksum", checksum)):
-            if v is not None:
-                e = t.external_data.add()
-                e.key, e.value = k, v
+        point_external(t, loc, placed[(ref.file, ref.offset, ref.length)], ref.length, checksum)
     out.write_bytes(model.SerializeToString())
     return out
 

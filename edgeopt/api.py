@@ -189,9 +189,8 @@ def compile(  # noqa: A001 - the public name the design asks for
         )
 
         def do_export(mod, path: Path):
-            dyn = {i.name: dict(i.dynamic_axes) for i in spec.inputs if i.dynamic_axes} or None
             with clock.stage("export"):
-                info = export_onnx(mod, sample_list[0], input_names, output_names, path, dynamic_axes=dyn, prefer=exporter,
+                info = export_onnx(mod, sample_list[0], input_names, output_names, path, dynamic_axes=spec.dynamic_axes, prefer=exporter,
                                    external_data=external_data)
             with clock.stage("parity"):
                 # no torch pass ran: the exported module is the reference module, its outputs are `refs`

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeopt._ort import data_file
 from edgeopt._util import atomic_dir, sha256_file
 from edgeopt.errors import BundleError
 
@@ -310,7 +311,7 @@ def artifact_size(a: Path) -> int:
     (`<artifact>.data` beside it, as an ONNX graph with external data has)."""
     if a.is_dir():
         return sum(p.stat().st_size for p in a.rglob("*") if p.is_file())
-    data = a.with_name(a.name + ".data")
+    data = data_file(a)
     return a.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 

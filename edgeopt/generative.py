@@ -86,12 +86,6 @@ def check_request(spec: Any, be: Any, pipeline: list, options: dict[str, Any]) -
     return VISION_PRECISIONS[vision]
 
 
-def _forward(module: Any, sample: dict[str, np.ndarray], names: list[str], outs: list[str]) -> dict[str, np.ndarray]:
-    from edgeopt.export import torch_outputs
-
-    return torch_outputs(module, sample, names, outs)
-
-
 def _torch_greedy(prefill: Any, decode: Any, embeds: np.ndarray, pre: np.ndarray, suf: np.ndarray, n: int) -> tuple[np.ndarray, list[int]]:
     """fp32 torch's first logits and `n` greedy tokens through the two part modules (their graphs' signatures)."""
     import torch
@@ -113,8 +107,7 @@ def _export(g: _Graph, module: Any, workdir: Path, exporter: str, external_data:
 
     folder = workdir / g.role
     folder.mkdir(parents=True, exist_ok=True)
-    dyn = {i.name: dict(i.dynamic_axes) for i in g.spec.inputs if i.dynamic_axes} or None
-    info = export_onnx(module, g.samples[0], g.input_names, g.output_names, folder / "exported.onnx", dynamic_axes=dyn, prefer=exporter,
+    info = export_onnx(module, g.samples[0], g.input_names, g.output_names, folder / "exported.onnx", dynamic_axes=g.spec.dynamic_axes, prefer=exporter,
                        external_data=external_data)
     g.path = folder / "exported.onnx"
     g.export = info.to_dict()
@@ -164,14 +157,15 @@ def _vision_stage(name: str, weights: str | Path | None, samples: list[dict[str,
                   workdir: Path, exporter: str, external_data: bool | None) -> dict[str, Any]:
     """Build the vision part, take its fp32 outputs on the samples (and the image tokens of the evaluation
     prompts, where they are others: `evals`), export it. Runs in a child process (`_in_child`)."""
+    from edgeopt.export import torch_outputs
     from edgeopt.models import get_spec
 
     vspec = get_spec(name)
     vmod = vspec.build(weights=weights)
     g = _Graph("vision", vspec, [{"image": s["image"]} for s in samples], [], workdir / "vision.onnx")
-    g.refs = [_forward(vmod, x, g.input_names, g.output_names) for x in g.samples]
+    g.refs = [torch_outputs(vmod, x, g.input_names, g.output_names) for x in g.samples]
     embeds = (None if evals is None else
-              [_forward(vmod, {"image": s["image"]}, g.input_names, g.output_names)["image_embeds"] for s in evals])
+              [torch_outputs(vmod, {"image": s["image"]}, g.input_names, g.output_names)["image_embeds"] for s in evals])
     _export(g, vmod, workdir, exporter, external_data)
     return {"samples": g.samples, "refs": g.refs, "embeds": embeds, "path": str(g.path), "export": g.export}
 
@@ -182,6 +176,7 @@ def _llm_stage(model: str, weights: str | Path | None, samples: list[dict[str, n
     """Build the LLM once (prefill and decode parts share it), take the fp32 references of both graphs and
     fp32's greedy tokens on the reference prompt (`samples[0]`) and every evaluation prompt (`evals`, with
     their image tokens `embeds`; None: the samples), export both graphs. Runs in a child process (`_in_child`)."""
+    from edgeopt.export import torch_outputs
     from edgeopt.models import get_spec
 
     gen = get_spec(model).generative
@@ -192,13 +187,13 @@ def _llm_stage(model: str, weights: str | Path | None, samples: list[dict[str, n
     decode = _Graph("decode", dspec, [], [], workdir / "decode.onnx")
     for s, v in zip(samples, vision_refs, strict=True):
         ps = {"image_embeds": v["image_embeds"], "prefix_ids": s["prefix_ids"], "suffix_ids": s["suffix_ids"]}
-        pr = _forward(pmod, ps, prefill.input_names, prefill.output_names)
+        pr = torch_outputs(pmod, ps, prefill.input_names, prefill.output_names)
         prefill.samples.append(ps)
         prefill.refs.append(pr)
         ds = {"input_ids": np.asarray([[int(np.argmax(pr["logits"][0]))]], np.int64)}
         ds.update(zip(decode.input_names[1:], (pr[o] for o in prefill.output_names[1:]), strict=True))
         decode.samples.append(ds)
-        decode.refs.append(_forward(dmod, ds, decode.input_names, decode.output_names))
+        decode.refs.append(torch_outputs(dmod, ds, decode.input_names, decode.output_names))
     ref = _torch_greedy(pmod, dmod, vision_refs[0]["image_embeds"], samples[0]["prefix_ids"], samples[0]["suffix_ids"], n_tok)
     if evals is None:  # the evaluation prompts are the samples: the first is the reference prompt, just run
         fp32 = [ref] + [_torch_greedy(pmod, dmod, v["image_embeds"], s["prefix_ids"], s["suffix_ids"], n_tok)

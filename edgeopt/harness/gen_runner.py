@@ -127,7 +127,7 @@ def run(bundle, request: MeasureRequest) -> Measurement:
     summary, cv = summarize(steps)
 
     sustained = []
-    thermal = ThermalReader() if p.sustained else None  # this machine's thermal zones (none: temp_c is None)
+    thermal = ThermalReader() if p.sustained else None  # temp_c: the hottest readable sensor, None where none is
     for i in range(p.sustained):
         t0 = time.perf_counter()
         v_ms, emb = _median_ms(lambda: gen.encode_image(image), 1)

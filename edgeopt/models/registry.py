@@ -99,6 +99,11 @@ class ModelSpec:
         if self.task not in TASKS:
             raise ValueError(f"{self.name}: unknown task {self.task!r}; known: {', '.join(TASKS)}")
 
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]] | None:
+        """The exporter's dynamic axes by input name (`export_onnx(dynamic_axes=)`), None when all are static."""
+        return {i.name: dict(i.dynamic_axes) for i in self.inputs if i.dynamic_axes} or None
+
     def build(self, weights: str | Path | None = None, device: str = "cpu", **kwargs: Any) -> torch.nn.Module:
         """Build the module in eval mode; load `weights` (a local file) when given."""
         module = self.builder(device=device, **kwargs) if device != "cpu" else self.builder(**kwargs)

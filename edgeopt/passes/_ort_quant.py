@@ -13,6 +13,7 @@ about three copies of the graph in memory: `dynamic_int8_streamed` reads one wei
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -20,14 +21,15 @@ from typing import IO, Any
 import numpy as np
 
 from edgeopt._ort import (
-    ALIGN,
-    ALIGN_ABOVE,
     DATA_SUFFIX,
     EXTERNAL_DATA_ABOVE,
     ExternalRef,
+    aligned_offset,
+    copy_region,
     data_file,
     external_refs,
     load_onnx,
+    point_external,
     remove_onnx,
     save_onnx,
     staged_onnx,
@@ -69,11 +71,7 @@ def _shared_small(graph, max_elements: int) -> tuple[dict[str, Any], set[str]]:
 
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
     small = {t.name: t for t in graph.initializer if t.data_type in floats and len(t.dims) <= 1 and math.prod(t.dims) <= max_elements}
-    uses: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            if i in small:
-                uses[i] = uses.get(i, 0) + 1
+    uses = Counter(i for n in graph.node for i in n.input if i in small)
     return small, {k for k, v in uses.items() if v > 1}
 
 
@@ -294,7 +292,6 @@ def dynamic_int8(src: Path, dst: Path, cfg: QuantizeConfig) -> dict[str, Any]:
 
 # The streamed path quantizes this many bytes of float rows of a weight at a time (its float temporaries).
 _BLOCK_BYTES = 64 * 1024**2
-_COPY_CHUNK = 8 * 1024**2
 # Tensors smaller than this stay inside the graph's protobuf (save_onnx's threshold).
 _INLINE_BELOW = 1024
 
@@ -356,22 +353,6 @@ class _DataWriter:
         f.seek(ref.offset)
         return f
 
-    def _begin(self, length: int) -> int:
-        pos = self._out.tell()
-        if length > ALIGN_ABOVE and pos % ALIGN:
-            self._out.write(b"\0" * (ALIGN - pos % ALIGN))
-            pos = self._out.tell()
-        return pos
-
-    def _point(self, t: Any, offset: int, length: int) -> None:
-        import onnx
-
-        del t.external_data[:]
-        t.data_location = onnx.TensorProto.EXTERNAL
-        for k, v in (("location", self._location), ("offset", str(offset)), ("length", str(length))):
-            e = t.external_data.add()
-            e.key, e.value = k, v
-
     def read(self, t: Any, ref: ExternalRef | None) -> np.ndarray:
         """The values of tensor `t`: from `ref` when it has external data, else from the protobuf."""
         from onnx import helper, numpy_helper
@@ -389,16 +370,9 @@ class _DataWriter:
 
     def copy(self, t: Any, ref: ExternalRef) -> None:
         """Append the bytes of `t` (at `ref`) unchanged and point `t` at them."""
-        offset = self._begin(ref.length)
-        f, left = self._source(ref), ref.length
-        while left:
-            chunk = f.read(min(_COPY_CHUNK, left))
-            if not chunk:
-                raise EdgeoptError(f"{ref.file} ended before byte {ref.offset + ref.length}",
-                                   "the data file is truncated; re-export the model")
-            self._out.write(chunk)
-            left -= len(chunk)
-        self._point(t, offset, ref.length)
+        offset = aligned_offset(self._out, ref.length)
+        copy_region(self._source(ref), ref.offset, ref.length, self._out, ref.file)
+        point_external(t, self._location, offset, ref.length)
 
     def tensor(self, name: str, arr: np.ndarray) -> Any:
         """A new TensorProto `name` holding `arr`: inline below _INLINE_BELOW bytes, else appended here."""
@@ -409,9 +383,9 @@ class _DataWriter:
             return numpy_helper.from_array(arr, name)
         arr = np.ascontiguousarray(arr)
         t = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(arr.dtype), dims=arr.shape)
-        offset = self._begin(arr.nbytes)
+        offset = aligned_offset(self._out, arr.nbytes)
         self._out.write(memoryview(arr).cast("B"))
-        self._point(t, offset, arr.nbytes)
+        point_external(t, self._location, offset, arr.nbytes)
         return t
 
 
@@ -466,9 +440,7 @@ def dynamic_int8_streamed(src: Path, dst: Path, cfg: QuantizeConfig) -> dict[str
     nodes = [n for n in g.node if matmul_allowed and n.op_type == "MatMul" and n.domain in ("", "ai.onnx")
              and n.name not in excluded and constant_weight(n.input[1])]
     if not nodes:
-        ops: dict[str, int] = {}
-        for n in g.node:
-            ops[n.op_type] = ops.get(n.op_type, 0) + 1
+        ops = Counter(n.op_type for n in g.node)
         found = ", ".join(f"{ops.get(op, 0)} {op}" for op in ("MatMul", "Gemm", "Conv"))
         raise EdgeoptError(
             f"quantize:dynamic on {src.name} (a graph with external data) found no MatMul with a constant 2-D "
@@ -476,13 +448,8 @@ def dynamic_int8_streamed(src: Path, dst: Path, cfg: QuantizeConfig) -> dict[str
             "large graphs are quantized MatMul by MatMul; for other ops use quantize:fp16 or quantize:int8",
         )
     weights = dict.fromkeys(n.input[1] for n in nodes)
-    uses: dict[str, int] = {}
-    for i in _node_inputs(g.node):
-        uses[i] = uses.get(i, 0) + 1
-    quantized_uses: dict[str, int] = {}
-    for n in nodes:
-        for i in n.input:
-            quantized_uses[i] = quantized_uses.get(i, 0) + 1
+    uses = Counter(_node_inputs(g.node))
+    quantized_uses = Counter(i for n in nodes for i in n.input)
     outputs = {o.name for o in g.output}
     keep_float = {w for w in weights if uses[w] > quantized_uses[w] or w in outputs}
     taken = set(inits) | {v.name for v in list(g.input) + list(g.output) + list(g.value_info)}

@@ -15,6 +15,7 @@ file `src` to `dst` and returns the details for the report's `changes` and a one
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,7 @@ def _float_by_rule_note(nodes: list[dict[str, str]]) -> str:
     """'; 12 nodes left float (6 Conv, 6 Add): ...' for the nodes `slow_int8_nodes` kept in float."""
     if not nodes:
         return ""
-    ops: dict[str, int] = {}
-    for n in nodes:
-        ops[n["op"]] = ops.get(n["op"], 0) + 1
-    counts = ", ".join(f"{v} {k}" for k, v in sorted(ops.items()))
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(Counter(n["op"] for n in nodes).items()))
     return (f"; {len(nodes)} nodes left float ({counts}): ops whose int8 kernel on ONNX Runtime's CPU is slower "
             "than fp32 (grouped convs that are not depthwise, AveragePool) and their readers; "
             "float_slow_ops=false quantizes them")

@@ -173,6 +173,11 @@ class SSHDevice(Device):
             p = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise DeviceError(f"{self.uri}: command did not finish within {timeout:.0f} s", "the board may be hung or the link down") from None
+        return self._checked(argv, subprocess.CompletedProcess(p.args, p.returncode, p.stdout, p.stderr), check)
+
+    def _checked(self, argv: list[str], p: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
+        """`p` with its output decoded; ssh's own failure (status 255) and, with `check`, any other
+        non-zero status raised as DeviceError."""
         out = subprocess.CompletedProcess(p.args, p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
         if p.returncode == 255:
             raise _ssh_error(self.uri, self.host, out.stderr)
@@ -214,14 +219,10 @@ class SSHDevice(Device):
                     p.wait()
             out.seek(0)
             err.seek(0)
-            res = subprocess.CompletedProcess(cmd, rc, out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+            res = subprocess.CompletedProcess(cmd, rc, out.read(), err.read())
         if timed_out.is_set():
             raise DeviceError(f"{self.uri}: {argv[0]} did not finish within {timeout:.0f} s", "the board may be hung or the link slow; raise push_timeout in devices.yaml")
-        if rc == 255:
-            raise _ssh_error(self.uri, self.host, res.stderr)
-        if rc != 0:
-            raise DeviceError(f"{self.uri}: {argv[0]} exited {rc}: {(res.stderr.strip().splitlines() or [''])[-1][:300]}")
-        return res
+        return self._checked(argv, res, check=True)
 
     def files(self) -> FileAccess:
         return SSHFiles(self)
