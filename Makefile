@@ -45,7 +45,8 @@ test-slow: setup
 
 # Every measured table in README.md and docs/, regenerated in one sequential run on a quiet machine (hours:
 # `$(PY) bench/all.py --list`). A run that other processes contaminated writes nothing. DOCS_ARGS: e.g.
-# `--only latency,tvm`, `--allow-contaminated`, `--max-foreign-share 0.2`.
+# `--only latency,tvm`, `--allow-contaminated`, `--max-foreign-share 0.2`; `--status` rewrites docs/conditions.md's
+# step table from the stamps on the pages without measuring.
 DOCS_ARGS ?=
 docs: setup
 	$(PY) bench/all.py $(DOCS_ARGS)

@@ -31,6 +31,7 @@ import base64
 import datetime as dt
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -186,12 +187,64 @@ class Stamp:
             out += f" Re-rendered from its record by `{self.rendered}`."
         return out
 
+    @classmethod
+    def parse(cls, text: str) -> Stamp | None:
+        """The stamp written by `line()` in `text` (None where there is none): how the docs run reads back what
+        measured each block. An unstamped `Regenerate:` line gives a Stamp with only the command and no date."""
+        m = _STAMP_RE.search(text)
+        if m is None:
+            return None
+        g = m.groupdict()
+        num = lambda x: None if x in (None, "?") else float(x)  # noqa: E731
+        share = num(g["share"])
+        threshold = num(g["threshold"])
+        dirty = share is not None and threshold is not None and share > threshold  # written only with --allow-contaminated
+        return cls(command=g["command"], date=g["date"] or "", duration_s=None if g["min"] is None else 60 * float(g["min"]),
+                   load_before=num(g["lb"]), load_after=num(g["la"]), foreign_share=None if share is None else share / 100,
+                   cpus=None if g["cpus"] is None else int(g["cpus"]),
+                   threshold=DEFAULT_MAX_FOREIGN_SHARE if threshold is None else threshold / 100,
+                   contaminated=dirty, allowed=dirty, reason=g["reason"],
+                   rendered=g["rendered"])
+
     def banner(self) -> str | None:
         if not (self.contaminated and self.allowed):
             return None
         return (f"> **⚠ Contaminated run: other processes used {_pct(self.foreign_share or 0)} of the {self.cpus} CPUs while "
                 f"this was measured (limit {_pct(self.threshold)}). Written anyway with `--allow-contaminated`: the "
                 "figures below are inflated by that load; regenerate them on a quiet machine.**")
+
+
+# What Stamp.line() writes, read back by Stamp.parse().
+_STAMP_RE = re.compile(
+    r"^Regenerate: `(?P<command>[^`]+)`\.?(?: Measured (?P<date>\d{4}-\d\d-\d\d \d\d:\d\d UTC)"
+    r"(?: in (?P<min>\d+) min)?(?:; load average \(1 min\) (?P<lb>[\d.?]+) before, (?P<la>[\d.?]+) after; "
+    r"(?:other processes used (?P<share>[\d.]+) % of the (?P<cpus>\d+) CPUs \(refused above (?P<threshold>[\d.]+) %\)"
+    r"|other processes' CPU use not measured \((?P<reason>[^)]*)\))\.)?(?:, before load .*?)?"
+    r"(?: Re-rendered from its record by `(?P<rendered>[^`]+)`\.)?)?", re.M)
+_BLOCK_RE = re.compile(r"<!-- (?P<key>[\w-]+):start -->\n(?P<body>.*?)\n<!-- (?P=key):end -->", re.S)
+
+
+@dataclass(frozen=True)
+class PageBlock:
+    """One measured block of a page, as the page holds it now, with the stamp of the run that wrote it."""
+
+    page: str  # relative to the repository
+    key: str
+    stamp: Stamp | None  # None: the block names no command that regenerates it
+
+
+def page_blocks(paths: list[Path], root: Path = REPO) -> list[PageBlock]:
+    """Every marked block of these pages (the machine blocks aside), with its stamp read back; pages named
+    relative to `root`."""
+    out = []
+    for p in paths:
+        if not p.is_file():
+            continue
+        rel = str(p.resolve().relative_to(root.resolve())) if p.resolve().is_relative_to(root.resolve()) else str(p)
+        for m in _BLOCK_RE.finditer(p.read_text()):
+            if m["key"] != MACHINE_KEY:
+                out.append(PageBlock(rel, m["key"], Stamp.parse(m["body"])))
+    return out
 
 
 def replace_block(text: str, key: str, body: str) -> str:
@@ -282,7 +335,7 @@ class DocRun:
         self.conditions = conditions  # the page that describes the machine (bench/all.py's docs/conditions.md)
         self.quiet = quiet
         self.stamp: Stamp | None = None
-        self._pending: list[tuple[str, Any]] = []  # ("block", (doc, key, body, title)) | ("file", (path, data)) | ("rendered", _Write)
+        self._pending: list[tuple[str, Any]] = []  # ("block", (doc, key, body, title)) | ("file", (path, data)) | ("rendered", _Write) | ("machine", doc)
         self._before: contention.CpuSample | None = None
         self._t0 = 0.0
 
@@ -308,6 +361,10 @@ class DocRun:
     def adopt(self, writes: list[_Write]) -> None:
         """Writes already rendered by other runs (bench/all.py applies its scripts' staged blocks this way)."""
         self._pending += [("rendered", w) for w in writes]
+
+    def describe_machine(self, doc: Path | str) -> None:
+        """Stage the page's `machine` block alone (bench/all.py: docs/conditions.md describes the machine once)."""
+        self._pending.append(("machine", str(Path(doc).resolve())))
 
     # --- the run -------------------------------------------------------------------------------------------
     def __enter__(self) -> DocRun:
@@ -380,6 +437,8 @@ class DocRun:
         for kind, item in self._pending:
             if kind == "rendered":
                 out.append(item)
+            elif kind == "machine":
+                pages += [] if item in pages else [item]
             elif kind == "file":
                 path, data = item
                 out.append(_Write(path=path, data=data(st) if callable(data) else data))

@@ -3,13 +3,18 @@
     python bench/all.py                      # every step, in order (hours: see --list)
     python bench/all.py --list               # each step, its command, its rough duration, the pages it writes
     python bench/all.py --only latency,tvm   # a subset, in the same fixed order
+    python bench/all.py --status             # measure nothing: rewrite the step table from the pages' stamps
+    python bench/all.py --apply-stage DIR    # write what a run stopped by a failed step had staged
 
 The steps run one after another, never in parallel (this is a measurement), each as its own process with
 `EDGEOPT_DOCS_STAGE` set: a script stages its blocks in out/docs-stage-*/ instead of writing them
 (bench/_doc.py). A step that other processes contaminated refuses (exit 3) and stops the run; a step that
 fails stops it too. Only when every step ended clean, and the whole run was clean as well, are all the staged
-blocks written, together with docs/conditions.md (the machine, described once, and each step's date, load and
-foreign CPU share), which every page links to. Otherwise nothing in docs/ or README.md changes.
+blocks written, together with docs/conditions.md's machine block (described once; every page links to it).
+Otherwise nothing in docs/ or README.md changes. Then the step table of docs/conditions.md and the note at the
+top of docs/benchmarks.md are rewritten from the stamps the pages now hold (`_doc.Stamp.parse`): each step's
+date, load and foreign CPU share, and which steps' figures are not yet from a quiet run. Runs of a few steps
+(`--only`), on different days, combine that way; a full run refreshes every row at once.
 
 `--allow-contaminated` writes anyway (every block that was measured under load says so); `--max-foreign-share`
 sets the limit (default 0.10 of the machine's CPU time). Each step's output goes to out/docs-run/<step>.log.
@@ -37,6 +42,7 @@ DOCS = REPO / "docs"
 CONDITIONS = DOCS / "conditions.md"
 LOGS = REPO / "out" / "docs-run"
 STAGE_ROOT = REPO / "out"  # the run's stage folder goes here
+ROOT = REPO  # what the steps' `writes` are relative to
 
 
 @dataclass(frozen=True)
@@ -148,8 +154,8 @@ class StepFailed(Exception):
         super().__init__(f"step {step.name} {what}; its output: {log}")
 
 
-def run_steps(steps: list[Step], stage: Path, env: dict[str, str]) -> dict[str, dict]:
-    """Each step in order, with a progress display; step name -> the stamp of what it staged (if anything)."""
+def run_steps(steps: list[Step], stage: Path, env: dict[str, str]) -> None:
+    """Each step in order, with a progress display; StepFailed at the first that fails or refuses."""
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -159,14 +165,12 @@ def run_steps(steps: list[Step], stage: Path, env: dict[str, str]) -> dict[str, 
     cols = (TextColumn("{task.description:<22}"), BarColumn(bar_width=24), TimeElapsedColumn(),
             TextColumn("{task.fields[est]}"), TextColumn("{task.fields[status]}", style="dim"))
     done_s = 0.0
-    stamps: dict[str, dict] = {}
     with Progress(*cols, console=con, refresh_per_second=1) as prog:
         overall = prog.add_task("all steps", total=total_s, est=f"of ~{_fmt_min(total_s / 60)}", status="")
         tasks = {s.name: prog.add_task(s.name, total=s.minutes * 60, start=False, est=f"~{_fmt_min(s.minutes)}", status="waiting")
                  for s in steps}
         for s in steps:
             log = LOGS / f"{s.name}.log"
-            before = set(stage.glob("[0-9]*.json"))
             tid = tasks[s.name]
             prog.start_task(tid)
             t0 = time.monotonic()
@@ -186,29 +190,150 @@ def run_steps(steps: list[Step], stage: Path, env: dict[str, str]) -> dict[str, 
             prog.stop_task(tid)
             if not ok:
                 raise StepFailed(s, p.returncode, log)
-            for f in sorted(set(stage.glob("[0-9]*.json")) - before):
-                stamps[s.name] = _doc.stage_records(stage, f.name)[0]["stamp"]
-    return stamps
 
 
-def conditions_block(steps: list[Step], stamps: dict[str, dict], threshold: float) -> str:
-    rows = ["| step | command | started | took | load before → after | others' CPU share | pages |", "|---|---|---|---|---|---|---|"]
-    for s in steps:
-        st = _doc.Stamp(**stamps[s.name]) if s.name in stamps else None
+def _step_key(command: str) -> tuple[str, ...]:
+    """A command as a step is matched by: its script and arguments, without the interpreter's path and the
+    docs-run arguments (--max-foreign-share, --allow-contaminated), which change how a run is judged, not what
+    it measures."""
+    import shlex
+
+    words = shlex.split(command)[1:]
+    out: list[str] = []
+    skip = False
+    for w in words:
+        if skip:
+            skip = False
+        elif w == "--max-foreign-share":
+            skip = True
+        elif w != "--allow-contaminated" and not w.startswith("--max-foreign-share="):
+            out.append(w)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class StepState:
+    """Where one step's figures on the pages stand: the blocks its command stamped, read back from the pages."""
+
+    step: Step
+    blocks: tuple[_doc.PageBlock, ...]
+
+    @property
+    def stamp(self) -> _doc.Stamp | None:
+        dated = [b.stamp for b in self.blocks if b.stamp is not None and b.stamp.date]
+        return max(dated, key=lambda st: st.date) if dated else None
+
+    @property
+    def clean(self) -> bool:
+        """Measured by a stamped run whose foreign CPU share stayed within the docs run's default limit."""
+        st = self.stamp
+        return (st is not None and st.foreign_share is not None and not st.contaminated
+                and st.foreign_share <= _doc.DEFAULT_MAX_FOREIGN_SHARE)
+
+
+def page_states(steps: tuple[Step, ...] | None = None) -> tuple[list[StepState], list[_doc.PageBlock]]:
+    """Each step's state, and the measured blocks no step's command stamped that its row does not already cover
+    (stamped by another command, or unstamped on a page whose steps are all clean)."""
+    # Read from the pages themselves: what is on them now is the record, so runs on different days combine.
+    steps = STEPS if steps is None else steps
+    pages = sorted({ROOT / w for s in steps for w in s.writes if w.endswith(".md")})
+    blocks = [b for b in _doc.page_blocks(pages, ROOT) if b.key not in _STATUS_KEYS and (ROOT / b.page).resolve() != CONDITIONS.resolve()]
+    keys = {s.name: _step_key(s.command) for s in steps}
+    states = [StepState(s, tuple(b for b in blocks if b.stamp is not None and b.stamp.date and b.page in s.writes
+                                 and _step_key(b.stamp.command) == keys[s.name])) for s in steps]
+    mine = {(b.page, b.key) for st in states for b in st.blocks}
+    pending = {w for st in states if not st.clean for w in st.step.writes}  # an unclean step's row covers its pages
+    return states, [b for b in blocks if (b.page, b.key) not in mine
+                    and (b.stamp is not None and b.stamp.date or b.page not in pending)]
+
+
+# Blocks that describe the figures rather than hold them.
+_STATUS_KEYS = ("docs-run", "capability-cells")
+
+
+def conditions_block(states: list[StepState], orphans: list[_doc.PageBlock]) -> str:
+    rows = ["| step | command | measured | took | load before → after | others' CPU share | pages |",
+            "|---|---|---|---|---|---|---|"]
+    for s in states:
+        st = s.stamp
         if st is None:
-            rows.append(f"| {s.name} | `{s.command}` | - | - | - | - | nothing written |")
+            rows.append(f"| {s.step.name} | `{s.step.command}` | not yet by a stamped run | - | - | - | {', '.join(s.step.writes)} |")
             continue
-        share = "not measured" if st.foreign_share is None else f"{100 * st.foreign_share:.1f} %" + (" ⚠" if st.contaminated else "")
+        if st.foreign_share is None:
+            share = f"not measured ({st.reason or 'unknown'})"
+        else:
+            share = f"{100 * st.foreign_share:.1f} %" + ("" if s.clean else f" ⚠ (over {100 * _doc.DEFAULT_MAX_FOREIGN_SHARE:.0f} %)")
         load = f"{st.load_before:.2f} → {st.load_after:.2f}" if st.load_before is not None and st.load_after is not None else "?"
-        rows.append(f"| {s.name} | `{st.command}` | {st.date} | {_fmt_min((st.duration_s or 0) / 60)} | {load} | {share} | {', '.join(s.writes)} |")
-    return "\n".join([
-        "## The last `make docs` run",
+        took = _fmt_min(st.duration_s / 60) if st.duration_s else "< 1 min"
+        rows.append(f"| {s.step.name} | `{st.command}` | {st.date} | {took} | {load} | {share} | {', '.join(s.step.writes)} |")
+    n_clean = sum(s.clean for s in states)
+    lines = [
+        "## Each step's figures",
         "",
-        f"Steps run one after another, nothing in parallel; each step and the whole run were checked for other processes' CPU "
-        f"use (refused above {100 * threshold:.0f} % of the machine's CPU time). Steps not listed were not part of this run: "
-        "their pages' own stamps give when and how they were measured. Each step's output: `out/docs-run/<step>.log`.",
+        f"Read back from the stamps on the pages (`bench/all.py --status` rewrites this). {n_clean} of {len(states)} steps' "
+        f"figures were measured by a stamped run on a quiet machine (others' CPU share at most "
+        f"{100 * _doc.DEFAULT_MAX_FOREIGN_SHARE:.0f} %). Steps run one after another, nothing in parallel; a full "
+        "`make docs` runs them all in one go, and runs of a few steps (`--only`) replace only those steps' rows. "
+        "Each step's output: `out/docs-run/<step>.log`.",
         "",
         *rows,
+    ]
+    if orphans:
+        lines += ["", "Measured blocks outside the rows above (stamped by another command, or not stamped at all): " + ", ".join(
+                      f"{b.page} `{b.key}`" + (f" (`{b.stamp.command}`, {b.stamp.date})" if b.stamp and b.stamp.date else "")
+                      for b in orphans) + "."]
+    return "\n".join(lines)
+
+
+def status_note(states: list[StepState], orphans: list[_doc.PageBlock]) -> str:
+    """The note at the top of docs/benchmarks.md: which figures a reader can trust as quiet, which not."""
+    unclean = [s for s in states if not s.clean]
+    stale = [b for b in orphans if b.stamp is None or not b.stamp.date]
+    dates = sorted(s.stamp.date[:10] for s in states if s.clean and s.stamp)
+    when = (f"on {dates[0]}" if dates[0] == dates[-1] else f"between {dates[0]} and {dates[-1]}") if dates else ""
+    if not unclean and not stale:
+        return ("Every measured table in README.md and docs/ was regenerated by the steps of `make docs` "
+                f"(`bench/all.py`) on a quiet machine, {when}: the machine, and each step's date, load and other "
+                "processes' CPU share are in [conditions.md](conditions.md).")
+    out = [f"**Not every figure is from a quiet machine yet.** {len(states) - len(unclean)} of {len(states)} steps of "
+           f"`make docs` were measured by stamped runs on a quiet machine {when} (their blocks end with the stamp). "
+           "Read these as measured under load (other jobs shared the 2 cores, so figures of one path can disagree "
+           "between pages by several times) until a clean run replaces them:", ""]
+    for s in unclean:
+        why = "its stamp shows other processes' CPU use" if s.stamp else "no stamped run yet"
+        out.append(f"- {s.step.name} (`{s.step.command}`): {', '.join(s.step.writes)}; {why};")
+    for b in stale:
+        out.append(f"- {b.page} `{b.key}`: no stamp;")
+    out += ["", "[conditions.md](conditions.md) lists every step with its date, load and others' CPU share."]
+    return "\n".join(out)
+
+
+def apply_stage(stage: Path) -> int:
+    """Write the blocks a stopped run staged (a step failed after others had ended clean), then the status.
+    Each step's record is checked again: one whose stamp shows contamination is refused unless it was allowed."""
+    records = _doc.stage_records(stage) if stage.is_dir() else []
+    if not records:
+        print(f"{stage}: no staged blocks (a docs-stage-* folder under {STAGE_ROOT} that a stopped run left)", file=sys.stderr)
+        return 2
+    dirty = [r["script"] for r in records if r["stamp"].get("contaminated") and not r["stamp"].get("allowed")]
+    if dirty:
+        print(f"refused: {', '.join(dirty)} measured while other processes used the CPUs", file=sys.stderr)
+        return _doc.REFUSED
+    writes = _doc.staged_writes(stage)
+    writes.append(_doc._Write(path=str(CONDITIONS), key=_doc.MACHINE_KEY, text=(
+        f"The machine the steps below measured on (described {_doc._utc()}):\n\n{_doc.describe_machine()}")))
+    for p in [*_doc.apply_writes(writes), *write_status()]:
+        print(f"[docs] wrote {p}", file=sys.stderr)
+    shutil.rmtree(stage, ignore_errors=True)
+    return 0
+
+
+def write_status() -> list[Path]:
+    """Rewrite docs/conditions.md's step table and docs/benchmarks.md's note from the stamps on the pages."""
+    states, orphans = page_states()
+    return _doc.apply_writes([
+        _doc._Write(path=str(CONDITIONS), key="docs-run", text=conditions_block(states, orphans), title="Conditions of the figures"),
+        _doc._Write(path=str(DOCS / "benchmarks.md"), key="docs-run", text=status_note(states, orphans)),
     ])
 
 
@@ -216,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--list", action="store_true", help="print each step, its command and rough duration, and exit")
     ap.add_argument("--only", help="comma list of step names (see --list); run in the fixed order")
+    ap.add_argument("--apply-stage", metavar="DIR", help="measure nothing: write the blocks a stopped run staged in DIR "
+                    "(the steps that ended clean before the one that failed; each block keeps its own stamp)")
+    ap.add_argument("--status", action="store_true", help="measure nothing: rewrite docs/conditions.md's step table and "
+                    "docs/benchmarks.md's note from the stamps the pages hold now")
     _doc.add_args(ap)
     a = ap.parse_args(argv)
     names = [s.name for s in STEPS]
@@ -229,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     if a.list:
         print(list_steps(steps))
         return 0
+    if a.status:
+        for p in write_status():
+            print(f"wrote {p}", file=sys.stderr)
+        return 0
+    if a.apply_stage:
+        return apply_stage(Path(a.apply_stage))
     missing = {s.name: m for s in steps if (m := _missing(s))}
     if missing:
         for n, m in missing.items():
@@ -246,18 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _doc.DocRun(argv, script=__file__, max_foreign_share=a.max_foreign_share, allow_contaminated=a.allow_contaminated,
                          stage="", conditions=CONDITIONS) as run:
-            stamps = run_steps(steps, stage, env)
+            run_steps(steps, stage, env)
             run.adopt(_doc.staged_writes(stage))
-            run.write_block(CONDITIONS, "docs-run", conditions_block(steps, stamps, a.max_foreign_share), title="Conditions of the figures")
-            if len(steps) == len(STEPS):  # a full run replaces the note on which tables were measured under load
-                run.write_block(DOCS / "benchmarks.md", "docs-run",
-                                "Every measured table in README.md and docs/ was regenerated by one run of `make docs` "
-                                "(`bench/all.py`): the machine, each step's date, load and other processes' CPU share are in "
-                                "[conditions.md](conditions.md).")
+            run.describe_machine(CONDITIONS)
     except StepFailed as e:
         print(f"{e}. Nothing written; staged blocks of the steps before it: {stage}", file=sys.stderr)
         return e.rc if e.rc == _doc.REFUSED else 1
     shutil.rmtree(stage, ignore_errors=True)
+    for p in write_status():
+        print(f"[docs] wrote {p} (each step's stamp, read back from the pages)", file=sys.stderr)
     return 0
 
 

@@ -157,7 +157,7 @@ def _fake_steps(tmp_path, monkeypatch, bodies: dict[str, str]):
         steps.append(all_py.Step(name, (str(script),), 0.1, "a test step", ("page.md",)))
     monkeypatch.setattr(all_py, "STEPS", tuple(steps))
     for attr, path in (("DOCS", tmp_path), ("CONDITIONS", tmp_path / "conditions.md"), ("LOGS", tmp_path / "logs"),
-                       ("STAGE_ROOT", tmp_path / "out")):
+                       ("STAGE_ROOT", tmp_path / "out"), ("ROOT", tmp_path)):
         monkeypatch.setattr(all_py, attr, path)
     return all_py
 
@@ -178,7 +178,69 @@ def test_all_py_applies_the_staged_blocks_only_when_every_step_ended_clean(tmp_p
     assert "figures of step one" in text and "old figures" not in text and "hand-written tail" in text
     assert "[conditions.md](conditions.md)" in text  # the page links to the one description of the machine
     cond = (tmp_path / "conditions.md").read_text()
-    assert "- CPU:" in cond and "| one | `" in cond  # the machine, once; the step with its command, date, load, share
-    assert "Regenerate: `" in cond and "bench/all.py" in cond
-    assert "docs-run:start" in (tmp_path / "benchmarks.md").read_text()  # a full run replaces the under-load note
+    assert "- CPU:" in cond and "bench/all.py" in cond  # the machine, described once
+    assert re.search(r"\| one \| `\S+ \S+one.py` \| 20\d\d-\d\d-\d\d \d\d:\d\d UTC \|", cond)  # the step's command and date
+    note = (tmp_path / "benchmarks.md").read_text()
+    assert "docs-run:start" in note and "Every measured table" in note  # every step clean: the under-load note goes
     assert set((tmp_path / "out").glob("docs-stage-*")) == kept  # this run's stage is removed once applied
+
+
+def test_a_stamp_reads_back_from_its_line():
+    st = _doc.Stamp(command=".venv/bin/python bench/x.py --a 1", date="2026-12-01 22:48 UTC", duration_s=420, load_before=1.89,
+                    load_after=0.5, foreign_share=0.005, cpus=2)
+    back = _doc.Stamp.parse("table\n\n" + st.line())
+    assert (back.command, back.date, back.duration_s, back.load_before, back.load_after, back.foreign_share, back.cpus,
+            back.threshold, back.contaminated) == (st.command, st.date, 420.0, 1.89, 0.5, 0.005, 2, 0.1, False)
+    dirty = _doc.Stamp(command="python bench/x.py", date="2026-12-01 22:48 UTC", load_before=3.0, load_after=4.0,
+                       foreign_share=0.41, cpus=2, contaminated=True, allowed=True)
+    back = _doc.Stamp.parse(dirty.banner() + "\n\ntable\n\n" + dirty.line())
+    assert back.contaminated and back.foreign_share == pytest.approx(0.41)
+    unmeasured = _doc.Stamp(command="python bench/x.py", date="2026-12-01 22:48 UTC", load_before=0.1, load_after=0.2,
+                            reason="no /proc/stat")
+    assert _doc.Stamp.parse(unmeasured.line()).reason == "no /proc/stat"
+    old = _doc.Stamp.parse("table\n\nRegenerate: `python bench/x.py`\n")  # a block from before stamps: no date
+    assert old.command == "python bench/x.py" and not old.date and old.foreign_share is None
+    assert _doc.Stamp.parse("a table and no command") is None
+
+
+def test_status_is_read_back_from_the_pages(tmp_path, monkeypatch):
+    """Steps measured on different days combine: each row comes from the stamp on the page; an unstamped or
+    loaded block keeps the under-load note, naming its step."""
+    import all as all_py
+
+    def stamped(cmd: str, share: float) -> str:
+        return "figures\n\n" + _doc.Stamp(command=cmd, date="2026-12-01 10:00 UTC", load_before=0.1, load_after=0.2,
+                                           foreign_share=share, cpus=2, duration_s=120).line()
+
+    (tmp_path / "a.md").write_text(f"# A\n\n<!-- fa:start -->\n{stamped('python bench/a.py --max-foreign-share 0.3', 0.01)}\n<!-- fa:end -->\n")
+    (tmp_path / "b.md").write_text(f"# B\n\n<!-- fb:start -->\n{stamped('python bench/b.py', 0.25)}\n<!-- fb:end -->\n"
+                                   "<!-- old:start -->\nold figures\nRegenerate: `python bench/b.py`\n<!-- old:end -->\n")
+    steps = (all_py.Step("a", ("bench/a.py",), 1, "", ("a.md",)), all_py.Step("b", ("bench/b.py",), 1, "", ("b.md",)),
+             all_py.Step("c", ("bench/c.py",), 1, "", ("c.md",)))
+    for attr, val in (("STEPS", steps), ("ROOT", tmp_path), ("DOCS", tmp_path), ("CONDITIONS", tmp_path / "conditions.md")):
+        monkeypatch.setattr(all_py, attr, val)
+    states, orphans = all_py.page_states(steps)
+    assert [s.clean for s in states] == [True, False, False]  # a: quiet (its docs-run flag aside); b: 25 % foreign; c: never
+    assert orphans == []  # b's old block is covered by b's own row
+    assert all_py.main(["--status"]) == 0
+    cond = (tmp_path / "conditions.md").read_text()
+    assert "| a | `python bench/a.py --max-foreign-share 0.3` | 2026-12-01 10:00 UTC | 2 min |" in cond
+    assert "25.0 % ⚠" in cond and "| c | `" in cond and "not yet by a stamped run" in cond
+    note = (tmp_path / "benchmarks.md").read_text()
+    assert "1 of 3 steps" in note and "- b (" in note and "- c (" in note and "- a (" not in note
+
+
+def test_apply_stage_writes_what_a_stopped_run_measured_clean(tmp_path, monkeypatch):
+    """A step fails after another ended clean: nothing is written, but `--apply-stage` writes the clean step's
+    blocks (with their own stamps) and lists the failed step as not yet measured."""
+    doc = tmp_path / "page.md"
+    doc.write_text(PAGE)
+    write = f"_doc.write_block({str(doc)!r}, 'fig', 'figures of step one')"
+    all_py = _fake_steps(tmp_path, monkeypatch, {"one": write, "two": "sys.exit(1)"})
+    assert all_py.main(["--max-foreign-share", "1.0"]) == 1 and doc.read_text() == PAGE
+    (stage,) = (tmp_path / "out").glob("docs-stage-*")
+    assert all_py.main(["--apply-stage", str(tmp_path / "nope")]) == 2  # not a stage: nothing written
+    assert all_py.main(["--apply-stage", str(stage)]) == 0
+    assert "figures of step one" in doc.read_text() and not stage.exists()
+    cond = (tmp_path / "conditions.md").read_text()
+    assert "- CPU:" in cond and "| two | `" in cond and "not yet by a stamped run" in cond
