@@ -76,7 +76,7 @@ def render_markdown(results: list[cap.Result], meta: dict[str, Any]) -> str:
     models.sort()  # by family: a resumed run that re-tried a family does not move its row to the end
     by = {(r.model, r.backend, r.precision): r for r in results}
     notes: list[str] = []
-    head = "| family (variant) | " + " | ".join(f"{c.backend} {c.precision}" for c in used) + " |"
+    head = "| family (variant) | " + " | ".join(f"{c.backend} {c.label}" for c in used) + " |"
     lines = [head, "|" + "---|" * (len(used) + 1)]
     for fam, model in models:
         row = [_cell_text(by.get((model, c.backend, c.precision)), notes) for c in used]
@@ -121,5 +121,5 @@ def cell_table_markdown() -> str:
             args.append(f"--passes {c.passes}")
         args += [f"--option {k}={v}" for k, v in c.options.items()]
         cmd = " ".join([f"--backend {c.backend}", *args])
-        lines.append(f"| {c.backend} | {c.precision} | `{cmd}` | `{c.artifact}` | {c.runs_on} | {c.meaning} |")
+        lines.append(f"| {c.backend} | {c.label} | `{cmd}` | `{c.artifact}` | {c.runs_on} | {c.meaning} |")
     return "\n".join(lines) + "\n"

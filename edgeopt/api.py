@@ -38,7 +38,10 @@ def tool_versions(*dists: str) -> dict[str, str]:
 def weights_label(weights: str | Path | None) -> WeightsLabel:
     """Name the weights every fidelity figure was measured on (random weights make top-1 meaningless)."""
     if weights is None:
-        return WeightsLabel("random", {"note": "random init: task agreement metrics say little; output cosine/SNR still hold"})
+        from edgeopt.models.registry import RANDOM_INIT_SEED
+
+        return WeightsLabel("random", {"seed": RANDOM_INIT_SEED,
+                                       "note": "random init: task agreement metrics say little; output cosine/SNR still hold"})
     if weights == "calibrated":
         return WeightsLabel("calibrated")
     p = Path(weights)

@@ -169,7 +169,7 @@ def build_calibrated(spec: ModelSpec, seed: int = 0, **kwargs: Any) -> tuple[tor
     from edgeopt.models.liveinit import describe, revive_muted_branches
 
     torch.manual_seed(seed)
-    module = spec.build()
+    module = spec.build(init_seed=seed)
     counts = revive_muted_branches(module)
     module, label = calibrate(module, spec, seed=seed, **kwargs)
     note = describe(counts)

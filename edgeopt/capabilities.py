@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt.errors import EdgeoptError
-from edgeopt.runtimes.base import ALIASES, RUNS_ANYWHERE, Mode
+from edgeopt.runtimes.base import ALIASES, RUNS_ANYWHERE, Mode, precision_label
 from edgeopt.runtimes.table import capability_table, get_mode
 
 
@@ -31,14 +31,20 @@ class Cell:
     artifact: str
     meaning: str
     runs_on: str = RUNS_ANYWHERE
+    computes: str | None = None  # see Mode.computes
 
     @property
     def key(self) -> str:
         return f"{self.backend}/{self.precision}"
 
+    @property
+    def label(self) -> str:
+        return precision_label(self.precision, self.computes)
+
     @classmethod
     def of(cls, backend: str, mode: Mode) -> Cell:
-        return cls(backend, mode.precision, mode.passes, dict(mode.options), mode.artifact, mode.meaning, mode.runs_on)
+        return cls(backend, mode.precision, mode.passes, dict(mode.options), mode.artifact, mode.meaning, mode.runs_on,
+                   mode.computes)
 
 
 # Every cell, in the docs' column order (backends in registry order, then each backend's modes).
@@ -112,7 +118,7 @@ def live_weights(model: str, seed: int = 0) -> tuple[Any, dict[str, Any]]:
 
     spec = get_spec(model)
     torch.manual_seed(seed)
-    m = spec.build()
+    m = spec.build(init_seed=seed)
     counts = revive_muted_branches(m)
     note = describe(counts)
     return m.eval(), {"kind": "random", "seed": seed, **({"note": f"random init with {note}"} if note else {}), **counts}

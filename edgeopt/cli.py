@@ -172,7 +172,9 @@ def compile_cmd(
     console.print(f"[bold green]bundle[/] {b.path}")
     t = Table(show_header=False, box=None)
     t.add_row("model", f"{m.model.name} ({m.weights.kind} weights)")
-    t.add_row("backend", f"{m.backend} / {m.target} / {m.precision}")
+    from edgeopt.runtimes.table import label
+
+    t.add_row("backend", f"{m.backend} / {m.target} / {label(m.backend, m.precision)}")
     t.add_row("passes", ", ".join(p["name"] + (f" ({p['graph']})" if p.get("graph") else "") for p in m.passes) or "none")
     t.add_row("size", f"{(m.size_bytes or 0) / 1e6:.2f} MB")
     if m.generation is not None:

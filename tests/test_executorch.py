@@ -206,6 +206,11 @@ def test_backend_is_in_the_capability_table_and_the_auto_grid():
     grid = [(b, m.precision) for b, m in auto_grid()]
     assert ("executorch", "int8") in grid and ("executorch", "fp32") in grid
     assert all(b == "onnxruntime" for b, _ in auto_grid(["onnxruntime"]))  # an explicit list keeps it out
+    # plain ORT first; then the int8 paths cheapest to compile first; unique ranks, so a stable order
+    assert grid[:5] == [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("tflite", "dynamic"), ("executorch", "int8"),
+                        ("tflite", "int8")]
+    ranks = [m.auto_rank for _, m in auto_grid()]
+    assert len(set(ranks)) == len(ranks)
     # the local snapshot reports it; a board without it does not build it
     assert "executorch" in _probe.runtimes() and "torch" in _probe.runtimes()
     build = plan_build({"arch": "x86_64", "runtimes": {"onnxruntime": "1.20"}}, ["onnxruntime", "executorch"], label="b")

@@ -130,6 +130,53 @@ def test_host_bundle_matches_torch_in_process(tiny, host_bundle):
     np.testing.assert_allclose(outs[0]["logits"], tiny["refs"][0]["logits"], rtol=1e-4, atol=1e-4)
 
 
+def test_default_schedules_replace_the_bare_loop_nests(tiny, host_bundle, tmp_path):
+    """The untuned build schedules every function by rule (parallel outer loops, vectorized inner ones) without
+    measuring; `-O schedule=none` keeps the bare loop nests; both give torch's outputs."""
+    import onnx
+    import tvm
+    from tvm import relax
+
+    from edgeopt.runtimes.tvm import import_onnx
+
+    d = load_bundle(host_bundle).manifest["backend_details"]
+    assert d["schedule"] == "default" and any("default schedules" in s for s in d["pipeline"])
+    bare = load_bundle(_bundle(tiny, tmp_path / "bare.bundle", "host", {"schedule": "none"}))
+    assert bare.manifest["backend_details"]["schedule"] == "none"
+    s = get_backend("tvm").load(bare.path, bare.manifest)
+    assert output_metrics(tiny["refs"], [s.run(x) for x in tiny["samples"]])["cosine"] > 0.99999
+    # what the rules did to the heaviest kernel: threads and vectors where the bare nest had neither
+    info = tt.resolve_target("host")
+    tgt = tvm.target.Target(info.target)
+    mod, _ = relax.frontend.detach_params(import_onnx(onnx.load(str(tiny["onnx"]))))
+    fused = tune.prepare(mod, tgt)
+    scheduled = tune.apply_database(fused, tgt, None)
+    conv = next(gv for gv in scheduled.functions if "conv2d" in gv.name_hint)
+    text, before = scheduled[conv].script(), fused[conv].script()
+    assert "T.parallel" in text and "T.vectorized" in text
+    assert "T.parallel" not in before and "T.vectorized" not in before
+    with pytest.raises(EdgeoptError, match="unknown TVM schedule"):
+        _bundle(tiny, tmp_path / "x.bundle", "host", {"schedule": "fast"})
+
+
+def test_tile_plan_vector_rows_and_reduction():
+    """The rule: the last spatial loop a vector tile, the one before it a register tile of rows, the others all
+    outside, reductions a few iterations inside; every plan multiplies back to its loop's extent."""
+
+    class Inst:
+        def __init__(self, n: int, max_inner: int):
+            self.kind = type("K", (), {"name": "SamplePerfectTile"})()
+            self.attrs = [n, max_inner]
+
+    loops = [(4, 64, [1, 1, 1, 1]), (4, 64, [48, 1, 1, 4]), (4, 64, [7, 2, 2, 2]), (4, 64, [7, 4, 1, 2]),
+             (2, 64, [12, 4]), (2, 64, [1, 1])]  # n, co=192, h=56, w=56 | ci=48, ry=1
+    insts = [Inst(n, mi) for n, mi, _ in loops]
+    trace = type("T", (), {"insts": insts, "decisions": {i: d for i, (_, _, d) in zip(insts, loops, strict=True)}})()
+    plan = tune._tile_plan(trace)
+    assert plan == [[1, 1, 1, 1], [192, 1, 1, 1], [7, 1, 8, 1], [4, 1, 1, 14], [12, 4], [1, 1]]
+    assert [int(np.prod(p)) for p in plan] == [int(np.prod(d)) for _, _, d in loops]
+
+
 def test_runner_runs_tvm_bundle_without_torch(host_bundle):
     r = subprocess.run(
         [PY, "-m", "edgeopt.runner", str(host_bundle), "--runs", "5", "--min-seconds", "0", "--warmup", "1"],
@@ -199,6 +246,32 @@ def test_unsupported_op_names_op_and_node(tmp_path):
     onnx.checker.check_model(model, full_check=False)
 
 
+def test_shape_held_in_an_initializer_builds():
+    """An Expand whose target shape is an int64 initializer (mobileclip's final normalisation): the importer
+    would make the shape a run-time parameter Relax cannot build; as a constant it builds and runs."""
+    import tvm
+    from onnx import TensorProto, helper, numpy_helper
+    from tvm import relax
+
+    from edgeopt.runtimes.tvm import import_onnx
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("ReduceL2", ["x"], ["n"], keepdims=1, axes=[1]),
+             helper.make_node("Expand", ["n", "shape"], ["e"]), helper.make_node("Div", ["x", "e"], ["y"])]
+    shape = numpy_helper.from_array(np.array([1, 4], dtype=np.int64), "shape")
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], initializer=[shape]),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    tgt = tvm.target.Target(tt.resolve_target("host").target)
+    mod, params = relax.frontend.detach_params(import_onnx(model))
+    assert not params.get("main")  # the shape is a constant, not a parameter
+    with tvm.transform.PassContext(opt_level=3):
+        ex = tvm.compile(tune.apply_database(tune.prepare(mod, tgt), tgt, None), target=tgt)
+    v = np.array([[3.0, 4.0, 0.0, 0.0]], dtype=np.float32)
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(v, tvm.cpu())).numpy()
+    np.testing.assert_allclose(out, v / 5.0, rtol=1e-6)
+
+
 def test_truncated_database_line_is_dropped(tmp_path):
     rec = tmp_path / tune.RECORD_FILE
     rec.write_text('[0, [[["a"], 1]]]\n[1, [[["b"], 2' )
@@ -208,7 +281,8 @@ def test_truncated_database_line_is_dropped(tmp_path):
 
 @pytest.mark.slow
 def test_tuning_writes_reusable_database(tiny, tmp_path):
-    """A few trials: records land in the database, the tuned bundle still matches, a rerun extends it."""
+    """A few trials: records land in the database, the tuned bundle still matches; a rerun with the same budget
+    skips the tasks already tuned to it, a larger budget tunes further."""
     db = tmp_path / "db"
     b1 = load_bundle(_bundle(tiny, tmp_path / "t1.bundle", "host", {"tune_trials": 8, "tune_dir": str(db)}))
     t1 = b1.manifest["backend_details"]["tuning"]
@@ -219,6 +293,14 @@ def test_tuning_writes_reusable_database(tiny, tmp_path):
     t2 = b2.manifest["backend_details"]["tuning"]
     assert t2["records_before"] == t1["records_after"] and t2["records_after"] >= t2["records_before"]
     assert (b2.path / "tuning" / tune.RECORD_FILE).is_file()
+    # The same budget again: tasks that already hold the trials it gives each task are not tuned again.
+    assert t2["tasks_with_records"] >= 1 and t2["tasks_reused"] >= 1
+    if t2["tasks_reused"] == t2["tasks"]:
+        assert t2["stopped_by"] == "reused" and t2["trials_measured"] == 0 and t2["records_after"] == t2["records_before"]
+    # A larger budget tunes them further.
+    b3 = load_bundle(_bundle(tiny, tmp_path / "t3.bundle", "host", {"tune_trials": 8 * t1["tasks"] * 4, "tune_dir": str(db)}))
+    t3 = b3.manifest["backend_details"]["tuning"]
+    assert t3["tasks_reused"] < t3["tasks"] and t3["trials_measured"] > 0 and t3["records_after"] > t3["records_before"]
 
 
 @pytest.mark.slow

@@ -59,3 +59,20 @@ def test_qdq_pipeline_through_tvm_matches_ort(qdq, tmp_path):
     sess.close()
     r = edgeopt.profile(b.path, runs=3, warmup=1, min_seconds=0, store=False)
     assert r["outputs_match"] is True
+
+
+def test_tvm_int8_is_labelled_as_computing_in_float(qdq):
+    """The label is true: in the Relax module imported from the QDQ graph every conv2d and matmul produces float32
+    (an integer kernel would produce int32), so the capability table calls TVM's int8 "computes in float"."""
+    import re
+
+    import onnx
+
+    from edgeopt.capabilities import get_cell
+    from edgeopt.runtimes.tvm import import_onnx
+
+    text = import_onnx(onnx.load(str(load_bundle(qdq).artifact))).script()
+    kernels = re.findall(r'R\.Tensor\([^)]*\), dtype="(\w+)"\) = R\.(?:nn\.conv2d|matmul|nn\.dense)\(', text)
+    assert kernels and set(kernels) == {"float32"}, kernels
+    assert get_cell("tvm", "int8").label == "int8 (computes in float)"
+    assert get_cell("onnxruntime", "int8").label == "int8"

@@ -34,6 +34,9 @@ class InputSpec:
     dynamic_axes: Mapping[int, str] = field(default_factory=dict)
 
 
+RANDOM_INIT_SEED = 0  # ModelSpec.build's seed for a random init
+
+
 @dataclass(frozen=True)
 class PaperFigures:
     """What the paper (or the official README) reports, to compare with what we count.
@@ -104,9 +107,24 @@ class ModelSpec:
         """The exporter's dynamic axes by input name (`export_onnx(dynamic_axes=)`), None when all are static."""
         return {i.name: dict(i.dynamic_axes) for i in self.inputs if i.dynamic_axes} or None
 
-    def build(self, weights: str | Path | None = None, device: str = "cpu", **kwargs: Any) -> torch.nn.Module:
-        """Build the module in eval mode; load `weights` (a local file) when given."""
-        module = self.builder(device=device, **kwargs) if device != "cpu" else self.builder(**kwargs)
+    def build(self, weights: str | Path | None = None, device: str = "cpu", init_seed: int | None = RANDOM_INIT_SEED,
+              **kwargs: Any) -> torch.nn.Module:
+        """Build the module in eval mode; load `weights` (a local file) when given.
+
+        Without weights the random init draws from torch's generator seeded with `init_seed` (restored after),
+        so one model always gets the same random weights and two compiles of it the same artifact; None draws
+        from the global generator as it stands (a caller that seeds it itself)."""
+        import torch
+
+        def make() -> torch.nn.Module:
+            return self.builder(device=device, **kwargs) if device != "cpu" else self.builder(**kwargs)
+
+        if weights is None and init_seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed)
+                module = make()
+        else:
+            module = make()
         module.eval()
         if weights is not None:
             if self.load_checkpoint is None:

@@ -7,8 +7,11 @@ Why a module of its own: tuning is the slow, stateful part of TVM. It must
 - respect two budgets, trials and minutes. MetaSchedule only knows trials, so a measure callback
   terminates every task once the clock runs out (the batch in flight finishes and is recorded);
 - keep what it measured: records go to a JSON database that is appended to after every measured batch,
-  one folder per model x target, reused (and extended) by the next run. A run that is interrupted
-  (Ctrl-C, a killed process) keeps every committed record; a half-written last line is dropped on open.
+  one folder per target, shared by every model: MetaSchedule keys records by the workload (the fused TIR
+  function), so a model whose kernels another model already tuned gets those schedules, and a task that
+  already has the trials this budget gives each task is not tuned again; tasks without records go first.
+  A run that is interrupted (Ctrl-C, a killed process) keeps every committed record; a half-written last
+  line is dropped on open.
 - give the builder time: its worker processes import TVM's tensor intrinsics first (tens of seconds),
   which can exceed MetaSchedule's default 30 s build timeout under load.
 Host-side only (imports tvm, never torch).
@@ -42,8 +45,9 @@ def cache_root() -> Path:
     return Path(base) / "tvm"
 
 
-def default_db_dir(model: str, target_name: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{model}-{target_name}")
+def default_db_dir(target_name: str) -> Path:
+    """The database every model tuned for this target shares (records are keyed by workload, not model)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in target_name)
     return cache_root() / safe
 
 
@@ -115,7 +119,9 @@ class TuneReport:
     trials_measured: int
     seconds: float  # total, set-up included
     setup_seconds: float
-    stopped_by: str  # "trials" | "minutes" | "interrupted"
+    stopped_by: str  # "trials" | "minutes" | "interrupted" | "reused" (every task already tuned to this budget)
+    tasks_reused: int = 0  # tasks skipped: the database already held the trials this budget gives a task
+    tasks_with_records: int = 0  # tasks that had records before this run (this model's or another's)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,7 +205,8 @@ def tune(
         raise EdgeoptError("MetaSchedule found no tasks to tune in this graph", "this is a bug: the graph was not legalized")
     tasks = _by_cost(tasks)
     n = len(tasks)
-    if not trials or trials <= 0:
+    trial_cap = bool(trials and trials > 0)
+    if not trial_cap:
         # Only a time budget: make the trial cap large enough never to bind first.
         trials = 1_000_000
     per_task = max(1, math.ceil(trials / n))
@@ -207,12 +214,26 @@ def tune(
     per_iter = max(1, min(16, per_task))
     db = open_database(db_dir)
     before = count_records(db_dir)
+    have = _records_per_task(db, tasks)
+    # A task already tuned to this budget (by this model or another sharing the workload) is not tuned again;
+    # of the rest, those without any record first (the heaviest first within each group).
+    left = [(t, k) for t, k in zip(tasks, have, strict=True) if not (trial_cap and k >= per_task)]
+    todo = [t for t, _ in sorted(left, key=lambda tk: tk[1] > 0)]  # stable: cost order kept within each group
     state: dict[str, Any] = {"measured": 0, "stopped_by": "trials"}
-    setup_s = 0.0
+    reused = n - len(todo)
+    with_records = sum(k > 0 for k in have)
+    if not todo:
+        say(f"all {n} tasks already hold {per_task}+ records in {db_dir}: nothing to tune")
+        rep = TuneReport(db_dir=str(db_dir), tasks=n, trials_budget=trials if trial_cap else 0, minutes_budget=minutes,
+                         records_before=before, records_after=before, trials_measured=0, seconds=time.monotonic() - t0,
+                         setup_seconds=time.monotonic() - t0, stopped_by="reused", tasks_reused=reused,
+                         tasks_with_records=with_records)
+        (db_dir / "last_run.json").write_text(json.dumps(rep.to_dict(), indent=2))
+        return rep
     work_dir = db_dir / "logs"
     work_dir.mkdir(parents=True, exist_ok=True)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        tasks, work_dir=str(work_dir), num_threads=num_cores, seed=seed, strategy=_strategy(per_task, minutes)
+        todo, work_dir=str(work_dir), num_threads=num_cores, seed=seed, strategy=_strategy(per_task, minutes)
     )
     setup_s = time.monotonic() - t0
     # The minutes budget is search-and-measure time: set-up (minutes on a loaded 2-core machine) is
@@ -220,7 +241,7 @@ def tune(
     deadline = time.monotonic() + 60.0 * minutes if minutes else float("inf")
     callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _time_limit_callback(deadline, state)]
     builder = _in_process_builder(deadline, state) if in_process_build else ms.builder.LocalBuilder(timeout_sec=BUILDER_TIMEOUT_S)
-    say(f"tuning {n} tasks (budget: {trials if trials < 1_000_000 else 'unlimited'} trials, {minutes or 'no'} minutes; set-up took {setup_s:.0f} s)")
+    say(f"tuning {len(todo)} of {n} tasks ({with_records} with records already, {reused} tuned to this budget before; budget: {trials if trials < 1_000_000 else 'unlimited'} trials, {minutes or 'no'} minutes; set-up took {setup_s:.0f} s)")
     _quiet_metaschedule()
     scheduler = ms.TaskScheduler.create("gradient")
     try:
@@ -255,10 +276,22 @@ def tune(
         rep = TuneReport(
             db_dir=str(db_dir), tasks=n, trials_budget=trials if trials < 1_000_000 else 0, minutes_budget=minutes,
             records_before=before, records_after=count_records(db_dir), trials_measured=state["measured"],
-            seconds=time.monotonic() - t0, setup_seconds=setup_s, stopped_by=state["stopped_by"],
+            seconds=time.monotonic() - t0, setup_seconds=setup_s, stopped_by=state["stopped_by"], tasks_reused=reused,
+            tasks_with_records=with_records,
         )
         (db_dir / "last_run.json").write_text(json.dumps(rep.to_dict(), indent=2))
     return rep
+
+
+def _records_per_task(db, tasks) -> list[int]:
+    """How many tuning records the database holds for each task's workload (matched by structural hash, as
+    MetaSchedule matches them), whichever model they were measured for."""
+    from collections import Counter
+
+    from tvm_ffi import structural_hash
+
+    counts = Counter(int(structural_hash(r.workload.mod)) for r in db.get_all_tuning_records())
+    return [counts[int(structural_hash(t.dispatched[0]))] for t in tasks]
 
 
 def _by_cost(tasks):
@@ -286,13 +319,134 @@ def _strategy(per_task: int, minutes: float | None):
     return ms.search_strategy.EvolutionarySearch(population_size=128, init_min_unmeasured=16, genetic_num_iters=2)
 
 
-def apply_database(mod, target, db_dir: Path):
-    """Replace every tuned function's TIR with its best measured schedule (others stay as they are)."""
+def apply_database(mod, target, db_dir: Path | None, default_schedules: bool = True, unscheduled: list[str] | None = None):
+    """Schedule every fused TIR function of a prepared module: its best measured schedule from the tuning
+    database in `db_dir` where it has one, else (with `default_schedules`) MetaSchedule's default schedule for
+    it (`default_schedule`), else its bare loop nest. Functions the default schedule could not handle keep their
+    loop nest and are named in `unscheduled` (with the reason) when a list is given."""
     from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
 
-    db = open_database(db_dir)
+    dbs = ([open_database(db_dir)] if db_dir is not None else [])
+    if default_schedules:
+        dbs.append(_default_schedule_database(target, [] if unscheduled is None else unscheduled))
+    if not dbs:
+        return mod
+    db = dbs[0] if len(dbs) == 1 else ms.database.OrderedUnionDatabase(*dbs)
     with target, db:
         return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+
+# The default schedule's tiles: the innermost tile of the last spatial loop (fp32 lanes: one AVX-512 register,
+# four NEON registers), the register tile of rows above it, the reduction iterations kept inside.
+_VECTOR = 16
+_ROWS = 8
+_REDUCE = 4
+
+
+def default_schedule(sch, target) -> bool:
+    """Schedule one TIR function without measuring anything: the first sketch of MetaSchedule's design space for
+    this target (its rules: inline elementwise ops, multi-level tiling of the anchor block, parallel outer loops,
+    vectorized inner ones, unrolling), its tile sizes chosen by `_tile_plan` instead of sampled, then its
+    postprocessors. False where the space is empty or a postprocessor rejects the result: the function then
+    keeps its loop nest. (On efficientformer_l1 the sketch's own seeded samples ran about 3x slower than these
+    rules; docs/tvm.md has the figures of the default build.)"""
+    from tvm.s_tir import meta_schedule as ms
+
+    cores = int(target.attrs.get("num-cores", 1) or 1)
+    # ApplyCustomRule looks up per-op rules (TOPI's "meta_schedule.pool_avg") that no CPU build registers, and
+    # warns once per function; it adds nothing here.
+    rules = [r for r in ms.ScheduleRule.create("llvm") if not isinstance(r, ms.schedule_rule.ApplyCustomRule)]
+    space = ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=ms.Postproc.create("llvm"),
+                                              mutator_probs=ms.Mutator.create("llvm"))
+    ctx = _tune_context(sch.mod, target, space, cores)
+    spaces = ctx.space_generator.generate_design_space(sch.mod)
+    if not spaces:
+        return False
+    trace = spaces[0].trace
+    plan = iter(_tile_plan(trace))
+
+    def provider(inst, inputs, attrs, decision):
+        return next(plan) if inst.kind.name == "SamplePerfectTile" else decision
+
+    trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=provider)
+    return all(p.apply(sch) for p in ctx.space_generator.postprocs)
+
+
+def _tune_context(mod, target, space, cores: int):
+    """A TuneContext for design-space generation only. `ms.TuneContext(...)` first imports every tensor intrinsic
+    TVM ships (35 s on this 2-core machine, paid by each compile), which the CPU rules used here never need; this
+    calls the same constructor without that import (TVM is pinned in constraints.txt; tests/test_tvm.py builds
+    through it)."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule import _ffi_api
+    from tvm.s_tir.meta_schedule.logging import get_logger, get_logging_func
+
+    ctx = ms.TuneContext.__new__(ms.TuneContext)
+    ctx.__init_handle_by_constructor__(_ffi_api.TuneContext, mod, target, space, None, "default", cores, 0,
+                                       get_logging_func(get_logger(__name__)))
+    _ffi_api.TuneContextInitialize(ctx)
+    return ctx
+
+
+def _tile_plan(trace) -> list[list[int]]:
+    """Tile sizes for every SamplePerfectTile of a sketch, in trace order.
+
+    CPU multi-level tiling splits each spatial loop in four (outer, middle, register, inner) and each reduction
+    loop in two; the outer levels of all spatial loops are fused into the parallel loop and the innermost loop
+    of the last one is vectorized. So: the last spatial loop of a block gets a vector-wide inner tile (`_VECTOR`),
+    the one before it a register tile of up to `_ROWS` rows, every other spatial loop all of its extent outside
+    (parallel work); a reduction keeps up to `_REDUCE` iterations inside the register tile."""
+    samples = [(int(inst.attrs[0]), int(inst.attrs[1]), _product(trace.decisions[inst]))
+               for inst in trace.insts if inst.kind.name == "SamplePerfectTile"]
+    plan: list[list[int]] = []
+    for k, (n, max_inner, extent) in enumerate(samples):
+        cap = min(max_inner, _VECTOR) if max_inner > 0 else _VECTOR
+        if n != 4:  # a reduction loop (or a two-way split of any other rule)
+            inner = _largest_divisor(extent, min(cap, _REDUCE))
+            plan.append([extent // inner] + [1] * (n - 2) + [inner] if n >= 2 else [extent])
+            continue
+        later = [m for m, _, _ in samples[k + 1:]]
+        spatial_after = next((i for i, m in enumerate(later) if m != 4), len(later))  # spatial loops left in this block
+        if spatial_after == 0:  # the last spatial loop: vector-wide inner tile
+            inner = _largest_divisor(extent, cap)
+            plan.append([extent // inner, 1, 1, inner])
+        elif spatial_after == 1:  # the one before: a register tile of rows
+            reg = _largest_divisor(extent, _ROWS)
+            plan.append([extent // reg, 1, reg, 1])
+        else:
+            plan.append([extent, 1, 1, 1])
+    return plan
+
+
+def _product(decision) -> int:
+    out = 1
+    for d in decision:
+        out *= int(d)
+    return out
+
+
+def _largest_divisor(extent: int, cap: int) -> int:
+    return max(d for d in range(1, min(extent, max(1, cap)) + 1) if extent % d == 0)
+
+
+def _default_schedule_database(target, unscheduled: list[str]):
+    """A database that answers every query with `default_schedule`; a function it cannot schedule is noted in
+    `unscheduled` and keeps its loop nest (a slow kernel, named; never a failed build)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    def schedule(sch) -> bool:
+        name = str(sch.mod["main"].attrs.get("global_symbol", "?")) if sch.mod["main"].attrs else "?"
+        try:
+            ok = default_schedule(sch, target)
+        except Exception as e:  # noqa: BLE001 - the function keeps its loop nest; the reason is recorded
+            unscheduled.append(f"{name}: {type(e).__name__}: {str(e).strip().splitlines()[-1][:160] if str(e).strip() else ''}")
+            return False
+        if not ok:
+            unscheduled.append(f"{name}: no schedule from the design space")
+        return ok
+
+    return ms.database.ScheduleFnDatabase(schedule)
 
 
 def _quiet_metaschedule() -> None:

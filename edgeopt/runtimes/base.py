@@ -41,7 +41,8 @@ class Mode:
     spellings that ask for it on a backend that implements the quantize pass itself (LiteRT, Core ML);
     where the quantize pass runs on the ONNX graph (ONNX Runtime, TVM) it is empty and unused.
     `auto_rank` is the place in `--auto`'s search order on a CPU (1 first, across all backends); None
-    where `--auto` does not try this mode.
+    where `--auto` does not try this mode. `computes` names the arithmetic the artifact runs where it is not
+    what `precision` says (TVM's QDQ int8 is lowered to float: "float"); `label` is what tables show.
     """
 
     precision: str
@@ -52,6 +53,16 @@ class Mode:
     runs_on: str = RUNS_ANYWHERE
     modes: tuple[str, ...] = ()
     auto_rank: int | None = None
+    computes: str | None = None
+
+    @property
+    def label(self) -> str:
+        return precision_label(self.precision, self.computes)
+
+
+def precision_label(precision: str, computes: str | None) -> str:
+    """How tables name a precision: "int8", or "int8 (computes in float)" where the artifact does not."""
+    return precision if not computes else f"{precision} (computes in {computes})"
 
 
 class Session(ABC):

@@ -141,9 +141,9 @@ class ExecuTorchBackend(Backend):
     consumes = "torch"
     modes = (
         Mode("fp32", None, ARTIFACT, "torch.export -> .pte, XNNPACK delegate (fp32); unlowered ops on ExecuTorch's CPU kernels",
-             runs_on=_RUNS_ON, modes=("fp32", "float32", "none"), auto_rank=5),
+             runs_on=_RUNS_ON, modes=("fp32", "float32", "none"), auto_rank=7),
         Mode("int8", "quantize:int8", ARTIFACT, "PT2E static int8 (XNNPACK quantizer, per-channel weights), calibrated; XNNPACK delegate",
-             runs_on=_RUNS_ON, modes=("int8", "static", "int8_static", "static_int8"), auto_rank=2),
+             runs_on=_RUNS_ON, modes=("int8", "static", "int8_static", "static_int8"), auto_rank=4),
     )
     refusals = {
         "dynamic": "this backend builds static int8 (calibrated); dynamic int8 is on tflite and onnxruntime",

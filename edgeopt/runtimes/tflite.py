@@ -181,13 +181,13 @@ class TFLiteBackend(Backend):
     device_runtimes = ("ai-edge-litert", "tflite-runtime")
     consumes = "torch"
     modes = (
-        Mode("fp32", None, ARTIFACT, "litert-torch conversion", modes=("fp32", "float32", "none"), auto_rank=5),
+        Mode("fp32", None, ARTIFACT, "litert-torch conversion", modes=("fp32", "float32", "none"), auto_rank=6),
         Mode("fp16", "quantize:fp16", ARTIFACT, "fp16 weights (ai-edge-quantizer), fp32 compute",
-             modes=("fp16", "float16"), auto_rank=7),
+             modes=("fp16", "float16"), auto_rank=9),
         Mode("dynamic", "quantize:dynamic", ARTIFACT, "PT2E dynamic: int8 weights, int8 activations at run time",
-             modes=("dynamic", "int8_dynamic", "dynamic_int8", "dynamic-int8"), auto_rank=2),
+             modes=("dynamic", "int8_dynamic", "dynamic_int8", "dynamic-int8"), auto_rank=3),
         Mode("int8", "quantize:int8", ARTIFACT, "PT2E static int8 (XNNPACK quantizer), calibrated; int8 input, float output",
-             modes=("int8", "static", "int8_static", "static_int8"), auto_rank=4),
+             modes=("int8", "static", "int8_static", "static_int8"), auto_rank=5),
     )
     # int4 and mixed are ONNX graph rewrites with no LiteRT counterpart: refused, not built as something else.
     refusals = {

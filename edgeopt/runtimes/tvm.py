@@ -1,4 +1,5 @@
-"""Apache TVM (Relax, 0.27): ONNX -> Relax -> fused TIR (optionally MetaSchedule-tuned) -> one .so.
+"""Apache TVM (Relax, 0.27): ONNX -> Relax -> fused TIR -> scheduled (MetaSchedule's best measured schedule
+where a tuning database has one, else a default schedule from its rules, nothing measured) -> one .so.
 
 Bundle layout: `model.so` (the Relax VM executable and all kernels, linked for the target; cross-linked
 with aarch64-linux-gnu-gcc for arm boards) + `params.npz` (the weights, in the order `main` takes them,
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
 ARTIFACT = "model.so"
 PARAMS = "params.npz"
 TUNING_DIR = "tuning"  # copy of the tuning database inside the bundle (option bundle_tuning_db)
+# How functions without a tuning record are scheduled (option schedule): "default" applies MetaSchedule's rules
+# with tile sizes chosen by rule, nothing measured (`_tvm_tune.default_schedule`); "none" leaves the legalized
+# loop nests as they are (scalar, single-threaded).
+SCHEDULES = ("default", "none")
 _RUNS_ON = "the target CPU it was built for"
 EM_AARCH64 = 183
 EM_X86_64 = 62
@@ -128,14 +133,45 @@ def _node_tracker(state: dict[str, Any]):
         cls._convert_operator = orig
 
 
+def _integer_initializers_as_constants(model):
+    """A copy of the graph whose integer initializers (shapes, axes, indices: structure, not weights) are Constant
+    nodes. The importer keeps every initializer as a parameter of `main`, so a shape held in one (the target
+    shape of an Expand, say) would be known only at run time, and Relax cannot build a shape it cannot compute
+    ahead (mobileclip's final normalisation: "PrimExpr ... has not been computed")."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    ints = {TensorProto.INT64, TensorProto.INT32, TensorProto.INT16, TensorProto.INT8, TensorProto.UINT8, TensorProto.BOOL}
+    moved = [t for t in model.graph.initializer if t.data_type in ints and t.data_location != TensorProto.EXTERNAL]
+    if not moved:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    names = {t.name for t in moved}
+    kept = [t for t in out.graph.initializer if t.name not in names]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    inputs = [i for i in out.graph.input if i.name not in names]
+    del out.graph.input[:]
+    out.graph.input.extend(inputs)
+    nodes = [helper.make_node("Constant", [], [t.name], name=f"edgeopt_const_{t.name}", value=t) for t in moved]
+    nodes += list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
 def import_onnx(model) -> Any:
     """ONNX ModelProto -> Relax IRModule with the weights as trailing parameters of `main`.
 
-    Unsupported ops are found before conversion and named with their nodes; a converter that fails
-    part-way is reported with the op and node it was converting.
+    Integer initializers become constants first (`_integer_initializers_as_constants`). Unsupported ops are
+    found before conversion and named with their nodes; a converter that fails part-way is reported with the
+    op and node it was converting.
     """
     from tvm.relax.frontend.onnx import from_onnx
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    model = _integer_initializers_as_constants(model)
 
     known = set(_get_convert_map()) | {"If", "Constant"}
     bad: dict[str, list[str]] = {}
@@ -170,9 +206,12 @@ class TvmBackend(Backend):
     consumes = "onnx"
     # The quantize pass rewrites the ONNX graph; its QDQ nodes are imported as quantize/dequantize ops.
     modes = (
-        Mode("fp32", None, ARTIFACT, "Relax build for this CPU, untuned", runs_on=_RUNS_ON, auto_rank=9),
+        Mode("fp32", None, ARTIFACT, "Relax build for this CPU: default schedules (MetaSchedule's rules, no measurement), untuned",
+             runs_on=_RUNS_ON, auto_rank=11),
         Mode("int8", "quantize:int8", ARTIFACT,
-             "ORT's QDQ graph imported into Relax (quantize/dequantize lowered to float arithmetic), untuned", runs_on=_RUNS_ON),
+             "ORT's QDQ graph imported into Relax; Relax has no integer kernels for it, so quantize/dequantize are lowered to "
+             "float arithmetic and conv/matmul run on the dequantized floats (int8's rounding, not its speed), untuned",
+             runs_on=_RUNS_ON, computes="float"),
     )
     targets = ("host", "x86-host", "aarch64", "cortex-a76", "cortex-a78ae", "cortex-a72")
 
@@ -232,16 +271,27 @@ class TvmBackend(Backend):
         details: dict[str, Any] = {}
         db_dir: Path | None = None
         if tuning:
-            db_dir = Path(opts.pop("tune_dir", None) or tune.default_db_dir(inp.model_name, info.name))
+            db_dir = Path(opts.pop("tune_dir", None) or tune.default_db_dir(info.name))
             rep = tune.tune(mod, tgt, db_dir, trials, minutes, int(tgt.attrs.get("num-cores", 1) or 1), progress=say)
             details["tuning"] = rep.to_dict()
         elif opts.get("tuning_db"):
             db_dir = Path(opts.pop("tuning_db"))
             if not (db_dir / tune.RECORD_FILE).is_file():
                 raise EdgeoptError(f"tuning_db {db_dir} holds no {tune.RECORD_FILE}", "pass the folder a tuned compile wrote (see backend_details.tuning.db_dir)")
+        schedule = str(opts.pop("schedule", "default"))
+        if schedule not in SCHEDULES:
+            raise EdgeoptError(f"unknown TVM schedule {schedule!r}", "use -O schedule=default (MetaSchedule's rules, no measurement) "
+                               "or -O schedule=none (the bare loop nests)")
+        unscheduled: list[str] = []
+        mod = tune.apply_database(mod, tgt, db_dir, default_schedules=schedule == "default", unscheduled=unscheduled)
+        if unscheduled:
+            details["unscheduled"] = unscheduled  # kept their bare loop nests
         if db_dir is not None:
-            mod = tune.apply_database(mod, tgt, db_dir)
             pipeline.append(f"MetaScheduleApplyDatabase({db_dir})")
+        if schedule == "default":
+            pipeline.append("default schedules for the functions without a tuning record (MetaSchedule's rules, tiles by rule, nothing measured)")
+        details["schedule"] = schedule
+        if db_dir is not None:
             if opts.pop("bundle_tuning_db", False):
                 import shutil
 
