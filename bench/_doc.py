@@ -232,6 +232,11 @@ class PageBlock:
     key: str
     stamp: Stamp | None  # None: the block names no command that regenerates it
 
+    @property
+    def measured(self) -> Stamp | None:
+        """The stamp where it records when the block was measured (an old `Regenerate:` line alone does not)."""
+        return self.stamp if self.stamp is not None and self.stamp.date else None
+
 
 def page_blocks(paths: list[Path], root: Path = REPO) -> list[PageBlock]:
     """Every marked block of these pages (the machine blocks aside), with its stamp read back; pages named
@@ -438,7 +443,8 @@ class DocRun:
             if kind == "rendered":
                 out.append(item)
             elif kind == "machine":
-                pages += [] if item in pages else [item]
+                if item not in pages:
+                    pages.append(item)
             elif kind == "file":
                 path, data = item
                 out.append(_Write(path=path, data=data(st) if callable(data) else data))

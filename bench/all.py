@@ -220,7 +220,7 @@ class StepState:
 
     @property
     def stamp(self) -> _doc.Stamp | None:
-        dated = [b.stamp for b in self.blocks if b.stamp is not None and b.stamp.date]
+        dated = [b.measured for b in self.blocks if b.measured]
         return max(dated, key=lambda st: st.date) if dated else None
 
     @property
@@ -239,12 +239,11 @@ def page_states(steps: tuple[Step, ...] | None = None) -> tuple[list[StepState],
     pages = sorted({ROOT / w for s in steps for w in s.writes if w.endswith(".md")})
     blocks = [b for b in _doc.page_blocks(pages, ROOT) if b.key not in _STATUS_KEYS and (ROOT / b.page).resolve() != CONDITIONS.resolve()]
     keys = {s.name: _step_key(s.command) for s in steps}
-    states = [StepState(s, tuple(b for b in blocks if b.stamp is not None and b.stamp.date and b.page in s.writes
-                                 and _step_key(b.stamp.command) == keys[s.name])) for s in steps]
+    states = [StepState(s, tuple(b for b in blocks if b.measured and b.page in s.writes
+                                 and _step_key(b.measured.command) == keys[s.name])) for s in steps]
     mine = {(b.page, b.key) for st in states for b in st.blocks}
     pending = {w for st in states if not st.clean for w in st.step.writes}  # an unclean step's row covers its pages
-    return states, [b for b in blocks if (b.page, b.key) not in mine
-                    and (b.stamp is not None and b.stamp.date or b.page not in pending)]
+    return states, [b for b in blocks if (b.page, b.key) not in mine and (b.measured or b.page not in pending)]
 
 
 # Blocks that describe the figures rather than hold them.
@@ -280,7 +279,7 @@ def conditions_block(states: list[StepState], orphans: list[_doc.PageBlock]) -> 
     ]
     if orphans:
         lines += ["", "Measured blocks outside the rows above (stamped by another command, or not stamped at all): " + ", ".join(
-                      f"{b.page} `{b.key}`" + (f" (`{b.stamp.command}`, {b.stamp.date})" if b.stamp and b.stamp.date else "")
+                      f"{b.page} `{b.key}`" + (f" (`{b.measured.command}`, {b.measured.date})" if b.measured else "")
                       for b in orphans) + "."]
     return "\n".join(lines)
 
@@ -288,7 +287,7 @@ def conditions_block(states: list[StepState], orphans: list[_doc.PageBlock]) -> 
 def status_note(states: list[StepState], orphans: list[_doc.PageBlock]) -> str:
     """The note at the top of docs/benchmarks.md: which figures a reader can trust as quiet, which not."""
     unclean = [s for s in states if not s.clean]
-    stale = [b for b in orphans if b.stamp is None or not b.stamp.date]
+    stale = [b for b in orphans if not b.measured]
     dates = sorted(s.stamp.date[:10] for s in states if s.clean and s.stamp)
     when = (f"on {dates[0]}" if dates[0] == dates[-1] else f"between {dates[0]} and {dates[-1]}") if dates else ""
     if not unclean and not stale:

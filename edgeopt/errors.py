@@ -16,6 +16,20 @@ class EdgeoptError(Exception):
         super().__init__(f"{message} ({hint})" if hint else message)
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of a library's exception message (its type's name when it has none), cut to `limit`: how a
+    converter's failure becomes part of one error line."""
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:limit]
+
+
+def last_line(e: BaseException, limit: int = 300) -> str:
+    """As `first_line`, for messages whose last line is the one that matters (TVM's C++ errors: a backtrace,
+    then the check that failed)."""
+    text = str(e).strip().splitlines()
+    return (text[-1] if text else type(e).__name__)[:limit]
+
+
 class BundleError(EdgeoptError):
     """A bundle folder that is missing, incomplete or altered."""
 

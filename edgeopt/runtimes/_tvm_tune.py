@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeopt.errors import EdgeoptError
+from edgeopt.errors import EdgeoptError, last_line
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -222,14 +222,22 @@ def tune(
     state: dict[str, Any] = {"measured": 0, "stopped_by": "trials"}
     reused = n - len(todo)
     with_records = sum(k > 0 for k in have)
-    if not todo:
-        say(f"all {n} tasks already hold {per_task}+ records in {db_dir}: nothing to tune")
-        rep = TuneReport(db_dir=str(db_dir), tasks=n, trials_budget=trials if trial_cap else 0, minutes_budget=minutes,
-                         records_before=before, records_after=before, trials_measured=0, seconds=time.monotonic() - t0,
-                         setup_seconds=time.monotonic() - t0, stopped_by="reused", tasks_reused=reused,
-                         tasks_with_records=with_records)
+
+    def report(setup_s: float) -> TuneReport:
+        """The run's report, also left in db_dir/last_run.json."""
+        rep = TuneReport(
+            db_dir=str(db_dir), tasks=n, trials_budget=trials if trial_cap else 0, minutes_budget=minutes,
+            records_before=before, records_after=count_records(db_dir), trials_measured=state["measured"],
+            seconds=time.monotonic() - t0, setup_seconds=setup_s, stopped_by=state["stopped_by"], tasks_reused=reused,
+            tasks_with_records=with_records,
+        )
         (db_dir / "last_run.json").write_text(json.dumps(rep.to_dict(), indent=2))
         return rep
+
+    if not todo:
+        say(f"all {n} tasks already hold {per_task}+ records in {db_dir}: nothing to tune")
+        state["stopped_by"] = "reused"
+        return report(time.monotonic() - t0)
     work_dir = db_dir / "logs"
     work_dir.mkdir(parents=True, exist_ok=True)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
@@ -241,7 +249,7 @@ def tune(
     deadline = time.monotonic() + 60.0 * minutes if minutes else float("inf")
     callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _time_limit_callback(deadline, state)]
     builder = _in_process_builder(deadline, state) if in_process_build else ms.builder.LocalBuilder(timeout_sec=BUILDER_TIMEOUT_S)
-    say(f"tuning {len(todo)} of {n} tasks ({with_records} with records already, {reused} tuned to this budget before; budget: {trials if trials < 1_000_000 else 'unlimited'} trials, {minutes or 'no'} minutes; set-up took {setup_s:.0f} s)")
+    say(f"tuning {len(todo)} of {n} tasks ({with_records} with records already, {reused} tuned to this budget before; budget: {trials if trial_cap else 'unlimited'} trials, {minutes or 'no'} minutes; set-up took {setup_s:.0f} s)")
     _quiet_metaschedule()
     scheduler = ms.TaskScheduler.create("gradient")
     try:
@@ -273,13 +281,7 @@ def tune(
                 except Exception:  # noqa: BLE001 - a task whose runs failed keeps no record; the rest do
                     continue
     finally:
-        rep = TuneReport(
-            db_dir=str(db_dir), tasks=n, trials_budget=trials if trials < 1_000_000 else 0, minutes_budget=minutes,
-            records_before=before, records_after=count_records(db_dir), trials_measured=state["measured"],
-            seconds=time.monotonic() - t0, setup_seconds=setup_s, stopped_by=state["stopped_by"], tasks_reused=reused,
-            tasks_with_records=with_records,
-        )
-        (db_dir / "last_run.json").write_text(json.dumps(rep.to_dict(), indent=2))
+        rep = report(setup_s)
     return rep
 
 
@@ -440,7 +442,7 @@ def _default_schedule_database(target, unscheduled: list[str]):
         try:
             ok = default_schedule(sch, target)
         except Exception as e:  # noqa: BLE001 - the function keeps its loop nest; the reason is recorded
-            unscheduled.append(f"{name}: {type(e).__name__}: {str(e).strip().splitlines()[-1][:160] if str(e).strip() else ''}")
+            unscheduled.append(f"{name}: {type(e).__name__}: {last_line(e, 160)}")
             return False
         if not ok:
             unscheduled.append(f"{name}: no schedule from the design space")

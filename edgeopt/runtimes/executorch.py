@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeopt.errors import EdgeoptError
+from edgeopt.errors import EdgeoptError, first_line
 from edgeopt.runtimes.base import (
     Backend,
     CompileInput,
@@ -90,7 +90,7 @@ class ExecuTorchSession(Session):
             self._program = rt.Runtime.get().load_program(path)
             self._method = self._program.load_method(METHOD)
         except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError with its own codes
-            raise EdgeoptError(f"the ExecuTorch runtime cannot load {path.name}: {_first_line(e)}",
+            raise EdgeoptError(f"the ExecuTorch runtime cannot load {path.name}: {first_line(e)}",
                                "recompile the bundle with this edgeopt and executorch version") from None
         if self._method is None:
             raise EdgeoptError(f"{path.name} has no method {METHOD!r}", "recompile the bundle with this edgeopt")
@@ -228,7 +228,7 @@ def _lower(inp: CompileInput, precision: str, qcfg: dict[str, Any]) -> tuple[byt
     except EdgeoptError:
         raise
     except Exception as e:  # noqa: BLE001 - name the op ExecuTorch could not take
-        raise EdgeoptError(f"ExecuTorch could not lower {inp.model_name}: {_first_line(e)}", _lowering_hint(e)) from None
+        raise EdgeoptError(f"ExecuTorch could not lower {inp.model_name}: {first_line(e)}", _lowering_hint(e)) from None
     delegation["kernels"] = program_kernels(prog)
     return bytes(prog.buffer), delegation, qdetails
 
@@ -354,11 +354,6 @@ def _check_kernels(delegation: dict[str, Any], model_name: str) -> None:
             f"{model_name} needs ExecuTorch kernels its runtime does not have: {', '.join(missing)}",
             "XNNPACK did not take these ops and ExecuTorch's kernel library lacks them; replace them in the model or use another backend",
         )
-
-
-def _first_line(e: BaseException) -> str:
-    text = [t for t in str(e).strip().splitlines() if t.strip()]
-    return (text[0] if text else type(e).__name__)[:300]
 
 
 def _lowering_hint(e: BaseException) -> str:

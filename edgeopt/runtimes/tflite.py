@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeopt.errors import EdgeoptError
+from edgeopt.errors import EdgeoptError, first_line
 from edgeopt.runtimes.base import (
     Backend,
     CompileInput,
@@ -307,7 +307,7 @@ def _convert(inp: CompileInput, precision: str, qcfg: dict[str, Any]) -> tuple[b
     try:
         edge = litert_torch.convert(module, args, quant_config=quant_config)
     except Exception as e:  # noqa: BLE001 - name the op the converter could not lower
-        raise EdgeoptError(f"litert-torch could not convert {inp.model_name}: {_first_line(e)}", _lowering_hint(e)) from None
+        raise EdgeoptError(f"litert-torch could not convert {inp.model_name}: {first_line(e)}", _lowering_hint(e)) from None
     data = bytes(edge.model_content()) if hasattr(edge, "model_content") else _export_bytes(edge, inp.workdir)
     if precision == "fp16":
         data = _float16(data, inp.workdir)
@@ -372,11 +372,6 @@ def _float16(data: bytes, workdir: Path | None) -> bytes:
         q.load_quantization_recipe(recipe)
         q.quantize().export_model(str(dst), overwrite=True)
         return dst.read_bytes()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
 
 
 def _lowering_hint(e: BaseException) -> str:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeopt.errors import EdgeoptError
+from edgeopt.errors import EdgeoptError, last_line
 from edgeopt.runtimes.base import Backend, CompileInput, CompileResult, Mode, Session, register_backend
 
 if TYPE_CHECKING:
@@ -134,14 +134,16 @@ def _node_tracker(state: dict[str, Any]):
 
 
 def _integer_initializers_as_constants(model):
-    """A copy of the graph whose integer initializers (shapes, axes, indices: structure, not weights) are Constant
-    nodes. The importer keeps every initializer as a parameter of `main`, so a shape held in one (the target
+    """A copy of the graph whose int64/int32 initializers (shapes, axes, indices: structure, not weights) are
+    Constant nodes. The importer keeps every initializer as a parameter of `main`, so a shape held in one (the target
     shape of an Expand, say) would be known only at run time, and Relax cannot build a shape it cannot compute
     ahead (mobileclip's final normalisation: "PrimExpr ... has not been computed")."""
     import onnx
     from onnx import TensorProto, helper
 
-    ints = {TensorProto.INT64, TensorProto.INT32, TensorProto.INT16, TensorProto.INT8, TensorProto.UINT8, TensorProto.BOOL}
+    # int64/int32: ONNX's shape, axis and index types. Not int8/uint8: a QDQ graph's quantized weights are those,
+    # and weights stay in params.npz, outside the .so.
+    ints = {TensorProto.INT64, TensorProto.INT32}
     moved = [t for t in model.graph.initializer if t.data_type in ints and t.data_location != TensorProto.EXTERNAL]
     if not moved:
         return model
@@ -164,7 +166,7 @@ def _integer_initializers_as_constants(model):
 def import_onnx(model) -> Any:
     """ONNX ModelProto -> Relax IRModule with the weights as trailing parameters of `main`.
 
-    Integer initializers become constants first (`_integer_initializers_as_constants`). Unsupported ops are
+    Shape-typed initializers become constants first (`_integer_initializers_as_constants`). Unsupported ops are
     found before conversion and named with their nodes; a converter that fails part-way is reported with the
     op and node it was converting.
     """
@@ -192,9 +194,8 @@ def import_onnx(model) -> Any:
     except EdgeoptError:
         raise
     except Exception as e:  # noqa: BLE001 - any converter failure becomes one line naming the node
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise UnsupportedOpError(
-            f"TVM could not convert ONNX op {state.get('op', '?')} (node {state.get('node') or '?'}): {msg[:300]}",
+            f"TVM could not convert ONNX op {state.get('op', '?')} (node {state.get('node') or '?'}): {last_line(e)}",
             "run this model with --backend onnxruntime, or add a graph pass that rewrites this node",
         ) from e
 
