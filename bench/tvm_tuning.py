@@ -312,9 +312,9 @@ def _write(a, rows, top, target: str, target_desc: str, model: str, when: str) -
             continue
         lines.append(
             f"- {r['variant']}: {r['p50']:.1f} ms after {r['tune_min']:.1f} min of tuning (set-up included) and "
-            f"{r['trials']} measured trials: {(default['p50'] / r['p50']) if default else float('nan'):.1f}x faster than "
-            f"the default schedules, {r['p50'] / ort:.1f}x ONNX Runtime. {r['note']}. Functions without a record keep "
-            "their default schedule."
+            f"{r['trials']} measured trials: {(default['p50'] / r['p50']) if default else float('nan'):.2f}x the speed of "
+            f"the default schedules, {r['p50'] / ort:.1f}x ONNX Runtime's time. {r['note']}. Each function runs the fastest of "
+            "its measured default schedule and its tuned candidates."
         )
     lines += [
         "- Beyond the default schedules, TVM's remedy is MetaSchedule tuning: the same rules, with tile sizes and "
@@ -328,8 +328,9 @@ def _write(a, rows, top, target: str, target_desc: str, model: str, when: str) -
         "tunes the heaviest tasks (FLOPs x occurrences) first, sizes the search to the budget, stops at the time "
         "budget after the batch in flight, and keeps every record in the persistent database, so minutes spent "
         "in several sessions add up (`edgeopt compile -b tvm -O tune_minutes=N` resumes from "
-        "`~/.cache/edgeopt/tvm/<target>/`, one database per target that every model shares: a kernel one model tuned is reused by another with the same workload). Tasks without records keep their default "
-        "schedule.",
+        "`~/.cache/edgeopt/tvm/<target>/`, one database per target that every model shares: a kernel one model tuned is reused by another with the same workload). Before searching, each task's default "
+        "schedule is measured by the same runner and committed as a record, so a candidate replaces it only where it "
+        "ran faster: a short budget cannot leave a model slower than untuned.",
         "- Per-op library fallbacks are not available from this wheel: apache-tvm 0.27 on PyPI is built without "
         "DNNL/oneDNN and without CBLAS/MKL (`relax.ext.dnnl`, `tvm.contrib.cblas.matmul` are not registered), so "
         "BYOC offload of convolutions/matmuls needs TVM built from source. A DLPack fallback to numpy/OpenBLAS "

@@ -171,6 +171,29 @@ def test_op_xnnpack_does_not_take_runs_on_portable_kernels_and_is_named(tmp_path
         be.compile(inp, tmp_path / "strict", "host", {"strict_delegation": True})
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_sample_with_a_zero_stride_axis_lowers_and_runs(tmp_path, precision):
+    """numpy gives the batch axis that `x[None]` adds stride 0 (mobileclip's samples are made so); ExecuTorch
+    refused such an example input ("0 in strides is not supported") and such a feed at run time."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+    x = np.random.default_rng(0).standard_normal((3, 8, 8)).astype(np.float32)[None]
+    assert x.strides[0] == 0 and x.flags.c_contiguous
+    inp = CompileInput("odd", "classification", ["x"], ["y"], [{"x": x}], module=model, workdir=tmp_path)
+    be = get_backend("executorch")
+    res = be.compile(inp, tmp_path, "host", {"precision": precision})
+    assert res.precision == precision
+    m = Manifest.draft({"model": {"name": "odd"}, "backend": "executorch", "artifact": res.artifact,
+                        "inputs": [{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}],
+                        "outputs": [{"name": "y", "shape": [1, 4, 8, 8], "dtype": "float32"}], "backend_details": res.details})
+    y = be.load(tmp_path, m, threads=1).run({"x": x})["y"]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(np.array(x))).numpy()
+    assert np.corrcoef(y.ravel(), ref.ravel())[0, 1] > 0.99
+
+
 def test_op_nothing_can_lower_fails_with_the_op_named(tmp_path):
     import torch
 

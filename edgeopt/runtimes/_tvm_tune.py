@@ -10,6 +10,9 @@ Why a module of its own: tuning is the slow, stateful part of TVM. It must
   one folder per target, shared by every model: MetaSchedule keys records by the workload (the fused TIR
   function), so a model whose kernels another model already tuned gets those schedules, and a task that
   already has the trials this budget gives each task is not tuned again; tasks without records go first.
+  Each task's default schedule (`default_schedule`, what an untuned build uses) is measured first and committed
+  as one more record, so the build takes a tuned schedule only where one ran faster than the default: a
+  budget of a few trials per task can no longer make a model slower than not tuning it.
   A run that is interrupted (Ctrl-C, a killed process) keeps every committed record; a half-written last
   line is dropped on open.
 - give the builder time: its worker processes import TVM's tensor intrinsics first (tens of seconds),
@@ -32,6 +35,8 @@ from edgeopt.errors import EdgeoptError, last_line
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
+# Which workloads hold a measured default-schedule record, per version of the default rules.
+DEFAULTS_FILE = "default_schedules.json"
 # Seconds per build/run. The first build in each worker includes importing TVM's tensor intrinsics:
 # ~24 s on an idle 2-core machine, over 2 minutes when it is shared; a build that times out kills its
 # worker, whose replacement imports again, so this must exceed the import even under load.
@@ -121,7 +126,9 @@ class TuneReport:
     setup_seconds: float
     stopped_by: str  # "trials" | "minutes" | "interrupted" | "reused" (every task already tuned to this budget)
     tasks_reused: int = 0  # tasks skipped: the database already held the trials this budget gives a task
-    tasks_with_records: int = 0  # tasks that had records before this run (this model's or another's)
+    tasks_with_records: int = 0  # tasks that had tuned records before this run (this model's or another's)
+    defaults_measured: int = 0  # tasks whose default schedule this run measured and committed as a record
+    defaults_failed: list[str] | None = None  # tasks whose default schedule could not be built or run, and why
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,12 +221,13 @@ def tune(
     per_iter = max(1, min(16, per_task))
     db = open_database(db_dir)
     before = count_records(db_dir)
-    have = _records_per_task(db, tasks)
+    defaults = _defaults_done(db_dir)
+    have = _records_per_task(db, tasks, defaults)
     # A task already tuned to this budget (by this model or another sharing the workload) is not tuned again;
     # of the rest, those without any record first (the heaviest first within each group).
     left = [(t, k) for t, k in zip(tasks, have, strict=True) if not (trial_cap and k >= per_task)]
     todo = [t for t, _ in sorted(left, key=lambda tk: tk[1] > 0)]  # stable: cost order kept within each group
-    state: dict[str, Any] = {"measured": 0, "stopped_by": "trials"}
+    state: dict[str, Any] = {"measured": 0, "stopped_by": "trials", "defaults": 0, "defaults_failed": []}
     reused = n - len(todo)
     with_records = sum(k > 0 for k in have)
 
@@ -229,7 +237,8 @@ def tune(
             db_dir=str(db_dir), tasks=n, trials_budget=trials if trial_cap else 0, minutes_budget=minutes,
             records_before=before, records_after=count_records(db_dir), trials_measured=state["measured"],
             seconds=time.monotonic() - t0, setup_seconds=setup_s, stopped_by=state["stopped_by"], tasks_reused=reused,
-            tasks_with_records=with_records,
+            tasks_with_records=with_records, defaults_measured=state["defaults"],
+            defaults_failed=state["defaults_failed"] or None,
         )
         (db_dir / "last_run.json").write_text(json.dumps(rep.to_dict(), indent=2))
         return rep
@@ -238,15 +247,22 @@ def tune(
         say(f"all {n} tasks already hold {per_task}+ records in {db_dir}: nothing to tune")
         state["stopped_by"] = "reused"
         return report(time.monotonic() - t0)
+    # The default schedules are measured before the search, so that they compete with what it finds (and seed
+    # its first population); their measuring counts against the minutes budget.
+    say(f"measuring the default schedules of {sum(_defaults_key(t) not in defaults for t in todo)} task(s)")
+    t_defaults = time.monotonic()
+    state["defaults"], state["defaults_failed"] = commit_default_records(todo, target, db, db_dir)
+    defaults_s = time.monotonic() - t_defaults
     work_dir = db_dir / "logs"
     work_dir.mkdir(parents=True, exist_ok=True)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         todo, work_dir=str(work_dir), num_threads=num_cores, seed=seed, strategy=_strategy(per_task, minutes)
     )
-    setup_s = time.monotonic() - t0
-    # The minutes budget is search-and-measure time: set-up (minutes on a loaded 2-core machine) is
-    # reported separately, so a short budget is not eaten before the first trial.
-    deadline = time.monotonic() + 60.0 * minutes if minutes else float("inf")
+    setup_s = time.monotonic() - t0 - defaults_s
+    # The minutes budget is measure-and-search time (the default schedules' measuring included): set-up
+    # (minutes on a loaded 2-core machine) is reported separately, so a short budget is not eaten before
+    # the first trial.
+    deadline = time.monotonic() + 60.0 * minutes - defaults_s if minutes else float("inf")
     callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _time_limit_callback(deadline, state)]
     builder = _in_process_builder(deadline, state) if in_process_build else ms.builder.LocalBuilder(timeout_sec=BUILDER_TIMEOUT_S)
     say(f"tuning {len(todo)} of {n} tasks ({with_records} with records already, {reused} tuned to this budget before; budget: {trials if trial_cap else 'unlimited'} trials, {minutes or 'no'} minutes; set-up took {setup_s:.0f} s)")
@@ -285,15 +301,114 @@ def tune(
     return rep
 
 
-def _records_per_task(db, tasks) -> list[int]:
-    """How many tuning records the database holds for each task's workload (matched by structural hash, as
-    MetaSchedule matches them), whichever model they were measured for."""
+def _records_per_task(db, tasks, defaults: set[str]) -> list[int]:
+    """How many tuned records the database holds for each task's workload (matched by structural hash, as
+    MetaSchedule matches them), whichever model they were measured for; a measured default schedule
+    (`defaults`) is not a tuning trial and is not counted."""
     from collections import Counter
 
     from tvm_ffi import structural_hash
 
-    counts = Counter(int(structural_hash(r.workload.mod)) for r in db.get_all_tuning_records())
-    return [counts[int(structural_hash(t.dispatched[0]))] for t in tasks]
+    counts = Counter(str(int(structural_hash(r.workload.mod))) for r in db.get_all_tuning_records())
+    return [max(0, counts[k] - (k in defaults)) for k in map(_defaults_key, tasks)]
+
+
+def _defaults_key(task) -> str:
+    from tvm_ffi import structural_hash
+
+    return str(int(structural_hash(task.dispatched[0])))
+
+
+def _defaults_file(db_dir: Path) -> dict[str, list[str]]:
+    p = db_dir / DEFAULTS_FILE
+    try:
+        data = json.loads(p.read_text()) if p.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _defaults_done(db_dir: Path) -> set[str]:
+    """Workloads whose default schedule (under the current rules) already has a measured record in db_dir."""
+    return set(_defaults_file(db_dir).get(_rules_version(), []))
+
+
+def _rules_version() -> str:
+    """The default rules' version: a workload's default is measured again when the rules change."""
+    return f"v1:{_VECTOR}/{_ROWS}/{_REDUCE}"
+
+
+def commit_default_records(tasks, target, db, db_dir: Path) -> tuple[int, list[str]]:
+    """Measure each task's default schedule and commit it to `db` as a tuning record with its run time
+    (`commit_measured`). The build then takes, per function, the fastest of the default and every tuned
+    schedule. Tasks done before (under the same rules) are skipped. Returns how many were committed, and the
+    tasks that failed with why (they keep only their tuned records)."""
+    recorded = _defaults_file(db_dir)
+    done = set(recorded.get(_rules_version(), []))
+    todo, failed, names = [], [], {}
+    for t in tasks:
+        key = _defaults_key(t)
+        names[key] = t.task_name
+        if key in done:
+            continue
+        why: list[str] = []
+        try:
+            sch = _default_schedule_database(target, why).query_schedule(t.dispatched[0], target, "main")
+        except Exception as e:  # noqa: BLE001 - this task keeps only its tuned records; the reason is reported
+            why.append(f"{type(e).__name__}: {last_line(e, 160)}")
+            sch = None
+        if sch is None:
+            failed.append(f"{t.task_name}: {why[-1] if why else 'no default schedule'}")
+            continue
+        todo.append((key, t.dispatched[0], sch))
+    ok, bad = commit_measured(db, target, todo)
+    failed += [names[b.split(":", 1)[0]] + ":" + b.split(":", 1)[1] for b in bad]
+    done.update(ok)
+    if ok:
+        recorded[_rules_version()] = sorted(done)
+        tmp = db_dir / (DEFAULTS_FILE + ".tmp")
+        tmp.write_text(json.dumps(recorded, indent=1))
+        os.replace(tmp, db_dir / DEFAULTS_FILE)
+    return len(ok), failed
+
+
+def commit_measured(db, target, schedules: list[tuple[str, Any, Any]]) -> tuple[list[str], list[str]]:
+    """Build each (name, workload module, schedule), run them with MetaSchedule's LocalRunner (the runner and
+    settings tuning uses, so run times compare with the tuned records'), and commit each as a tuning record of
+    its workload. Returns the names committed and the failures with why."""
+    import shutil
+
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_export
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    built, failed = [], []
+    for name, mod, sch in schedules:
+        try:
+            # MetaSchedule's default_build without its import of every tensor intrinsic (minutes on 2 cores):
+            # these schedules tensorize nothing.
+            lib = tvm.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(sch.mod), target=target)
+            artifact = default_export(lib)
+        except Exception as e:  # noqa: BLE001 - a schedule that does not build is a result, not a crash
+            failed.append(f"{name}: build failed: {type(e).__name__}: {last_line(e, 160)}")
+            continue
+        built.append((name, mod, sch.trace, artifact, ms.arg_info.ArgInfo.from_entry_func(sch.mod, remove_preproc=True)))
+    if not built:
+        return [], failed
+    runner = ms.runner.LocalRunner(timeout_sec=RUNNER_TIMEOUT_S)
+    device = "cpu" if target.kind.name in ("llvm", "c") else target.kind.name
+    futures = runner.run([ms.runner.RunnerInput(a, device, args) for *_, a, args in built])
+    committed = []
+    for (name, mod, trace, artifact, args), fut in zip(built, futures, strict=True):
+        res = fut.result()
+        shutil.rmtree(os.path.dirname(artifact), ignore_errors=True)
+        if res.error_msg or not res.run_secs:
+            failed.append(f"{name}: run failed: {last_line(res.error_msg or 'no run time', 160)}")
+            continue
+        db.commit_tuning_record(ms.database.TuningRecord(trace, db.commit_workload(mod), res.run_secs, target, args))
+        committed.append(name)
+    return committed, failed
 
 
 def _by_cost(tasks):

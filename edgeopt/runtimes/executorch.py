@@ -99,7 +99,7 @@ class ExecuTorchSession(Session):
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.check_inputs(inputs)
-        feed = [self._torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in self.input_names]
+        feed = [self._torch.from_numpy(dense(inputs[n])) for n in self.input_names]
         outs = self._method.execute(feed)
         if len(outs) != len(self.output_names):
             raise EdgeoptError(f"the program returned {len(outs)} outputs, the spec names {len(self.output_names)}",
@@ -109,6 +109,15 @@ class ExecuTorchSession(Session):
     def close(self) -> None:
         self._method = None
         self._program = None
+
+
+def dense(a: np.ndarray) -> np.ndarray:
+    """`a` in C order with a real stride on every axis. numpy gives an axis of size 1 added by `x[None]` stride
+    0 and still calls the array contiguous; ExecuTorch derives a tensor's dim order from its strides and refuses
+    a 0 ("0 in strides is not supported"), at export and at run time."""
+    if a.flags.c_contiguous and 0 not in a.strides:
+        return a
+    return np.array(a, order="C", copy=True)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -214,7 +223,7 @@ def _lower(inp: CompileInput, precision: str, qcfg: dict[str, Any]) -> tuple[byt
     from executorch.exir import to_edge_transform_and_lower
 
     module = inp.module.eval()
-    args = tuple(torch.from_numpy(np.ascontiguousarray(inp.samples[0][n])) for n in inp.input_names)
+    args = tuple(torch.from_numpy(dense(inp.samples[0][n])) for n in inp.input_names)
     qdetails: dict[str, Any] = {"precision": precision}
     try:
         with torch.no_grad():
@@ -255,7 +264,7 @@ def _quantize(module: Any, args: tuple, inp: CompileInput, qcfg: dict[str, Any])
     gm = prepare_pt2e(gm, quantizer)
     calib = inp.samples[: int(qcfg.get("calibration_samples", 8))]
     for s in calib:
-        gm(*(torch.from_numpy(np.ascontiguousarray(s[n])) for n in inp.input_names))
+        gm(*(torch.from_numpy(dense(s[n])) for n in inp.input_names))
     gm = convert_pt2e(gm)
     return gm, {
         "method": "PT2E (torchao) with ExecuTorch's XNNPACKQuantizer",
