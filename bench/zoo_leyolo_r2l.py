@@ -24,6 +24,7 @@ def measure(name: str, runs: int) -> dict:
     import torch
 
     from edgeopt._ort import ort_latency_ms, ort_run_all
+    from edgeopt.capabilities import live_weights
     from edgeopt.export import export_onnx, torch_outputs
     from edgeopt.models import get_spec
     from edgeopt.models.counting import count_macs, count_params
@@ -40,7 +41,7 @@ def measure(name: str, runs: int) -> dict:
         row.update(macs_g=conv / 1e9, macs_ul_g=ul / 1e9, paper_macs_g=spec.paper.macs_g)
     else:
         row.update(macs_g=count_macs(meta, (torch.empty(shape, device="meta"),)) / 1e9, macs_ul_g=None, paper_macs_g=None)
-    module = spec.build()
+    module, _ = live_weights(spec.name)  # the weights every page times
     sample = spec.sample_inputs(1)[0]
     names, outs = [i.name for i in spec.inputs], list(spec.outputs)
     ref = torch_outputs(module, sample, names, outs)
