@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +70,33 @@ def test_auto_budget_nobody_meets_names_closest(tmp_path):
     assert c.status == "infeasible" and "missed by" in c.reason
     assert Store(db).measurements() == []  # infeasible candidates are never measured
     assert Store(db).jobs(status="failed")[0]["stage"] == "fidelity"
+
+
+def test_narrow_int8_miss_is_followed_by_its_repair(tmp_path):
+    """ORT int8 that misses the budget narrowly is followed at once by mixed precision with the budget as its
+    target (`Mode.repair`), which keeps the most sensitive nodes float until the budget holds."""
+    import edgeopt
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _tiny import tiny_spec
+
+    name = tiny_spec().name
+    cos = edgeopt.compile(name, passes="quantize:int8", output=tmp_path / "probe.bundle", samples=8).manifest.fidelity["cosine"]
+    assert cos < 1.0
+    budget = 1.0 - (1.0 - cos) / 2  # int8 misses by half its error: well within the narrow margin
+    res = auto_compile(name, tmp_path / "win.bundle", fidelity=budget, min_agreement=0.0, backends=["onnxruntime"],
+                       precisions=["int8"], stage2=False, runs=2, warmup=0, min_seconds=0,
+                       db=f"sqlite:///{tmp_path / 'a.db'}", workdir=tmp_path / "cands")
+    int8, fix = res.candidates
+    assert (int8.label, int8.status) == ("onnxruntime/int8", "infeasible")
+    assert fix.label == "onnxruntime/mixed" and fix.passes == f"quantize:mode=mixed,target={budget}"
+    assert fix.status == "measured" and fix.cosine >= budget and res.winner.label == "onnxruntime/mixed"
+    assert any("trying onnxruntime/mixed next" in n for n in res.notes)
+    # a wide miss (more than 10x the error the budget allows) gets no repair
+    res = auto_compile(name, tmp_path / "w2.bundle", fidelity=1.0 - (1.0 - cos) / 20, min_agreement=0.0, backends=["onnxruntime"],
+                       precisions=["int8"], stage2=False, runs=2, warmup=0, min_seconds=0,
+                       db=f"sqlite:///{tmp_path / 'b.db'}", workdir=tmp_path / "cands2")
+    assert [c.label for c in res.candidates] == ["onnxruntime/int8"] and res.winner is None
 
 
 def test_auto_cli_reports_miss(tmp_path):

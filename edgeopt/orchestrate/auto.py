@@ -54,6 +54,9 @@ DOMINATED_FACTOR = 1.5
 # A plain fp32 artifact at least this close to torch is the same model numerically; its task agreement is then the
 # agreement metric's own noise floor on these weights, and the gate is never set above it.
 NOISE_FLOOR_COSINE = 0.99999
+# A stage-1 candidate that misses the cosine budget by at most this factor times the error the budget allows
+# (1 - budget) is followed by its mode's repair (`Mode.repair`: int8 with the most sensitive nodes float).
+REPAIR_MISS_FACTOR = 10.0
 # Confirm stage: the contenders within CONFIRM_FACTOR of the best (at most CONFIRM_MAX) are compared in CONFIRM_ROUNDS
 # interleaved rounds (harness/compare.py) and ranked by the median of their p50s (one sample of a noisy machine is not
 # a rank); 3 is the fewest rounds compare takes.
@@ -237,7 +240,29 @@ class AutoSearch:
             if self.progress:
                 self.progress(c.label, base + i, len(self.cands))
             self.evaluate(c)
+            fix = self.repair(c)
+            if fix is not None:  # tried next: the loop reaches todo[i + 1]
+                todo.insert(i + 1, fix)
+                if todo is not self.cands:
+                    self.cands.insert(self.cands.index(c) + 1, fix)
         return True
+
+    def repair(self, c: Candidate) -> Candidate | None:
+        """The candidate to try after `c` narrowly missed the cosine budget: its mode's repair (`Mode.repair`) on the
+        same backend, with the budget as the repair's target. None where the mode has none or the miss was wide
+        (keeping that many nodes float would not beat the fp32 artifact)."""
+        from edgeopt.runtimes.base import backend_class
+
+        if c.status != "infeasible" or c.prefix or c.cosine is None or c.cosine >= self.gate.cosine:
+            return None
+        if 1.0 - c.cosine > REPAIR_MISS_FACTOR * (1.0 - self.gate.cosine):
+            return None
+        fix = next((m.repair for m in backend_class(c.backend).modes if m.precision == c.precision), None)
+        if fix is None:  # no repair for this mode (or `c` is itself a repair, whose precision is no mode)
+            return None
+        precision, passes = fix
+        self.notes.append(f"{c.label} missed the budget (cosine {c.cosine:.6f}): trying {c.backend}/{precision} next")
+        return Candidate(c.backend, precision, "", f"{passes},target={self.gate.cosine}", c.target)
 
     def stage2(self) -> list[Candidate]:
         """Torch-level prefixes on the stage-1 pairs within DOMINATED_FACTOR of the best."""

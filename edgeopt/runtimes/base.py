@@ -43,6 +43,9 @@ class Mode:
     `auto_rank` is the place in `--auto`'s search order on a CPU (1 first, across all backends); None
     where `--auto` does not try this mode. `computes` names the arithmetic the artifact runs where it is not
     what `precision` says (TVM's QDQ int8 is lowered to float: "float"); `label` is what tables show.
+    `repair` is (precision, quantize pipeline) that `--auto` tries next on this backend when this mode narrowly
+    misses the fidelity budget (ONNX Runtime's int8: mixed precision, the most sensitive nodes kept float until
+    the budget holds); the search adds the budget to the pipeline as its `target`.
     """
 
     precision: str
@@ -54,6 +57,7 @@ class Mode:
     modes: tuple[str, ...] = ()
     auto_rank: int | None = None
     computes: str | None = None
+    repair: tuple[str, str] | None = None
 
     @property
     def label(self) -> str:

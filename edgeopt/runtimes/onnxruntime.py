@@ -47,7 +47,8 @@ class OnnxRuntimeBackend(Backend):
         Mode("fp32", None, ARTIFACT, "the exported graph as is", auto_rank=1),
         Mode("fp16", "quantize:fp16", ARTIFACT, "fp16 weights and compute (fp32 I/O)", auto_rank=10),
         Mode("dynamic", "quantize:dynamic", ARTIFACT, "int8 weights, activations quantized at run time", auto_rank=8),
-        Mode("int8", "quantize:int8", ARTIFACT, "static QDQ int8, calibrated on real samples", auto_rank=2),
+        Mode("int8", "quantize:int8", ARTIFACT, "static QDQ int8, calibrated on real samples", auto_rank=2,
+             repair=("mixed", "quantize:mode=mixed")),
     )
     generative = True  # load_generator: edgeopt.llm.OnnxVLM over the bundle's three graphs
     runs_pipeline_onnx = True  # compile() copies the graph (and its data); load() opens it with edgeopt._ort's settings
