@@ -45,12 +45,15 @@ def _top(shares: dict[str, float], k: int = 4) -> str:
 def measure(model: str, work: Path, rounds: int, runs: int) -> dict:
     from edgeopt import api
     from edgeopt._ort import ort_op_profile
+    from edgeopt.capabilities import live_weights
     from edgeopt.passes._measure import ort_latencies
 
     paths, manifests = {}, {}
+    module, weights = live_weights(model)  # the weights every page times
     for label, passes in VARIANTS:
         _say(f"{model}: compile {label}")
-        b = api.compile(model, output=work / f"{model}-{label.replace(', ', '-').replace(' ', '_')}.bundle", passes=passes, overwrite=True)
+        b = api.compile(model, output=work / f"{model}-{label.replace(', ', '-').replace(' ', '_')}.bundle", passes=passes,
+                        overwrite=True, module=module, weights_info=weights)
         paths[label], manifests[label] = b.path / b.manifest.artifact, b.manifest
     sample = b.reference_inputs()
     _say(f"{model}: time {len(paths)} graphs, {rounds} interleaved rounds")
@@ -101,7 +104,7 @@ def main() -> None:
             rows.append(measure(m, work, a.rounds, a.runs))
         body = "\n".join([
             "## int8 per family on ONNX Runtime: where it pays, and what dominates", "",
-            f"onnxruntime {onnxruntime.__version__}, batch 1, the runtime's default threads (2 here); random weights. Latency: "
+            f"onnxruntime {onnxruntime.__version__}, batch 1, the runtime's default threads (2 here); seeded random weights with muted branches revived (`edgeopt.capabilities.live_weights`, as every page). Latency: "
             f"{a.rounds} interleaved rounds of {a.runs} calls in one process, the median of the round medians. Kernels: "
             "share of ONNX Runtime's kernel time per op (its profiler, after its graph fusions). Why the rule leaves "
             "grouped convs and AveragePool float, and what limits the families where int8 still does not pay: "

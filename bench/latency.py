@@ -50,15 +50,17 @@ def measure(a: argparse.Namespace) -> None:
     import torch
 
     import edgeopt
+    from edgeopt.capabilities import live_weights
     from edgeopt.models import get_spec
 
     threads = a.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     con = Console()
     spec = get_spec("efficientformer_l1")
-    b32 = edgeopt.compile(spec.name, output=Path(a.out) / "l1-fp32.bundle", overwrite=True)
-    b8 = edgeopt.compile(spec.name, passes="quantize:int8", output=Path(a.out) / "l1-int8.bundle", overwrite=True)
-    module = spec.build()
+    module, weights = live_weights(spec.name)  # the weights every page times
+    b32 = edgeopt.compile(spec.name, output=Path(a.out) / "l1-fp32.bundle", overwrite=True, module=module, weights_info=weights)
+    b8 = edgeopt.compile(spec.name, passes="quantize:int8", output=Path(a.out) / "l1-int8.bundle", overwrite=True,
+                         module=module, weights_info=weights)
     x = b32.reference_inputs()
     xt = torch.from_numpy(x["image"])
     from edgeopt._ort import ort_session
@@ -103,7 +105,7 @@ def measure(a: argparse.Namespace) -> None:
         "",
         f"{threads} threads, onnxruntime {ort.__version__}, torch {torch.__version__}. "
         f"{a.repeats} interleaved repeats of {a.iters} runs each; p50 is the median of the repeats' medians.",
-        f"Fidelity on {b8.manifest['samples']} skimage photographs, **random weights** (top-1 agreement says little with random "
+        f"Fidelity on {b8.manifest['samples']} skimage photographs, **random weights** (`edgeopt.capabilities.live_weights`: seeded, muted branches revived) (top-1 agreement says little with random "
         "weights: logits are nearly flat; cosine and SNR are the meaningful figures here).",
         "",
         *lines,
