@@ -316,6 +316,10 @@ def test_tuned_record_wins_only_when_faster(tiny, tmp_path):
     best = db.query_tuning_record(work, tgt, "main")
     assert mean_s(best) == min(map(mean_s, records))
     default_won = is_default(best)
+    # The default's trace marks where its postprocessors begin, as MetaSchedule's candidates do: the search replays
+    # a record up to that mark when it mutates it (without it, efficientformer_l1's tuning crashed on a replay).
+    default = next(r for r in records if is_default(r))
+    assert any(i.kind.name == "EnterPostproc" for i in default.trace.insts)
     # The build applies the faster one (default schedules off: only the database decides).
     applied = tune.apply_database(fused, tgt, db_dir, default_schedules=False)
     gv = next(g for g in fused.functions if g.name_hint == heavy.task_name)

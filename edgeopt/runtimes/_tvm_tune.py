@@ -487,6 +487,9 @@ def default_schedule(sch, target) -> bool:
         return next(plan) if inst.kind.name == "SamplePerfectTile" else decision
 
     trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=provider)
+    # Marked as MetaSchedule marks its candidates: a search that starts from this schedule's record replays the
+    # trace up to here and runs the postprocessors again (without the mark it would apply them twice).
+    sch.enter_postproc()
     return all(p.apply(sch) for p in ctx.space_generator.postprocs)
 
 
