@@ -61,25 +61,28 @@ def measure(a: argparse.Namespace) -> None:
     b32 = edgeopt.compile(spec.name, output=Path(a.out) / "l1-fp32.bundle", overwrite=True, module=module, weights_info=weights)
     b8 = edgeopt.compile(spec.name, passes="quantize:int8", output=Path(a.out) / "l1-int8.bundle", overwrite=True,
                          module=module, weights_info=weights)
-    x = b32.reference_inputs()
-    xt = torch.from_numpy(x["image"])
-    from edgeopt._ort import ort_session
+    # Each path in a process of its own (bench/_path_worker.py, as bench/peers.py times them): in one process
+    # torch's OpenMP pool and ORT's spinning threads share the two cores, and the rows read up to 1.9x apart
+    # from one repeat to the next.
+    from peers import PathWorker
 
-    s32, s8 = ort_session(b32.artifact, threads), ort_session(b8.artifact, threads)
+    weights_file = Path(a.out) / "l1-figures.pth"
+    torch.save(module.state_dict(), weights_file)
     rows = {
-        "torch eager fp32": lambda: module(xt),
-        "ORT fp32": lambda: s32.run(None, x),
-        "ORT int8 static (QDQ)": lambda: s8.run(None, x),
+        "torch eager fp32": ["--eager", spec.name, "--weights", str(weights_file)],
+        "ORT fp32": ["--bundle", str(b32.path)],
+        "ORT int8 static (QDQ)": ["--bundle", str(b8.path)],
     }
     names = list(rows)
-    with torch.inference_mode():
-        for fn in rows.values():
-            for _ in range(5):
-                fn()
+    workers = {k: PathWorker(v, threads) for k, v in rows.items()}
+    try:
         # the interleaving and the statistics of `edgeopt compare`: rotated order each repeat, paired bootstrap
         with Progress(console=con, transient=True) as prog:
             task = prog.add_task("measuring", total=a.repeats)
-            per = interleave(len(names), a.repeats, lambda i: timed(rows[names[i]], a.iters), lambda r, n: prog.update(task, completed=r))
+            per = interleave(len(names), a.repeats, lambda i: workers[names[i]].time(a.iters), lambda r, n: prog.update(task, completed=r))
+    finally:
+        for w in workers.values():
+            w.close()
     ranked = {c.label: c for c in rank(names, per)}
     meds = dict(zip(names, per, strict=True))
     p50 = {k: ranked[k].p50_ms for k in names}
@@ -104,7 +107,9 @@ def measure(a: argparse.Namespace) -> None:
         "## Foundation: efficientformer_l1 on ONNX Runtime (bench/latency.py)",
         "",
         f"{threads} threads, onnxruntime {ort.__version__}, torch {torch.__version__}. "
-        f"{a.repeats} interleaved repeats of {a.iters} runs each; p50 is the median of the repeats' medians.",
+        f"{a.repeats} interleaved repeats of {a.iters} runs each, each path in a process of its own (eager in a torch process; "
+        "the bundles through their backend's session without torch: bench/_path_worker.py); p50 is the median of the "
+        "repeats' medians.",
         f"Fidelity on {b8.manifest['samples']} skimage photographs, **random weights** (`edgeopt.capabilities.live_weights`: seeded, muted branches revived) (top-1 agreement says little with random "
         "weights: logits are nearly flat; cosine and SNR are the meaningful figures here).",
         "",
