@@ -181,7 +181,14 @@ def test_all_py_applies_the_staged_blocks_only_when_every_step_ended_clean(tmp_p
     assert "- CPU:" in cond and "bench/all.py" in cond  # the machine, described once
     assert re.search(r"\| one \| `\S+ \S+one.py` \| 20\d\d-\d\d-\d\d \d\d:\d\d UTC \|", cond)  # the step's command and date
     note = (tmp_path / "benchmarks.md").read_text()
-    assert "docs-run:start" in note and "Every measured table" in note  # every step clean: the under-load note goes
+    # The step ran on this machine as it is: the note calls it quiet only when its stamp's foreign share was
+    # within the limit (another job on the machine while the suite runs makes it a contaminated step).
+    (state,) = [st for st in all_py.page_states()[0] if st.step.name == "one"]
+    assert "docs-run:start" in note
+    if state.clean:
+        assert "Every measured table" in note  # every step clean: the under-load note goes
+    else:
+        assert "Not every figure is from a quiet machine yet" in note and "0 of 1 steps" in note
     assert set((tmp_path / "out").glob("docs-stage-*")) == kept  # this run's stage is removed once applied
 
 
