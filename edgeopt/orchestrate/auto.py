@@ -241,14 +241,12 @@ class AutoSearch:
                 self.progress(c.label, base + i, len(self.cands))
             self.evaluate(c)
             fix = self.repair(c)
-            if fix is not None:  # tried next: the loop reaches todo[i + 1]
+            if fix is not None:  # tried next: the loop reaches todo[i + 1] (stage 1's todo is self.cands)
                 todo.insert(i + 1, fix)
-                if todo is not self.cands:
-                    self.cands.insert(self.cands.index(c) + 1, fix)
         return True
 
     def repair(self, c: Candidate) -> Candidate | None:
-        """The candidate to try after `c` narrowly missed the cosine budget: its mode's repair (`Mode.repair`) on the
+        """The candidate to try after the stage-1 candidate `c` (no torch passes) narrowly missed the cosine budget: its mode's repair (`Mode.repair`) on the
         same backend, with the budget as the repair's target. None where the mode has none or the miss was wide
         (keeping that many nodes float would not beat the fp32 artifact)."""
         from edgeopt.runtimes.base import backend_class

@@ -345,12 +345,12 @@ def commit_default_records(tasks, target, db, db_dir: Path) -> tuple[int, list[s
     tasks that failed with why (they keep only their tuned records)."""
     recorded = _defaults_file(db_dir)
     done = set(recorded.get(_rules_version(), []))
-    todo, failed, names = [], [], {}
+    todo, failed, keys = [], [], {}
     for t in tasks:
         key = _defaults_key(t)
-        names[key] = t.task_name
         if key in done:
             continue
+        keys[t.task_name] = key
         why: list[str] = []
         try:
             sch = _default_schedule_database(target, why).query_schedule(t.dispatched[0], target, "main")
@@ -360,10 +360,10 @@ def commit_default_records(tasks, target, db, db_dir: Path) -> tuple[int, list[s
         if sch is None:
             failed.append(f"{t.task_name}: {why[-1] if why else 'no default schedule'}")
             continue
-        todo.append((key, t.dispatched[0], sch))
+        todo.append((t.task_name, t.dispatched[0], sch))
     ok, bad = commit_measured(db, target, todo)
-    failed += [names[b.split(":", 1)[0]] + ":" + b.split(":", 1)[1] for b in bad]
-    done.update(ok)
+    failed += bad
+    done.update(keys[name] for name in ok)
     if ok:
         recorded[_rules_version()] = sorted(done)
         tmp = db_dir / (DEFAULTS_FILE + ".tmp")
