@@ -6,16 +6,18 @@
 
 For each model: `edgeopt compile` fp32, `-p quantize:int8` (static QDQ, u8 activations x s8 per-channel
 weights, the ops whose int8 kernel is slower left float: `float_slow_ops`) and the same with
-`float_slow_ops=false`; the three graphs timed on ONNX Runtime in interleaved rounds in one process (each
-round's median over `--runs` calls, then the median of the rounds); the kernel-time share of the top ops of
-fp32 and of int8 from ONNX Runtime's profiler; cosine of the int8 artifact against the fp32 torch model (the
-manifest's, on the bundled photographs); what `float_slow_ops` kept float. Random weights: latency and op
-shares do not depend on them.
+`float_slow_ops=false`; the three bundles timed through their ONNX Runtime session, each in a process of
+its own, in interleaved rounds (each round's median over about a second of calls, then the median of the
+rounds: `peers.interleaved_ms`); the kernel-time share of the top ops of fp32 and of int8 from ONNX
+Runtime's profiler (`--runs` calls); cosine of the int8 artifact against the fp32 torch model (the
+manifest's, on the bundled photographs); what `float_slow_ops` kept float. Weights: seeded random ones with
+the muted branches revived (`edgeopt.capabilities.live_weights`), as every page times.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -43,21 +45,29 @@ def _top(shares: dict[str, float], k: int = 4) -> str:
 
 
 def measure(model: str, work: Path, rounds: int, runs: int) -> dict:
+    from peers import PathWorker, interleaved_ms
+
     from edgeopt import api
     from edgeopt._ort import ort_op_profile
     from edgeopt.capabilities import live_weights
-    from edgeopt.passes._measure import ort_latencies
 
-    paths, manifests = {}, {}
+    paths, manifests, bundles = {}, {}, {}
     module, weights = live_weights(model)  # the weights every page times
     for label, passes in VARIANTS:
         _say(f"{model}: compile {label}")
         b = api.compile(model, output=work / f"{model}-{label.replace(', ', '-').replace(' ', '_')}.bundle", passes=passes,
                         overwrite=True, module=module, weights_info=weights)
-        paths[label], manifests[label] = b.path / b.manifest.artifact, b.manifest
+        paths[label], manifests[label], bundles[label] = b.path / b.manifest.artifact, b.manifest, b.path
     sample = b.reference_inputs()
-    _say(f"{model}: time {len(paths)} graphs, {rounds} interleaved rounds")
-    lat = ort_latencies(paths, sample, rounds=rounds, runs=runs)
+    _say(f"{model}: time {len(paths)} graphs, {rounds} interleaved rounds, each graph in a process of its own")
+    # a process per graph, as every page times a path (bench/_path_worker.py): sessions of one process
+    # share two cores with each other's spinning thread pools
+    workers = {k: PathWorker(["--bundle", str(v)], threads=os.cpu_count() or 1) for k, v in bundles.items()}
+    try:
+        lat = interleaved_ms(workers, rounds=rounds, iters=2000)
+    finally:
+        for w in workers.values():
+            w.close()
     _say(f"{model}: op profiles")
     prof = {k: ort_op_profile(paths[k], sample, runs=max(5, runs // 2)) for k in ("fp32", "int8")}
     q = next(p for p in manifests["int8"].passes if p["name"] == "quantize")
@@ -105,7 +115,7 @@ def main() -> None:
         body = "\n".join([
             "## int8 per family on ONNX Runtime: where it pays, and what dominates", "",
             f"onnxruntime {onnxruntime.__version__}, batch 1, the runtime's default threads (2 here); seeded random weights with muted branches revived (`edgeopt.capabilities.live_weights`, as every page). Latency: "
-            f"{a.rounds} interleaved rounds of {a.runs} calls in one process, the median of the round medians. Kernels: "
+            f"{a.rounds} interleaved rounds of about a second of calls, each graph in a process of its own (bench/_path_worker.py), the median of the round medians. Kernels: "
             "share of ONNX Runtime's kernel time per op (its profiler, after its graph fusions). Why the rule leaves "
             "grouped convs and AveragePool float, and what limits the families where int8 still does not pay: "
             "docs/passes.md, 'Ops whose int8 kernel is slower than fp32 stay float'.", "",

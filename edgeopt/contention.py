@@ -111,16 +111,52 @@ def _freq_mhz(cpus: tuple[int, ...]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _live_descendants_cpu_s() -> float:
+    """CPU seconds of this process's descendants that have not been waited for by this process yet: for each
+    one alive (or a zombie), its own time plus that of the children it has itself waited for
+    (/proc/<pid>/stat utime, stime, cutime, cstime). Each CPU-second of the process tree is counted once:
+    a process's time sits in its own entry while it lives and moves into its parent's children time when
+    the parent waits for it. 0 where /proc is not readable."""
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return 0.0
+    for e in entries:
+        try:
+            text = Path(f"/proc/{e}/stat").read_text()
+        except OSError:
+            continue  # ended while listed
+        fields = text[text.rfind(")") + 2:].split()  # after "pid (comm) ": state ppid ...
+        try:
+            parent[int(e)] = int(fields[1])
+            ticks[int(e)] = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+        except (IndexError, ValueError):
+            continue
+    me = os.getpid()
+    total = 0
+    for pid in ticks:
+        p, hops = parent.get(pid), 0
+        while p and p != me and hops < 64:
+            p, hops = parent.get(p), hops + 1
+        if p == me:
+            total += ticks[pid]
+    return total / hz
+
+
 def sample(children: bool = False) -> CpuSample:
     """The CPU accounting of this machine now (cheap: one /proc/stat read).
 
-    `children=True` counts the CPU time of this process's children as its own too (`os.times()`'s
-    children_user/children_system: children that have ended and been waited for), for a window that covers
-    the subprocesses a script starts (bench/_doc.py's DocRun)."""
+    `children=True` counts the CPU time of every descendant of this process as its own too: those that
+    have ended and been waited for (`os.times()`'s children time) and those still running or not yet waited
+    for (`_live_descendants_cpu_s`, a walk over /proc), for a window that covers the subprocesses and
+    daemons a script starts (bench/_doc.py's DocRun; Ray's raylet and workers in bench/lab.py)."""
     cpus = _allowed_cpus()
     busy, why = _proc_stat_busy(cpus)
     t = os.times()
-    own = t.user + t.system + ((t.children_user + t.children_system) if children else 0.0)
+    own = t.user + t.system + ((t.children_user + t.children_system + _live_descendants_cpu_s()) if children else 0.0)
     try:
         load1: float | None = os.getloadavg()[0]
     except (AttributeError, OSError):

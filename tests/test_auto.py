@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeopt.orchestrate.auto import Candidate, auto_compile, pareto_front
+from edgeopt.orchestrate.auto import Candidate, auto_compile, confirmed_winner, pareto_front
 from edgeopt.store import Store
 
 
@@ -26,6 +26,16 @@ def test_pareto_front_keeps_only_non_dominated():
     assert [x.latency_ms for x in front] == [3, 5, 10]
 
 
+def test_a_tie_in_the_confirm_rounds_goes_to_the_higher_fidelity():
+    fp32, int8, pruned = _c(1.0, 0.99999, 400), _c(1.0, 0.9993, 100), _c(1.0, 0.9991, 300)
+    # int8 fastest in two of three rounds, slower in one: no clear difference -> the fp32 artifact wins
+    assert confirmed_winner([fp32, int8], [[1.00, 1.02, 0.98], [0.97, 0.99, 1.01]]) == (0, 1)
+    # int8 faster in every round by 30 %: it wins on speed although its cosine is lower
+    assert confirmed_winner([fp32, int8], [[1.00, 1.02, 0.98], [0.70, 0.71, 0.69]]) == (1, 1)
+    # pruned clearly slower than int8, fp32 tied with int8: fp32
+    assert confirmed_winner([int8, pruned, fp32], [[0.70, 0.72, 0.69], [0.90, 0.91, 0.92], [0.71, 0.69, 0.73]]) == (2, 0)
+
+
 def test_auto_picks_fastest_within_budget(tmp_path, monkeypatch):
     import edgeopt.orchestrate.auto
 
@@ -39,7 +49,10 @@ def test_auto_picks_fastest_within_budget(tmp_path, monkeypatch):
     # on an AVX512-VNNI host and missed it on CI); this test is about picking the fastest, the gate has its own tests.
     measured = [c for c in res.candidates if c.status == "measured"]
     assert len(measured) == 2, [(c.label, c.status, c.reason) for c in res.candidates]
-    assert res.winner is min(measured, key=lambda c: c.latency_ms)
+    # the fastest by its confirm rounds, unless those cannot tell it from the other and the other keeps more fidelity
+    pick, fastest = confirmed_winner(measured, [c.confirm_ms[1:] for c in measured])
+    assert res.winner is measured[pick]
+    assert pick == fastest or measured[pick].cosine > measured[fastest].cosine
     man = json.loads((tmp_path / "win.bundle" / "manifest.json").read_text())
     assert man["auto"]["winner"]["label"] == res.winner.label and man["auto"]["front"]
     st = Store(db)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -96,9 +97,15 @@ def test_staged_under_all_py_until_applied(tmp_path, monkeypatch):
 def test_a_contaminated_run_refuses_to_write(tmp_path, capfd):
     doc = tmp_path / "page.md"
     doc.write_text(PAGE)
-    # Two CPU hogs that this process does not wait for while the run lasts: another process's CPU use, as
-    # far as the run can tell (children count as the run's own once they have ended and been waited for).
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    # Two CPU hogs that are not this process's descendants (every descendant's CPU time is the run's own):
+    # started by a shell that exits at once, with this process not a subreaper, so init adopts them
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(36, 0, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER off (a DocRun turned it on)
+    sh = subprocess.run(["/bin/sh", "-c", f"for i in 1 2; do {sys.executable} -c 'while True: pass' >/dev/null 2>&1 & echo $!; done"],
+                        capture_output=True, text=True, check=True)
+    hogs = [int(x) for x in sh.stdout.split()]
+    assert len(hogs) == 2
     ncpu = len(os.sched_getaffinity(0))
     limit = min(0.10, 0.5 / ncpu)  # two busy cores are well above it on any machine
     try:
@@ -114,9 +121,8 @@ def test_a_contaminated_run_refuses_to_write(tmp_path, capfd):
             _doc.write_block(doc, "fig", "figures taken under load")
             time.sleep(2.0)
     finally:
-        for h in hogs:
-            h.kill()
-            h.wait()
+        for pid in hogs:
+            os.kill(pid, signal.SIGKILL)
     text = doc.read_text()
     assert "figures taken under load" in text
     block = text[text.index("<!-- fig:start -->"):]

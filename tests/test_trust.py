@@ -47,6 +47,24 @@ def _hogs(n: int = 2) -> list[subprocess.Popen]:
     return procs
 
 
+def test_a_running_grandchild_counts_as_own_only_with_children():
+    # a shell that starts a busy loop in the background: the loop is a grandchild of this process, alive
+    # during both samples; its CPU time is this run's own with children=True and nobody's without
+    from edgeopt.contention import sample
+
+    sh = subprocess.Popen(["/bin/sh", "-c", f"{sys.executable} -c 'while True: pass' & wait"])
+    try:
+        time.sleep(0.5)
+        b_all, b_self = sample(children=True), sample()
+        time.sleep(1.0)
+        a_all, a_self = sample(children=True), sample()
+        assert (a_all.own_s - b_all.own_s) - (a_self.own_s - b_self.own_s) > 0.5
+    finally:
+        subprocess.run(["pkill", "-P", str(sh.pid)], check=False)
+        sh.kill()
+        sh.wait()
+
+
 def test_cpu_hog_flags_the_result_and_strict_refuses_it(tmp_path):
     b = tiny_bundle(tmp_path / "b", n=256, layers=4)
     dev = get_device("local")

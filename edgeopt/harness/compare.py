@@ -33,6 +33,13 @@ NEGLIGIBLE = 0.02
 ROUND_PROTOCOL = Protocol(warmup=3, runs=10, min_seconds=0.5, cooldown=False, remeasure=0)
 
 
+def tied(ci95: tuple[float, float]) -> bool:
+    """A ratio's 95 % interval says "no clear difference": it holds 1, or lies wholly within NEGLIGIBLE of it
+    (a difference of a fraction of a percent is within what fresh processes of one artifact differ by)."""
+    lo, hi = ci95
+    return lo <= 1.0 <= hi or (1 - NEGLIGIBLE <= lo and hi <= 1 + NEGLIGIBLE)
+
+
 @dataclass
 class Compared:
     """One artifact's figures over the rounds of a comparison."""
@@ -48,12 +55,10 @@ class Compared:
 
     @property
     def verdict(self) -> str:
-        """"no clear difference" when the interval holds 1 or lies wholly within NEGLIGIBLE of it (a
-        difference of a fraction of a percent is within what fresh processes of one artifact differ by);
-        else slower or faster by the ratio."""
-        lo, hi = self.ci95
-        if lo <= 1.0 <= hi or (1 - NEGLIGIBLE <= lo and hi <= 1 + NEGLIGIBLE):
+        """"no clear difference" when `tied(ci95)`; else slower or faster by the ratio."""
+        if tied(self.ci95):
             return "no clear difference"
+        lo = self.ci95[0]
         return f"{self.ratio:.2f}x slower" if lo > 1.0 else f"{1 / self.ratio:.2f}x faster"
 
     def to_dict(self) -> dict[str, Any]:

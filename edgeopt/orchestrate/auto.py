@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgeopt._util import atomic_dir
 from edgeopt.bundle import Bundle, load_bundle, read_manifest, write_manifest
 from edgeopt.errors import EdgeoptError
@@ -145,6 +147,18 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
     return sorted(front, key=lambda c: c.latency_ms or 0)
 
 
+def confirmed_winner(cands: list[Candidate], round_p50_ms: list[list[float]]) -> tuple[int, int]:
+    """(winner, fastest) as indices into `cands`, from each one's p50 per interleaved round: the fastest by its
+    median round, and the winner among it and the candidates whose ratio to it has a 95 % interval that says
+    "no clear difference" (`harness.compare.tied`): the highest cosine, then the lower latency."""
+    from edgeopt.harness.compare import bootstrap_ratio, tied
+
+    meds = [float(np.median(r)) for r in round_p50_ms]
+    fastest = min(range(len(cands)), key=meds.__getitem__)
+    ties = [i for i in range(len(cands)) if i == fastest or tied(bootstrap_ratio(round_p50_ms[fastest], round_p50_ms[i]))]
+    return max(ties, key=lambda i: (cands[i].cosine or 0.0, -meds[i])), fastest
+
+
 Progress = Callable[[str, int, int], None]
 
 
@@ -164,6 +178,7 @@ class AutoSearch:
         self.floor_from: str | None = None  # the candidate that set the agreement gate's noise floor
         self.device_failures = 0  # in a row
         self.jobs: dict[str, tuple[Job, Bundle, Measurement]] = {}  # label -> (job, its verified bundle, first measurement)
+        self.winner: Candidate | None = None  # set by `confirm`; else the fastest feasible candidate wins
 
     def job(self, c: Candidate) -> Job:
         unit = CompileUnit(self.model, c.passes, c.backend, c.precision, c.target)
@@ -277,11 +292,15 @@ class AutoSearch:
         return extra
 
     def confirm(self) -> None:
-        """Re-measure the contenders with `edgeopt compare`'s interleaved rounds; rank each by its median p50.
+        """Re-measure the contenders with `edgeopt compare`'s interleaved rounds; rank each by its median p50,
+        and pick the winner.
 
         Each round measures every contender once through the whole protocol (the rounds rotate the order);
         the stored measurement is each contender's median-round one (a real run, not an average), and the
-        notes give each contender's ratio to the fastest with its 95 % interval."""
+        notes give each contender's ratio to the first with its 95 % interval. The winner: among the fastest
+        contender and those the rounds cannot tell from it (`Compared.verdict` "no clear difference"), the one
+        with the highest cosine, so that noise never trades fidelity (an int8 artifact, a pruned one) for a
+        speed-up that is not there."""
         from edgeopt.harness.compare import compare
         from edgeopt.harness.protocol import measure
 
@@ -310,6 +329,11 @@ class AutoSearch:
                              for i, r in enumerate(cmp.results))
         self.notes.append(f"confirm stage: {len(todo)} contenders within {CONFIRM_FACTOR}x of the best compared in {CONFIRM_ROUNDS} "
                           f"interleaved rounds, ranked by the median p50 ({verdicts})")
+        pick, fastest = confirmed_winner(todo, [r.round_p50_ms for r in cmp.results])
+        self.winner = todo[pick]
+        if pick != fastest:
+            self.notes.append(f"winner {todo[pick].label} (cosine {todo[pick].cosine:.6f}): the confirm rounds cannot tell it from the fastest, "
+                              f"{todo[fastest].label} (cosine {todo[fastest].cosine:.6f}), so the higher fidelity wins")
 
 
 def auto_compile(
@@ -408,7 +432,7 @@ def _finish(search: AutoSearch, output: Path, fidelity: float, min_agreement: fl
     cands = search.cands
     feasible = [c for c in cands if c.status == "measured"]
     front = pareto_front(feasible)
-    winner = min(feasible, key=lambda c: c.latency_ms) if feasible else None
+    winner = search.winner or (min(feasible, key=lambda c: c.latency_ms) if feasible else None)
     result = AutoResult(winner, front, cands, fidelity, device, time.perf_counter() - t_start, run_id, search.notes)
     summary = {"winner": winner.to_dict() if winner else None, "front": [c.to_dict() for c in front],
                "candidates": [c.to_dict() for c in cands], "seconds": result.seconds, "notes": search.notes,
