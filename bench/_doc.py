@@ -7,8 +7,10 @@
         write_block(REPO / "docs" / "x.md", "key", body)   # staged, not written yet
 
 `DocRun` records the date, the load average before and after, and the CPU time other processes used during
-the run (`edgeopt.contention` on /proc/stat: this process and the children it waited for are "own", anything
-else is foreign). When the run ends:
+the run (`edgeopt.contention` on /proc/stat). "Own" is the CPU time of a control group the run puts itself in
+(`contention.CpuGroup`: every process it starts from then on, daemons and processes whose parent never waits
+for them included); where no cgroup hierarchy is writable, this process and its descendants, alive or waited
+for. Anything else is foreign, and a refused run names who used the most. When the run ends:
 
 - an exception: nothing is written;
 - other processes used more than `--max-foreign-share` (default 0.10) of the machine's CPUs: the run is
@@ -376,7 +378,9 @@ class DocRun:
         global _current
         self._t0 = time.time()
         _adopt_orphans()
-        self._before = contention.sample(children=True)
+        self._group = contention.CpuGroup.create(f"edgeopt-docs-{os.getpid()}")
+        self._before = contention.sample(children=True, group=self._group)
+        self._census = contention.Census.take(self._group)
         _current = self
         return self
 
@@ -384,15 +388,21 @@ class DocRun:
         global _current
         _current = None
         _reap()
-        after = contention.sample(children=True)
+        after = contention.sample(children=True, group=self._group)
         self.stamp = self._stamp(self._before, after)
+        others = self._census.others(contention.Census.take(self._group))
+        if self._group is not None:
+            self._group.close()
+        who = ", ".join(f"{name} {secs:.1f} s" for name, secs in others) or "none seen"
+        if self._pending:
+            self._say(f"[docs] CPU outside this run's processes, the most first: {who}")
         if exc_type is not None:
             if self._pending:
                 self._say(f"[docs] the run failed ({exc_type.__name__}): nothing written")
             return False
         if self.stamp.contaminated and not self.allow and self._pending:
             self._say(f"[docs] REFUSED to write: {self.stamp.foreign_text()} during this run "
-                      f"({self.stamp.load_text()}). Rerun on a quiet machine, or pass --allow-contaminated "
+                      f"({self.stamp.load_text()}; the most CPU outside this run's processes: {who}). Rerun on a quiet machine, or pass --allow-contaminated "
                       "(the page then says so), or raise --max-foreign-share.")
             raise SystemExit(REFUSED)
         writes = self.render()

@@ -301,7 +301,8 @@ def _contamination_note(c: Any) -> str:
     tries = f" after {c.attempts} attempts" if c.attempts > 1 else ""
     what = "FLAGGED: " if c.flagged else ""
     return (f"load: {what}other processes took {100 * c.foreign_cpu_share:.0f}% of the run's {c.cores_used} core(s) "
-            f"(limit {100 * c.threshold:.0f}%{tries}); load average {_f2(c.load_before)} -> {_f2(c.load_after)}")
+            f"(limit {100 * c.threshold:.0f}%{tries}); load average {_f2(c.load_before)} -> {_f2(c.load_after)}"
+            + (f"; the most: {c.who()}" if c.flagged and c.others else ""))
 
 
 def _f2(v: float | None) -> str:

@@ -21,7 +21,7 @@ import sys
 import time
 
 from edgeopt._loop import measure_session, peak_rss_mb, print_result
-from edgeopt.contention import contamination, sample
+from edgeopt.contention import Census, contamination, sample
 from edgeopt.measurement import Measurement, MeasureRequest, Protocol, summarize
 
 
@@ -60,9 +60,11 @@ def run_bundle(path: str, request: MeasureRequest) -> Measurement:
 
     for _ in range(p.warmup):
         session.run(inputs)
+    census = Census.take()
     before = sample()
     lat = measure_session(lambda: session.run(inputs), 0, p.runs, p.min_seconds, request.max_seconds)
     after = sample()
+    others = census.others(Census.take(), top=3)
     loop_end = time.monotonic()
     session.close()
     summary, cv = summarize(lat)
@@ -72,7 +74,7 @@ def run_bundle(path: str, request: MeasureRequest) -> Measurement:
         peak_rss_mb=peak_rss_mb(), outputs_match=outputs_match, check=check,
         platform={"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(), "pid": os.getpid()},
         torch_loaded="torch" in sys.modules, loop_end=loop_end,
-        contamination=contamination(before, after, p.threads, p.max_foreign_share),
+        contamination=contamination(before, after, p.threads, p.max_foreign_share, others),
     )
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from _hogs import foreign_hogs
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -97,18 +97,10 @@ def test_staged_under_all_py_until_applied(tmp_path, monkeypatch):
 def test_a_contaminated_run_refuses_to_write(tmp_path, capfd):
     doc = tmp_path / "page.md"
     doc.write_text(PAGE)
-    # Two CPU hogs that are not this process's descendants (every descendant's CPU time is the run's own):
-    # started by a shell that exits at once, with this process not a subreaper, so init adopts them
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(36, 0, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER off (a DocRun turned it on)
-    sh = subprocess.run(["/bin/sh", "-c", f"for i in 1 2; do {sys.executable} -c 'while True: pass' >/dev/null 2>&1 & echo $!; done"],
-                        capture_output=True, text=True, check=True)
-    hogs = [int(x) for x in sh.stdout.split()]
-    assert len(hogs) == 2
     ncpu = len(os.sched_getaffinity(0))
     limit = min(0.10, 0.5 / ncpu)  # two busy cores are well above it on any machine
-    try:
+    # two busy loops outside this process's tree: another process's CPU use (a descendant's would be the run's own)
+    with foreign_hogs(2):
         time.sleep(0.5)
         with pytest.raises(SystemExit) as e:
             with _doc.DocRun(["--x"], script="bench/demo.py", max_foreign_share=limit):
@@ -116,13 +108,15 @@ def test_a_contaminated_run_refuses_to_write(tmp_path, capfd):
                 time.sleep(2.0)
         assert e.value.code == _doc.REFUSED != 0
         assert doc.read_text() == PAGE
-        assert "REFUSED" in capfd.readouterr().err
+        err = capfd.readouterr().err
+        assert "REFUSED" in err
+        # it names who: the hogs' command name with about two seconds each
+        who = re.search(r"the most CPU outside this run's processes: (?P<who>[^)]*)\)", err)["who"]
+        name, secs = re.match(r"(\S+) ([\d.]+) s", who).groups()
+        assert "python" in name and float(secs) > 1.5 * min(ncpu, 2) / 2, who
         with _doc.DocRun(["--x"], script="bench/demo.py", max_foreign_share=limit, allow_contaminated=True, quiet=True):
             _doc.write_block(doc, "fig", "figures taken under load")
             time.sleep(2.0)
-    finally:
-        for pid in hogs:
-            os.kill(pid, signal.SIGKILL)
     text = doc.read_text()
     assert "figures taken under load" in text
     block = text[text.index("<!-- fig:start -->"):]

@@ -65,6 +65,34 @@ def test_a_running_grandchild_counts_as_own_only_with_children():
         sh.wait()
 
 
+_NOBODY_WAITS = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the child; no parent counts its CPU time
+busy = "import time\\ne = time.process_time() + 1.0\\nwhile time.process_time() < e: pass"
+subprocess.Popen([sys.executable, "-c", busy])
+time.sleep(2.5)
+"""
+
+
+def test_a_cpu_group_keeps_the_time_of_children_nobody_waits_for():
+    import os
+
+    from edgeopt.contention import CpuGroup
+
+    g = CpuGroup.create(f"edgeopt-test-{os.getpid()}")
+    if g is None:
+        pytest.skip("no writable cgroup hierarchy counts CPU time here (not root, or a container without one)")
+    try:
+        used0, t0 = g.usage_s(), os.times()
+        subprocess.run([sys.executable, "-c", _NOBODY_WAITS], check=True)
+        used1, t1 = g.usage_s(), os.times()
+    finally:
+        g.close()
+    tree = (t1.children_user + t1.children_system) - (t0.children_user + t0.children_system)
+    assert used1 - used0 > 0.9 + tree * 0.5, (used1 - used0, tree)  # the group has the busy second...
+    assert tree < 0.9  # ...that the process tree lost
+
+
 def test_cpu_hog_flags_the_result_and_strict_refuses_it(tmp_path):
     b = tiny_bundle(tmp_path / "b", n=256, layers=4)
     dev = get_device("local")
@@ -75,6 +103,7 @@ def test_cpu_hog_flags_the_result_and_strict_refuses_it(tmp_path):
         c = res.contamination
         assert c is not None and c.flagged, c
         assert c.foreign_cpu_share > proto.max_foreign_share and c.attempts == 2  # measured again once, still disturbed
+        assert c.others and "python" in c.others[0][0] and c.others[0][1] > 0.5, c.others  # it names who: the hogs
         # the flag survives the JSON codec the store and `profile --json` use
         back = Measurement.from_dict(json.loads(res.to_json()))
         assert back.contamination.flagged and back.contamination.attempts == 2

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgeopt._loop import peak_rss_mb
-from edgeopt.contention import contamination, sample
+from edgeopt.contention import Census, contamination, sample
 from edgeopt.harness.thermal import ThermalReader
 from edgeopt.measurement import Generation, Measurement, MeasureRequest, summarize
 
@@ -109,6 +109,7 @@ def run(bundle, request: MeasureRequest) -> Measurement:
     for _ in range(max(0, min(p.warmup, 1))):
         _generate_timed(gen, embeds, prefix, suffix, min(p.new_tokens, 8))
     steps: list[float] = []
+    census = Census.take()
     before = sample()
     start = time.perf_counter()
     while True:
@@ -118,6 +119,7 @@ def run(bundle, request: MeasureRequest) -> Measurement:
         if (len(steps) >= p.runs and elapsed >= p.min_seconds) or (request.max_seconds is not None and elapsed >= request.max_seconds):
             break
     after = sample()
+    others = census.others(Census.take(), top=3)
     loop_end = time.monotonic()
     if not steps:  # new_tokens == 1: the first token is all there is; time one decode step to report one
         logits, past = gen.first_step(embeds, prefix, suffix)
@@ -154,5 +156,5 @@ def run(bundle, request: MeasureRequest) -> Measurement:
         peak_rss_mb=peak_rss_mb(), outputs_match=outputs_match, check={"tokens_matched": float(matched), "check_tokens": float(k)},
         platform={"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(), "pid": os.getpid()},
         torch_loaded="torch" in sys.modules, loop_end=loop_end, timing="per decoded token",
-        contamination=contamination(before, after, p.threads, p.max_foreign_share), generation=gen_fig,
+        contamination=contamination(before, after, p.threads, p.max_foreign_share, others), generation=gen_fig,
     )

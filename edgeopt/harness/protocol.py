@@ -118,7 +118,8 @@ def measure(device: Device, bundle: Bundle | str | Path, protocol: Protocol, dev
     if protocol.strict and res.contamination is not None and res.contamination.flagged:
         c = res.contamination
         raise Contaminated(f"{bundle.manifest.model.name} on {device.uri}: other processes took {100 * (c.foreign_cpu_share or 0):.0f}% of the "
-                           f"run's cores (limit {100 * c.threshold:.0f}%; load {c.load_before} -> {c.load_after}) in each of {c.attempts} attempts",
+                           f"run's cores (limit {100 * c.threshold:.0f}%; load {c.load_before} -> {c.load_after}) in each of {c.attempts} attempts"
+                           + (f"; the most: {c.who()}" if c.others else ""),
                            "stop the other work on the device and measure again, or drop --strict to keep a flagged result")
     return res
 
