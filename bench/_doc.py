@@ -223,6 +223,7 @@ _STAMP_RE = re.compile(
     r"(?:other processes used (?P<share>[\d.]+) % of the (?P<cpus>\d+) CPUs \(refused above (?P<threshold>[\d.]+) %\)"
     r"|other processes' CPU use not measured \((?P<reason>[^)]*)\))\.)?(?:, before load .*?)?"
     r"(?: Re-rendered from its record by `(?P<rendered>[^`]+)`\.)?)?", re.M)
+_FIGURE_RE = re.compile(r"<!-- figure: (?P<name>[^=]+?) = (?P<value>[-+\d.eE]+) -->")
 _BLOCK_RE = re.compile(r"<!-- (?P<key>[\w-]+):start -->\n(?P<body>.*?)\n<!-- (?P=key):end -->", re.S)
 
 
@@ -233,6 +234,7 @@ class PageBlock:
     page: str  # relative to the repository
     key: str
     stamp: Stamp | None  # None: the block names no command that regenerates it
+    figures: tuple[tuple[str, float], ...] = ()  # the block's `<!-- figure: NAME = VALUE -->` comments
 
     @property
     def measured(self) -> Stamp | None:
@@ -250,7 +252,8 @@ def page_blocks(paths: list[Path], root: Path = REPO) -> list[PageBlock]:
         rel = str(p.resolve().relative_to(root.resolve())) if p.resolve().is_relative_to(root.resolve()) else str(p)
         for m in _BLOCK_RE.finditer(p.read_text()):
             if m["key"] != MACHINE_KEY:
-                out.append(PageBlock(rel, m["key"], Stamp.parse(m["body"])))
+                figs = tuple((f["name"].strip(), float(f["value"])) for f in _FIGURE_RE.finditer(m["body"]))
+                out.append(PageBlock(rel, m["key"], Stamp.parse(m["body"]), figs))
     return out
 
 
@@ -351,11 +354,15 @@ class DocRun:
         return cls(argv, max_foreign_share=a.max_foreign_share, allow_contaminated=a.allow_contaminated, **kw)
 
     # --- what a script calls -------------------------------------------------------------------------------
-    def write_block(self, doc: Path | str, key: str, body: str, title: str | None = None) -> None:
-        """Stage the block `key` of page `doc` (a later call with the same page and key replaces it)."""
+    def write_block(self, doc: Path | str, key: str, body: str, title: str | None = None, figures: dict[str, float] | None = None) -> None:
+        """Stage the block `key` of page `doc` (a later call with the same page and key replaces it).
+        `figures`: the block's figures of paths other pages time too (`path_figure`), recorded in it as
+        comments that `bench/all.py --status` compares across pages."""
         if key == MACHINE_KEY:
             raise ValueError(f"block key {MACHINE_KEY!r} is the run's own")
         doc = str(Path(doc).resolve())
+        if figures:
+            body = body.rstrip("\n") + "\n\n" + "\n".join(f"<!-- figure: {k} = {v:.4g} -->" for k, v in sorted(figures.items()))
         self._pending = [p for p in self._pending if not (p[0] == "block" and p[1][:2] == (doc, key))]
         self._pending.append(("block", (doc, key, body, title)))
 
@@ -496,9 +503,15 @@ def current() -> DocRun:
     return _current
 
 
-def write_block(doc: Path | str, key: str, body: str, title: str | None = None) -> None:
+def write_block(doc: Path | str, key: str, body: str, title: str | None = None, figures: dict[str, float] | None = None) -> None:
     """Stage the block `key` of page `doc` in the current DocRun (written when the run ends clean)."""
-    current().write_block(doc, key, body, title)
+    current().write_block(doc, key, body, title, figures)
+
+
+def path_figure(model: str, path: str, ms: float) -> dict[str, float]:
+    """The figure of one path that several pages time (`path`: "ORT fp32", the plain export on ONNX Runtime),
+    named the same on every page: {"efficientformer_l1 ORT fp32 p50 ms": 20.9}."""
+    return {f"{model} {path} p50 ms": float(ms)}
 
 
 def write_file(path: Path | str, data: bytes | Callable[[Stamp], bytes]) -> None:

@@ -14,7 +14,9 @@ blocks written, together with docs/conditions.md's machine block (described once
 Otherwise nothing in docs/ or README.md changes. Then the step table of docs/conditions.md and the note at the
 top of docs/benchmarks.md are rewritten from the stamps the pages now hold (`_doc.Stamp.parse`): each step's
 date, load and foreign CPU share, and which steps' figures are not yet from a quiet run. Runs of a few steps
-(`--only`), on different days, combine that way; a full run refreshes every row at once.
+(`--only`), on different days, combine that way; a full run refreshes every row at once. docs/benchmarks.md's
+"The same path on every page" compares the figures of one path (efficientformer_l1 on ONNX Runtime fp32, ...)
+that several pages time: each script records them in its block (`_doc.path_figure`).
 
 `--allow-contaminated` writes anyway (every block that was measured under load says so); `--max-foreign-share`
 sets the limit (default 0.10 of the machine's CPU time). Each step's output goes to out/docs-run/<step>.log.
@@ -247,7 +249,7 @@ def page_states(steps: tuple[Step, ...] | None = None) -> tuple[list[StepState],
 
 
 # Blocks that describe the figures rather than hold them.
-_STATUS_KEYS = ("docs-run", "capability-cells")
+_STATUS_KEYS = ("docs-run", "capability-cells", "agreement")
 
 
 def conditions_block(states: list[StepState], orphans: list[_doc.PageBlock]) -> str:
@@ -307,6 +309,33 @@ def status_note(states: list[StepState], orphans: list[_doc.PageBlock]) -> str:
     return "\n".join(out)
 
 
+# Two pages' figures of one path agree when the larger is at most this much above the smaller (issue 15's 10 %).
+AGREE = 0.10
+
+
+def agreement_block(blocks: list[_doc.PageBlock]) -> str:
+    """The paths that more than one page times (the `<!-- figure: ... -->` comments `_doc.path_figure` puts in
+    the blocks): each page's figure with its date, and whether they agree within AGREE."""
+    by_path: dict[str, list[tuple[_doc.PageBlock, float]]] = {}
+    for b in blocks:
+        for name, value in b.figures:
+            by_path.setdefault(name, []).append((b, value))
+    shared = {k: v for k, v in sorted(by_path.items()) if len(v) > 1}
+    lines = ["## The same path on every page", "",
+             "Each page that times one of these paths records its figure in its block (a `<!-- figure: ... -->` comment); "
+             f"`bench/all.py --status` reads them back. Two figures agree when the larger is at most {100 * AGREE:.0f} % above "
+             "the smaller."]
+    if not shared:
+        return "\n".join([*lines, "", "No path is timed by more than one page's current blocks yet."])
+    lines += ["", "| path | pages: figure (measured) | min..max | max / min | agree |", "|---|---|---|---|---|"]
+    for name, figs in shared.items():
+        vals = [v for _, v in figs]
+        each = "; ".join(f"{b.page} `{b.key}`: {v:.4g} ({b.measured.date if b.measured else 'no stamp'})" for b, v in figs)
+        ratio = max(vals) / min(vals) if min(vals) > 0 else float("inf")
+        lines.append(f"| {name} | {each} | {min(vals):.4g}..{max(vals):.4g} | {ratio:.2f} | {'yes' if ratio <= 1 + AGREE else '**no**'} |")
+    return "\n".join(lines)
+
+
 def apply_stage(stage: Path) -> int:
     """Write the blocks a stopped run staged (a step failed after others had ended clean), then the status.
     Each step's record is checked again: one whose stamp shows contamination is refused unless it was allowed."""
@@ -330,9 +359,11 @@ def apply_stage(stage: Path) -> int:
 def write_status() -> list[Path]:
     """Rewrite docs/conditions.md's step table and docs/benchmarks.md's note from the stamps on the pages."""
     states, orphans = page_states()
+    pages = sorted({ROOT / w for st in STEPS for w in st.writes if w.endswith(".md")})
     return _doc.apply_writes([
         _doc._Write(path=str(CONDITIONS), key="docs-run", text=conditions_block(states, orphans), title="Conditions of the figures"),
         _doc._Write(path=str(DOCS / "benchmarks.md"), key="docs-run", text=status_note(states, orphans)),
+        _doc._Write(path=str(DOCS / "benchmarks.md"), key="agreement", text=agreement_block(_doc.page_blocks(pages, ROOT))),
     ])
 
 

@@ -8,9 +8,9 @@ compression. Writes docs/backends.md.
 
 Phase 1 compiles every bundle with `edgeopt.compile` (cells from edgeopt/capabilities.py; TVM tuned adds
 `tune_minutes`) into --work (default bench/.work, reused with --reuse). Phase 2 loads every artifact through its
-own backend's device-side loader in this one process and times them interleaved: R rounds, each running every
-row for at least --seconds, so that drift and other load hit every row alike; the figure is the median over all
-timed calls. Fidelity is the bundle's own record (artifact vs fp32 torch on the real sample images).
+own backend's device-side loader, each in a process of its own (bench/_path_worker.py), and times them
+interleaved: R rounds, each running every row for about --seconds, so that drift and other load hit every row
+alike; the figure is the median of the round medians. Fidelity is the bundle's own record (artifact vs fp32 torch on the real sample images).
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from _doc import DocRun, add_args, write_block  # noqa: E402
+from _doc import DocRun, add_args, path_figure, write_block  # noqa: E402
 
 from edgeopt.bundle import load_bundle  # noqa: E402
 from edgeopt.capabilities import how, live_weights  # noqa: E402
@@ -104,36 +102,23 @@ def compile_rows(model: str, work: Path, reuse: bool, tune_minutes: float, sampl
 
 
 def time_rows(rows: dict[str, dict], rounds: int, seconds: float, threads: int | None, log) -> None:
-    from edgeopt.runtimes import get_backend
+    """Each compiled row's p50: its bundle through its backend's session in a process of its own
+    (bench/_path_worker.py, as every page times a path), `rounds` alternating rounds of about `seconds` of
+    calls, the median of the round medians."""
+    from peers import PathWorker, interleaved_ms
 
-    sessions = {}
-    for label, r in rows.items():
-        if "error" in r:
-            continue
-        b = load_bundle(r["path"])
-        sess = get_backend(r["backend"]).load(b.path, b.manifest, threads=threads)
-        x = b.reference_inputs()
-        for _ in range(2):  # warm-up
-            sess.run(x)
-        sessions[label] = (sess, x)
-        r["times"] = []
-    for i in range(rounds):
-        order = list(sessions) if i % 2 == 0 else list(reversed(sessions))
-        for label in order:
-            sess, x = sessions[label]
-            t_end = time.perf_counter() + seconds
-            n = 0
-            while n < 3 or time.perf_counter() < t_end:
-                t0 = time.perf_counter()
-                sess.run(x)
-                rows[label]["times"].append((time.perf_counter() - t0) * 1e3)
-                n += 1
-        log(f"round {i + 1}/{rounds} done (load {load_avg()})")
-    for label, (sess, _) in sessions.items():
-        sess.close()
-        t = rows[label]["times"]
-        rows[label]["p50"] = float(np.median(t))
-        rows[label]["n"] = len(t)
+    workers = {}
+    try:
+        for label, r in rows.items():
+            if "error" not in r:
+                workers[label] = PathWorker(["--bundle", str(r["path"])], threads or os.cpu_count() or 1)
+        ms = interleaved_ms(workers, rounds=rounds, seconds=seconds)
+    finally:
+        for w in workers.values():
+            w.close()
+    for label, v in ms.items():
+        rows[label]["p50"] = v
+    log(f"{len(ms)} rows timed in {rounds} rounds (load {load_avg()})")
 
 
 def coreml_sizes(model: str, work: Path, reuse: bool, log, no_compile: bool = False) -> list[dict]:
@@ -171,9 +156,9 @@ def mb(n: int | None) -> str:
 def render(results: dict, coreml: dict, meta: dict) -> str:
     lines = [
         f"Batch 1; {meta['threads']} threads per runtime. "
-        f"Latency: median over all timed calls of {meta['rounds']} interleaved rounds of >= "
-        f"{meta['seconds']} s per row (one process, each artifact loaded by its own device-side loader, no torch in the "
-        "timed path). Fidelity: cosine of the artifact's outputs vs the fp32 torch model on the real sample images "
+        f"Latency: median of the round medians of {meta['rounds']} interleaved rounds of about "
+        f"{meta['seconds']} s per row (each artifact loaded by its own device-side loader in a process of its own, no torch "
+        "in the timed path: bench/_path_worker.py). Fidelity: cosine of the artifact's outputs vs the fp32 torch model on the real sample images "
         "(min over samples), and top-1 agreement. Random-init weights (no checkpoints are downloaded here).",
         "",
     ]
@@ -267,7 +252,9 @@ def run(a: argparse.Namespace) -> int:
         log(f"timing {m}")
         time_rows(results[m], a.rounds, a.seconds, a.threads, log)
     text = render(results, coreml, meta)
-    write_block(a.out, "backends", text, title="Backends side by side")
+    figs = {k: v for m in models if results[m].get("ORT fp32", {}).get("p50")
+            for k, v in path_figure(m, "ORT fp32", results[m]["ORT fp32"]["p50"]).items()}
+    write_block(a.out, "backends", text, title="Backends side by side", figures=figs)
     print(text)
     if not a.keep:
         shutil.rmtree(a.work, ignore_errors=True)

@@ -27,7 +27,7 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from _doc import DocRun, add_args, write_block  # noqa: E402
+from _doc import DocRun, add_args, path_figure, write_block  # noqa: E402
 from latency import timed  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -77,11 +77,11 @@ class PathWorker:
         self._err.close()
 
 
-def interleaved_ms(workers: dict[str, PathWorker], rounds: int = 5, iters: int = 2000) -> dict[str, float]:
+def interleaved_ms(workers: dict[str, PathWorker], rounds: int = 5, iters: int = 2000, seconds: float = 1.0) -> dict[str, float]:
     """Median ms of each path, each in its own process, timed in alternating rounds so that a load swing hits
-    every path alike. About a second of calls per round (at least 3, at most `iters`): with 20 calls a round a
+    every path alike. About `seconds` of calls per round (at least 3, at most `iters`): with 20 calls a round a
     0.13 ms decode step read 0.31 ms, most of it the first calls after the pause."""
-    n = {k: max(3, min(iters, int(1000.0 / max(w.first_ms, 1e-3)))) for k, w in workers.items()}
+    n = {k: max(3, min(iters, int(1000.0 * seconds / max(w.first_ms, 1e-3)))) for k, w in workers.items()}
     per: dict[str, list[float]] = {k: [] for k in workers}
     for _ in range(rounds):
         for k, w in workers.items():
@@ -399,7 +399,9 @@ def measure(a: argparse.Namespace) -> None:
               f"spin against each other on 2 cores; bench/_path_worker.py) ({runs}).", "",
               "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
         md += ["| " + " | ".join(r) + " |" for r in fam]
-        write_block(a.doc, "peers", "\n".join(md), title="Benchmarks")
+        paths = {"ORT fp32 (plain export)": "ORT fp32", "torch eager fp32": "torch eager fp32"}
+        figs = {k: v for r in fam if r[1] in paths for k, v in path_figure(r[0], paths[r[1]], float(r[2])).items()}
+        write_block(a.doc, "peers", "\n".join(md), title="Benchmarks", figures=figs)
     if not a.skip_olive:
         weights, wnote = make_weights(a.weights, out)
         olive_rows = olive_vs_edgeopt(threads, out, weights, a.olive_rounds)

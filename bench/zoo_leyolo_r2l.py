@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _doc import DocRun, add_args, write_block
+from _doc import DocRun, add_args, path_figure, write_block
 
 NAMES = ["leyolo_nano", "leyolo_small", "leyolo_medium", "leyolo_large", "mobile_r2l_blender", "mobile_r2l_llff"]
 
@@ -92,7 +92,8 @@ def run(a: argparse.Namespace) -> None:
     print(table)
     note = (f"Random weights, one real sample, ORT latency the median of {a.runs} runs. "
             "Paper GFLOPs are halved to MACs.\n")
-    write_block(a.out, "zoo-leyolo-r2l", note + "\n" + table, title="LeYOLO and MobileR2L: counted vs paper, export, ORT latency")
+    write_block(a.out, "zoo-leyolo-r2l", note + "\n" + table, title="LeYOLO and MobileR2L: counted vs paper, export, ORT latency",
+                figures={k: v for r in rows for k, v in path_figure(r["name"], "ORT fp32", r["ort_ms"]).items()})
 
 
 if __name__ == "__main__":

@@ -192,6 +192,27 @@ def test_all_py_applies_the_staged_blocks_only_when_every_step_ended_clean(tmp_p
     assert set((tmp_path / "out").glob("docs-stage-*")) == kept  # this run's stage is removed once applied
 
 
+def test_the_same_path_on_two_pages_is_compared(tmp_path):
+    import all as all_py
+
+    a, b, c = tmp_path / "a.md", tmp_path / "b.md", tmp_path / "c.md"
+    for page in (a, b, c):
+        page.write_text(PAGE)
+    with _quiet_run():
+        _doc.write_block(a, "fig", "| l1 | 20.0 |", figures={**_doc.path_figure("l1", "ORT fp32", 20.0), **_doc.path_figure("s1", "ORT fp32", 5.0)})
+        _doc.write_block(b, "fig", "| l1 | 21.5 |", figures=_doc.path_figure("l1", "ORT fp32", 21.5))
+        _doc.write_block(c, "fig", "| l1 | 25.3 | s1 | 5.2 |", figures={**_doc.path_figure("l1", "torch eager fp32", 70.0), **_doc.path_figure("s1", "ORT fp32", 5.6)})
+    blocks = _doc.page_blocks([a, b, c], tmp_path)
+    assert dict(blocks[0].figures) == {"l1 ORT fp32 p50 ms": 20.0, "s1 ORT fp32 p50 ms": 5.0}
+    table = all_py.agreement_block(blocks)
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ") and "p50 ms" in line}
+    assert set(rows) == {"l1 ORT fp32 p50 ms", "s1 ORT fp32 p50 ms"}  # eager is on one page only: nothing to compare
+    assert rows["l1 ORT fp32 p50 ms"].rstrip(" |").endswith("yes") and "1.07" in rows["l1 ORT fp32 p50 ms"]  # 21.5 / 20
+    assert rows["s1 ORT fp32 p50 ms"].rstrip(" |").endswith("**no**") and "1.12" in rows["s1 ORT fp32 p50 ms"]  # 5.6 / 5.0
+    assert "a.md `fig`: 20" in rows["l1 ORT fp32 p50 ms"] and "UTC" in rows["l1 ORT fp32 p50 ms"]  # each page with its date
+    assert "<!-- figure: l1 ORT fp32 p50 ms = 20 -->" in a.read_text()  # invisible on the rendered page
+
+
 def test_a_stamp_reads_back_from_its_line():
     st = _doc.Stamp(command=".venv/bin/python bench/x.py --a 1", date="2026-12-01 22:48 UTC", duration_s=420, load_before=1.89,
                     load_after=0.5, foreign_share=0.005, cpus=2)
