@@ -88,6 +88,8 @@ STEPS: tuple[Step, ...] = (
     Step("harness-overhead", ("bench/harness.py", "overhead"), 2, "5 reps x (30-run bare loop + one harness measurement)", ("docs/harness.md",)),
     Step("harness-cv", ("bench/harness.py", "cv"), 2, "10 measurements, each >= 20 runs and >= 1 s in a fresh runner", ("docs/harness.md",)),
     Step("harness-cv-hog", ("bench/harness.py", "cv-hog"), 2, "the same 10 measurements beside one busy-loop process", ("docs/harness.md",)),
+    Step("harness-phases", ("bench/harness.py", "phases"), 2, "one ORT session timed in 60 windows of 1 s, with steal and own CPU per window",
+         ("docs/harness.md",)),
     Step("harness-sweep", ("bench/harness.py", "sweep"), 25,
          "36 jobs (18 compiles from scratch, TVM untuned) over local + loopback ssh, killed half way and resumed; report screenshot",
          ("docs/harness.md", "docs/report.png"), needs=("tvm", "yaml", "exe:/usr/sbin/sshd", "exe:chromium")),

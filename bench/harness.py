@@ -3,6 +3,7 @@
     python bench/harness.py overhead   # harness overhead vs a bare loop over the same session (median, %)
     python bench/harness.py cv         # CV of 10 repeated measurements of efficientformer_l1 on `local`
     python bench/harness.py cv-hog     # the same beside a busy-loop process: the CV it costs, and the flag
+    python bench/harness.py phases     # one session timed in 1-s windows for a minute: the machine's own swings
     python bench/harness.py sweep      # 3 models x 3 pipelines x 2 backends over local + loopback ssh://,
                                        # killed half way (SIGKILL) and resumed: counts, duplicates; report PNG
 
@@ -147,6 +148,64 @@ def cv(model: str = "efficientformer_l1", n: int = 10, hogs: int = 0) -> None:
     print(body)
 
 
+def phases(model: str = "efficientformer_l1", windows: int = 60) -> None:
+    """One session of `model` timed without pause in 1-second windows: each window's p50, with the CPU time
+    the window's process used and the hypervisor's steal time on this VM's CPUs (/proc/stat). Shows the
+    machine's own speed swinging where nothing in /proc can see it (no steal, no other process, the run's
+    threads busy all along), which no load-aware flag can catch and only interleaving copes with."""
+    from edgeopt.bundle import load_bundle
+    from edgeopt.contention import _allowed_cpus, _stat_fields
+    from edgeopt.runtimes.base import get_backend
+
+    b = load_bundle(bundle(model))
+    sess = get_backend(b.backend).load(b.path, b.manifest, threads=None)
+    x = b.reference_inputs()
+    for _ in range(5):
+        sess.run(x)
+    cpus = _allowed_cpus()
+    rows = []
+    for w in range(windows):
+        f0, c0 = _stat_fields(cpus), time.process_time()
+        t_end, ts = time.perf_counter() + 1.0, []
+        while time.perf_counter() < t_end:
+            t = time.perf_counter()
+            sess.run(x)
+            ts.append((time.perf_counter() - t) * 1e3)
+        f1, c1 = _stat_fields(cpus), time.process_time()
+        rows.append((statistics.median(ts), f1["steal"] - f0["steal"], c1 - c0))
+        print(f"{w + 1}/{windows}: p50 {rows[-1][0]:.2f} ms, steal {rows[-1][1]:.2f} s, own CPU {rows[-1][2]:.2f} s", flush=True)
+    sess.close()
+    p50s = sorted(r[0] for r in rows)
+    fast = p50s[len(p50s) // 10]  # the 10th percentile window: the machine at its usual best
+    slow = [r for r in rows if r[0] > 1.25 * fast]
+    runs, run = [], 0  # lengths of the stretches of consecutive slow windows
+    for r in rows:
+        if r[0] > 1.25 * fast:
+            run += 1
+        elif run:
+            runs.append(run)
+            run = 0
+    if run:
+        runs.append(run)
+    body = (
+        f"{model}, ONNX Runtime fp32, one session timed without pause for {windows} windows of 1 s, one process, "
+        f"nothing else running.\n\n"
+        f"Window p50s (ms): {', '.join(f'{r[0]:.1f}' for r in rows)}\n\n"
+        f"Fastest tenth of the windows: {fast:.2f} ms; median {statistics.median(p50s):.2f} ms; slowest {p50s[-1]:.2f} ms. "
+        f"**{len(slow)} of {windows} windows ran more than 1.25x slower than the fastest tenth**, in "
+        f"{len(runs)} stretch(es) of {', '.join(str(n) for n in runs) or '0'} s. Steal time over all windows: "
+        f"{sum(r[1] for r in rows):.2f} s; the process's own CPU per window: {min(r[2] for r in rows):.2f}-"
+        f"{max(r[2] for r in rows):.2f} s (its threads busy all along). When the slow stretches come without steal "
+        "and without other processes, the machine itself (the host's other tenants on the same physical cores, "
+        "its clock) runs slower and nothing in /proc shows it: a figure taken in one stretch and one taken in "
+        "another differ by that much although both runs were quiet. Interleaved rounds (`edgeopt compare`, "
+        "bench/peers.py, bench/latency.py) give every path both kinds of stretch; figures of one path taken at "
+        "different times, on different pages, carry the swing.\n"
+    )
+    write_section("phases", f"The machine's own speed over a minute ({LABEL})", body)
+    print(body)
+
+
 def _count(db: Path) -> tuple[int, int, int]:
     con = sqlite3.connect(db)
     try:
@@ -244,7 +303,7 @@ def main() -> None:
     import argparse
 
     global DOCS
-    modes = {"overhead": overhead, "cv": cv, "cv-hog": lambda: cv(hogs=1), "sweep": sweep}
+    modes = {"overhead": overhead, "cv": cv, "cv-hog": lambda: cv(hogs=1), "phases": phases, "sweep": sweep}
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("modes", nargs="*", metavar="MODE", help=f"any of {', '.join(modes)} (default: all)")
     ap.add_argument("--docs", type=Path, default=DOCS, help="the docs folder to write (default docs/)")
