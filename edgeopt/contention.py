@@ -24,6 +24,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (guest time is inside user)
 
@@ -61,8 +62,8 @@ class Contamination:
     freq_mhz_after: float | None = None
     attempts: int = 1  # measurements taken to get this one (a flagged result is re-measured)
     reason: str | None = None
-    # who else used the CPUs in the window, the most first: [name, CPU seconds] (`Census.others`)
-    others: list[tuple[str, float]] | None = None
+    # who else used the CPUs in the window, the most first: {"name": ..., "cpu_s": ...} (`Census.others`)
+    others: list[dict[str, Any]] | None = None
 
     @classmethod
     def unmeasured(cls, reason: str, threshold: float) -> Contamination:
@@ -70,7 +71,7 @@ class Contamination:
 
     def who(self) -> str:
         """The other processes that used the most CPU, as `name 1.2 s, ...` ("" where not recorded)."""
-        return ", ".join(f"{name} {secs:.1f} s" for name, secs in self.others or [])
+        return ", ".join(f"{o['name']} {o['cpu_s']:.1f} s" for o in self.others or [])
 
     def summary(self) -> str:
         """One short phrase for tables: `ok 2%`, `FLAGGED 41%`, or `not measured`."""
@@ -345,7 +346,7 @@ def contamination(before: CpuSample, after: CpuSample, threads: int | None, thre
     cores = max(1, min(threads or ncpu, ncpu))
     base = {"load_before": before.load1, "load_after": after.load1, "threshold": threshold, "cores_used": cores, "cpus": ncpu,
             "window_s": window, "freq_mhz_before": before.freq_mhz, "freq_mhz_after": after.freq_mhz,
-            "others": [(name, round(secs, 3)) for name, secs in others] if others else None}
+            "others": [{"name": name, "cpu_s": round(secs, 3)} for name, secs in others] if others else None}
     if before.busy_s is None or after.busy_s is None or window <= 0:
         return Contamination(foreign_cpu_share=None, flagged=False, reason=before.why or after.why or "empty window", **base)
     foreign = max(0.0, (after.busy_s - before.busy_s) - (after.own_s - before.own_s))

@@ -103,7 +103,7 @@ def test_cpu_hog_flags_the_result_and_strict_refuses_it(tmp_path):
         c = res.contamination
         assert c is not None and c.flagged, c
         assert c.foreign_cpu_share > proto.max_foreign_share and c.attempts == 2  # measured again once, still disturbed
-        assert c.others and "python" in c.others[0][0] and c.others[0][1] > 0.5, c.others  # it names who: the hogs
+        assert c.others and "python" in c.others[0]["name"] and c.others[0]["cpu_s"] > 0.5, c.others  # it names who: the hogs
         # the flag survives the JSON codec the store and `profile --json` use
         back = Measurement.from_dict(json.loads(res.to_json()))
         assert back.contamination.flagged and back.contamination.attempts == 2
