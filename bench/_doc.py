@@ -356,7 +356,7 @@ class DocRun:
     # --- what a script calls -------------------------------------------------------------------------------
     def write_block(self, doc: Path | str, key: str, body: str, title: str | None = None, figures: dict[str, float] | None = None) -> None:
         """Stage the block `key` of page `doc` (a later call with the same page and key replaces it).
-        `figures`: the block's figures of paths other pages time too (`path_figure`), recorded in it as
+        `figures`: the block's figures of paths other pages time too (named by `figure_name`), recorded in it as
         comments that `bench/all.py --status` compares across pages."""
         if key == MACHINE_KEY:
             raise ValueError(f"block key {MACHINE_KEY!r} is the run's own")
@@ -400,7 +400,7 @@ class DocRun:
         others = self._census.others(contention.Census.take(self._group))
         if self._group is not None:
             self._group.close()
-        who = ", ".join(f"{name} {secs:.1f} s" for name, secs in others) or "none seen"
+        who = contention.who(others) or "none seen"
         if self._pending:
             self._say(f"[docs] CPU outside this run's processes, the most first: {who}")
         if exc_type is not None:
@@ -508,10 +508,10 @@ def write_block(doc: Path | str, key: str, body: str, title: str | None = None, 
     current().write_block(doc, key, body, title, figures)
 
 
-def path_figure(model: str, path: str, ms: float) -> dict[str, float]:
-    """The figure of one path that several pages time (`path`: "ORT fp32", the plain export on ONNX Runtime),
-    named the same on every page: {"efficientformer_l1 ORT fp32 p50 ms": 20.9}."""
-    return {f"{model} {path} p50 ms": float(ms)}
+def figure_name(model: str, path: str) -> str:
+    """The name of one path's p50 that several pages time (`path`: "ORT fp32", the plain export on ONNX
+    Runtime), the same on every page: "efficientformer_l1 ORT fp32 p50 ms"."""
+    return f"{model} {path} p50 ms"
 
 
 def write_file(path: Path | str, data: bytes | Callable[[Stamp], bytes]) -> None:

@@ -16,7 +16,7 @@ top of docs/benchmarks.md are rewritten from the stamps the pages now hold (`_do
 date, load and foreign CPU share, and which steps' figures are not yet from a quiet run. Runs of a few steps
 (`--only`), on different days, combine that way; a full run refreshes every row at once. docs/benchmarks.md's
 "The same path on every page" compares the figures of one path (efficientformer_l1 on ONNX Runtime fp32, ...)
-that several pages time: each script records them in its block (`_doc.path_figure`).
+that several pages time: each script records them in its block (`_doc.figure_name`).
 
 `--allow-contaminated` writes anyway (every block that was measured under load says so); `--max-foreign-share`
 sets the limit (default 0.10 of the machine's CPU time). Each step's output goes to out/docs-run/<step>.log.
@@ -316,7 +316,7 @@ AGREE = 0.10
 
 
 def agreement_block(blocks: list[_doc.PageBlock]) -> str:
-    """The paths that more than one page times (the `<!-- figure: ... -->` comments `_doc.path_figure` puts in
+    """The paths that more than one page times (the `<!-- figure: ... -->` comments `_doc.figure_name` names in
     the blocks): each page's figure with its date, and whether they agree within AGREE."""
     by_path: dict[str, list[tuple[_doc.PageBlock, float]]] = {}
     for b in blocks:

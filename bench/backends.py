@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from _doc import DocRun, add_args, path_figure, write_block  # noqa: E402
+from _doc import DocRun, add_args, figure_name, write_block  # noqa: E402
 
 from edgeopt.bundle import load_bundle  # noqa: E402
 from edgeopt.capabilities import how, live_weights  # noqa: E402
@@ -252,8 +252,7 @@ def run(a: argparse.Namespace) -> int:
         log(f"timing {m}")
         time_rows(results[m], a.rounds, a.seconds, a.threads, log)
     text = render(results, coreml, meta)
-    figs = {k: v for m in models if results[m].get("ORT fp32", {}).get("p50")
-            for k, v in path_figure(m, "ORT fp32", results[m]["ORT fp32"]["p50"]).items()}
+    figs = {figure_name(m, "ORT fp32"): results[m]["ORT fp32"]["p50"] for m in models if results[m].get("ORT fp32", {}).get("p50")}
     write_block(a.out, "backends", text, title="Backends side by side", figures=figs)
     print(text)
     if not a.keep:

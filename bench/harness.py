@@ -15,6 +15,7 @@ load matters more than anything edgeopt does. `--docs DIR` writes into another d
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -177,22 +178,15 @@ def phases(model: str = "efficientformer_l1", windows: int = 60) -> None:
     sess.close()
     p50s = sorted(r[0] for r in rows)
     fast = p50s[len(p50s) // 10]  # the 10th percentile window: the machine at its usual best
-    slow = [r for r in rows if r[0] > 1.25 * fast]
-    runs, run = [], 0  # lengths of the stretches of consecutive slow windows
-    for r in rows:
-        if r[0] > 1.25 * fast:
-            run += 1
-        elif run:
-            runs.append(run)
-            run = 0
-    if run:
-        runs.append(run)
+    slow = [r[0] > 1.25 * fast for r in rows]
+    # lengths of the stretches of consecutive slow windows
+    runs = [len(list(g)) for is_slow, g in itertools.groupby(slow) if is_slow]
     body = (
         f"{model}, ONNX Runtime fp32, one session timed without pause for {windows} windows of 1 s, one process, "
         f"nothing else running.\n\n"
         f"Window p50s (ms): {', '.join(f'{r[0]:.1f}' for r in rows)}\n\n"
         f"Fastest tenth of the windows: {fast:.2f} ms; median {statistics.median(p50s):.2f} ms; slowest {p50s[-1]:.2f} ms. "
-        f"**{len(slow)} of {windows} windows ran more than 1.25x slower than the fastest tenth**, in "
+        f"**{sum(slow)} of {windows} windows ran more than 1.25x slower than the fastest tenth**, in "
         f"{len(runs)} stretch(es) of {', '.join(str(n) for n in runs) or '0'} s. Steal time over all windows: "
         f"{sum(r[1] for r in rows):.2f} s; the process's own CPU per window: {min(r[2] for r in rows):.2f}-"
         f"{max(r[2] for r in rows):.2f} s (its threads busy all along). When the slow stretches come without steal "

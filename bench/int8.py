@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _doc import DocRun, add_args, path_figure, write_block  # noqa: E402
+from _doc import DocRun, add_args, figure_name, write_block  # noqa: E402
 
 DOC = ROOT / "docs" / "backends.md"
 BLOCK = "backends-int8"
@@ -123,7 +123,7 @@ def main() -> None:
         ])
         print(body)
         if not a.no_write:
-            write_block(DOC, BLOCK, body, figures={k: v for r in rows for k, v in path_figure(r["model"], "ORT fp32", r["lat"]["fp32"]).items()})
+            write_block(DOC, BLOCK, body, figures={figure_name(r["model"], "ORT fp32"): r["lat"]["fp32"] for r in rows})
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _doc import DocRun, add_args, path_figure, write_block
+from _doc import DocRun, add_args, figure_name, write_block
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -116,7 +116,7 @@ def measure(a: argparse.Namespace) -> None:
         *lines,
     ])
     write_block(a.doc, "latency", section, title="Benchmarks",
-                figures={**path_figure(spec.name, "ORT fp32", p50["ORT fp32"]), **path_figure(spec.name, "torch eager fp32", base)})
+                figures={figure_name(spec.name, "ORT fp32"): p50["ORT fp32"], figure_name(spec.name, "torch eager fp32"): base})
 
 
 if __name__ == "__main__":

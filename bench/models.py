@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _doc import DocRun, add_args, path_figure, write_block  # noqa: E402
+from _doc import DocRun, add_args, figure_name, write_block  # noqa: E402
 
 # Above this many parameters an fp32 export (module + exporter copies + a >2 GB external-data graph)
 # does not fit this 24 GiB machine next to other work; such models are counted on meta only.
@@ -148,7 +148,7 @@ def write_doc(a, rows: list[dict], seconds: float) -> None:
         "",
         table(rows),
     ]
-    figs = {k: v for r in rows if r.get("ort_ms_p50") for k, v in path_figure(r["name"], "ORT fp32", r["ort_ms_p50"]).items()}
+    figs = {figure_name(r["name"], "ORT fp32"): r["ort_ms_p50"] for r in rows if r.get("ort_ms_p50")}
     write_block(a.out, "models", "\n".join(doc), title="Model zoo: measured vs paper", figures=figs)
 
 

@@ -27,7 +27,7 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from _doc import DocRun, add_args, path_figure, write_block  # noqa: E402
+from _doc import DocRun, add_args, figure_name, write_block  # noqa: E402
 from latency import timed  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -400,7 +400,7 @@ def measure(a: argparse.Namespace) -> None:
               "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
         md += ["| " + " | ".join(r) + " |" for r in fam]
         paths = {"ORT fp32 (plain export)": "ORT fp32", "torch eager fp32": "torch eager fp32"}
-        figs = {k: v for r in fam if r[1] in paths for k, v in path_figure(r[0], paths[r[1]], float(r[2])).items()}
+        figs = {figure_name(r[0], paths[r[1]]): float(r[2]) for r in fam if r[1] in paths}
         write_block(a.doc, "peers", "\n".join(md), title="Benchmarks", figures=figs)
     if not a.skip_olive:
         weights, wnote = make_weights(a.weights, out)

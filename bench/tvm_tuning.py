@@ -31,7 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from _doc import DocRun, add_args, path_figure, write_block, write_file  # noqa: E402
+from _doc import DocRun, add_args, figure_name, write_block, write_file  # noqa: E402
 
 
 def _measure(run, runs: int, min_s: float, max_s: float) -> dict[str, Any]:
@@ -360,7 +360,7 @@ def _write(a, rows, top, target: str, target_desc: str, model: str, when: str) -
         lines += ["", "## Notes given with the command", "", a.note]
     ort = next((r["p50"] for r in rows if r["variant"] == "onnxruntime fp32"), None)
     write_block(a.out, "tvm", "\n".join(lines), title="TVM performance investigation",
-                figures=path_figure(model, "ORT fp32", ort) if ort else None)
+                figures={figure_name(model, "ORT fp32"): ort} if ort else None)
 
 
 if __name__ == "__main__":

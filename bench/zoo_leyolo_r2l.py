@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _doc import DocRun, add_args, path_figure, write_block
+from _doc import DocRun, add_args, figure_name, write_block
 
 NAMES = ["leyolo_nano", "leyolo_small", "leyolo_medium", "leyolo_large", "mobile_r2l_blender", "mobile_r2l_llff"]
 
@@ -93,7 +93,7 @@ def run(a: argparse.Namespace) -> None:
     note = (f"Random weights, one real sample, ORT latency the median of {a.runs} runs. "
             "Paper GFLOPs are halved to MACs.\n")
     write_block(a.out, "zoo-leyolo-r2l", note + "\n" + table, title="LeYOLO and MobileR2L: counted vs paper, export, ORT latency",
-                figures={k: v for r in rows for k, v in path_figure(r["name"], "ORT fp32", r["ort_ms"]).items()})
+                figures={figure_name(r["name"], "ORT fp32"): r["ort_ms"] for r in rows})
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (guest time is inside user)
+# The busy columns of /proc/stat by position (guest time is inside user; idle and iowait are not busy).
+_COLUMNS = {0: "user", 1: "nice", 2: "system", 5: "irq", 6: "softirq", 7: "steal"}
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc's clock ticks per second
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class Contamination:
 
     def who(self) -> str:
         """The other processes that used the most CPU, as `name 1.2 s, ...` ("" where not recorded)."""
-        return ", ".join(f"{o['name']} {o['cpu_s']:.1f} s" for o in self.others or [])
+        return who(self.others)
 
     def summary(self) -> str:
         """One short phrase for tables: `ok 2%`, `FLAGGED 41%`, or `not measured`."""
@@ -88,24 +90,30 @@ def _allowed_cpus() -> tuple[int, ...]:
         return tuple(range(os.cpu_count() or 1))
 
 
-def _proc_stat_busy(cpus: tuple[int, ...]) -> tuple[float | None, str | None]:
+def _stat_columns(cpus: tuple[int, ...]) -> tuple[dict[str, float] | None, str | None]:
+    """Seconds per busy /proc/stat column (`_COLUMNS`) summed over `cpus`; None with why where unreadable, the
+    partial sums with why where a CPU is missing."""
     try:
         text = Path("/proc/stat").read_text()
     except OSError as e:
         return None, f"/proc/stat is not readable here ({e.strerror or e})"
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     wanted = {f"cpu{c}" for c in cpus}
-    ticks = 0
+    out = dict.fromkeys(_COLUMNS.values(), 0.0)
     seen = 0
     for line in text.splitlines():
         parts = line.split()
         if parts and parts[0] in wanted:
             vals = [int(x) for x in parts[1:]]
-            ticks += sum(vals[i] for i in _BUSY_FIELDS if i < len(vals))
+            for i, name in _COLUMNS.items():
+                if i < len(vals):
+                    out[name] += vals[i] / _HZ
             seen += 1
-    if seen != len(wanted):
-        return None, "/proc/stat does not list every CPU this process may use"
-    return ticks / hz, None
+    return out, None if seen == len(wanted) else "/proc/stat does not list every CPU this process may use"
+
+
+def _proc_stat_busy(cpus: tuple[int, ...]) -> tuple[float | None, str | None]:
+    cols, why = _stat_columns(cpus)
+    return (None, why) if cols is None or why else (sum(cols.values()), None)
 
 
 def _freq_mhz(cpus: tuple[int, ...]) -> float | None:
@@ -132,7 +140,6 @@ class Proc:
 
 def processes() -> dict[int, Proc]:
     """Every process on this machine now, by pid ({} where /proc is not readable)."""
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     out: dict[int, Proc] = {}
     try:
         entries = [e for e in os.listdir("/proc") if e.isdigit()]
@@ -147,7 +154,7 @@ def processes() -> dict[int, Proc]:
         fields = text[close + 2:].split()  # after "pid (comm) ": state ppid ...
         try:
             t = [int(fields[i]) for i in (11, 12, 13, 14, 19)]  # utime stime cutime cstime starttime
-            out[int(e)] = Proc(int(e), int(fields[1]), text[text.find("(") + 1:close], t[4], (t[0] + t[1]) / hz, (t[2] + t[3]) / hz)
+            out[int(e)] = Proc(int(e), int(fields[1]), text[text.find("(") + 1:close], t[4], (t[0] + t[1]) / _HZ, (t[2] + t[3]) / _HZ)
         except (IndexError, ValueError):
             continue
     return out
@@ -166,32 +173,20 @@ def descendants(procs: dict[int, Proc], root: int | None = None) -> set[int]:
     return out
 
 
-def _live_descendants_cpu_s(procs: dict[int, Proc] | None = None) -> float:
+def _live_descendants_cpu_s() -> float:
     """CPU seconds of this process's descendants that have not been waited for by this process yet: for each
     one alive (or a zombie), its own time plus that of the children it has itself waited for. Each CPU-second
     of the process tree is counted once: a process's time sits in its own entry while it lives and moves into
     its parent's children time when the parent waits for it. 0 where /proc is not readable."""
-    procs = processes() if procs is None else procs
+    procs = processes()
     return sum(procs[p].own_s + procs[p].children_s for p in descendants(procs))
 
 
 def _stat_fields(cpus: tuple[int, ...]) -> dict[str, float]:
-    """Seconds per /proc/stat column (user, nice, system, irq, softirq, steal) summed over `cpus`."""
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    names = {0: "user", 1: "nice", 2: "system", 5: "irq", 6: "softirq", 7: "steal"}
-    out = dict.fromkeys(names.values(), 0.0)
-    wanted = {f"cpu{c}" for c in cpus}
-    try:
-        text = Path("/proc/stat").read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        parts = line.split()
-        if parts and parts[0] in wanted:
-            for i, name in names.items():
-                if i + 1 < len(parts):
-                    out[name] += int(parts[i + 1]) / hz
-    return out
+    """Seconds per /proc/stat column (user, nice, system, irq, softirq, steal) summed over `cpus` (zeros where
+    unreadable)."""
+    cols, _ = _stat_columns(cpus)
+    return cols if cols is not None else dict.fromkeys(_COLUMNS.values(), 0.0)
 
 
 @dataclass(frozen=True)
@@ -208,7 +203,7 @@ class Census:
     def take(cls, group: CpuGroup | None = None) -> Census:
         return cls(processes(), _stat_fields(_allowed_cpus()), os.getpid(), frozenset(group.pids()) if group else frozenset())
 
-    def others(self, later: Census, top: int = 5) -> list[tuple[str, float]]:
+    def others(self, later: Census, top: int = 5) -> list[dict[str, Any]]:
         """CPU seconds between the two censuses of the processes outside this process's tree (a process that
         started in between counts whole; one that started and ended in between is not seen), most first, and
         of the time /proc/stat charges to no process: interrupts (irq, softirq: a loopback network's traffic
@@ -226,7 +221,13 @@ class Census:
             d = later.fields.get(col, 0.0) - self.fields.get(col, 0.0)
             if d > 0:
                 by_name[f"({col})"] = d
-        return sorted(by_name.items(), key=lambda kv: -kv[1])[:top]
+        ranked = sorted(by_name.items(), key=lambda kv: -kv[1])[:top]
+        return [{"name": name, "cpu_s": round(secs, 3)} for name, secs in ranked]
+
+
+def who(others: list[dict[str, Any]] | None) -> str:
+    """`Census.others` as `name 1.2 s, ...` ("" where there are none)."""
+    return ", ".join(f"{o['name']} {o['cpu_s']:.1f} s" for o in others or [])
 
 
 def _cgroup_mounts() -> list[tuple[str, Path, str]]:
@@ -338,7 +339,7 @@ def sample(children: bool = False, group: CpuGroup | None = None) -> CpuSample:
 
 
 def contamination(before: CpuSample, after: CpuSample, threads: int | None, threshold: float,
-                  others: list[tuple[str, float]] | None = None) -> Contamination:
+                  others: list[dict[str, Any]] | None = None) -> Contamination:
     """What other processes took from the run's cores between two samples (see the module docstring);
     `others` (from two `Census`es around the same window) names who."""
     window = after.t - before.t
@@ -346,7 +347,7 @@ def contamination(before: CpuSample, after: CpuSample, threads: int | None, thre
     cores = max(1, min(threads or ncpu, ncpu))
     base = {"load_before": before.load1, "load_after": after.load1, "threshold": threshold, "cores_used": cores, "cpus": ncpu,
             "window_s": window, "freq_mhz_before": before.freq_mhz, "freq_mhz_after": after.freq_mhz,
-            "others": [{"name": name, "cpu_s": round(secs, 3)} for name, secs in others] if others else None}
+            "others": others or None}
     if before.busy_s is None or after.busy_s is None or window <= 0:
         return Contamination(foreign_cpu_share=None, flagged=False, reason=before.why or after.why or "empty window", **base)
     foreign = max(0.0, (after.busy_s - before.busy_s) - (after.own_s - before.own_s))

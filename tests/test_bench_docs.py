@@ -199,9 +199,9 @@ def test_the_same_path_on_two_pages_is_compared(tmp_path):
     for page in (a, b, c):
         page.write_text(PAGE)
     with _quiet_run():
-        _doc.write_block(a, "fig", "| l1 | 20.0 |", figures={**_doc.path_figure("l1", "ORT fp32", 20.0), **_doc.path_figure("s1", "ORT fp32", 5.0)})
-        _doc.write_block(b, "fig", "| l1 | 21.5 |", figures=_doc.path_figure("l1", "ORT fp32", 21.5))
-        _doc.write_block(c, "fig", "| l1 | 25.3 | s1 | 5.2 |", figures={**_doc.path_figure("l1", "torch eager fp32", 70.0), **_doc.path_figure("s1", "ORT fp32", 5.6)})
+        _doc.write_block(a, "fig", "| l1 | 20.0 |", figures={_doc.figure_name("l1", "ORT fp32"): 20.0, _doc.figure_name("s1", "ORT fp32"): 5.0})
+        _doc.write_block(b, "fig", "| l1 | 21.5 |", figures={_doc.figure_name("l1", "ORT fp32"): 21.5})
+        _doc.write_block(c, "fig", "| l1 | 25.3 | s1 | 5.2 |", figures={_doc.figure_name("l1", "torch eager fp32"): 70.0, _doc.figure_name("s1", "ORT fp32"): 5.6})
     blocks = _doc.page_blocks([a, b, c], tmp_path)
     assert dict(blocks[0].figures) == {"l1 ORT fp32 p50 ms": 20.0, "s1 ORT fp32 p50 ms": 5.0}
     table = all_py.agreement_block(blocks)
