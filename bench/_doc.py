@@ -57,6 +57,12 @@ REFUSED = 3  # exit status of a run that refused to write because it was contami
 MACHINE_KEY = "machine"
 RUN_FILE = "run.json"  # in the stage folder: {"conditions": path of docs/conditions.md}
 
+# Each path's rounds start spread over at least this many seconds. This VM's speed changes for stretches of
+# 10-44 s with nothing else running (docs/harness.md, "phases"); rounds packed into 15 s can all land in one
+# stretch, and two pages then disagree by 30-50 % on the same path. Spread over 90 s, every path gets rounds
+# in both kinds of stretch; a slow mode that holds about half the time still moves the median (docs/measuring.md).
+ROUND_SPAN_S = 90.0
+
 _current: DocRun | None = None
 
 

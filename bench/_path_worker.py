@@ -14,13 +14,8 @@ and answers `@@ {"median_ms": ...}`; an empty line or EOF ends it. Lines without
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import timed  # noqa: E402
+from edgeopt._timed_worker import serve
 
 
 def _eager(model: str, weights: str | None, threads: int):
@@ -58,18 +53,7 @@ def main() -> int:
     ap.add_argument("--bundle", help="bundle folder: time its artifact through its backend's session")
     ap.add_argument("--threads", type=int, required=True)
     a = ap.parse_args()
-    fn = _eager(a.eager, a.weights, a.threads) if a.eager else _bundle(a.bundle, a.threads)
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    print("@@ " + json.dumps({"first_ms": (time.perf_counter() - t0) * 1e3}), flush=True)
-    for line in sys.stdin:
-        if not line.strip():
-            break
-        n = int(line)
-        fn()
-        print("@@ " + json.dumps({"median_ms": timed(fn, n)}), flush=True)
-    return 0
+    return serve(_eager(a.eager, a.weights, a.threads) if a.eager else _bundle(a.bundle, a.threads))
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ class Step:
 
 # The fixed order. Every bench script that writes a page appears here (tests/test_bench_docs.py checks it).
 STEPS: tuple[Step, ...] = (
-    Step("latency", ("bench/latency.py",), 4, "2 compiles (fp32, int8) + 5 repeats x 30 runs x 3 paths", ("docs/benchmarks.md",)),
+    Step("latency", ("bench/latency.py",), 4, "2 compiles (fp32, int8) + 5 repeats x 30 runs x 3 paths, started over 90 s", ("docs/benchmarks.md",)),
     Step("peers", ("bench/peers.py", "--skip-olive", "--budget-minutes", "1.5"), 30,
          "GEMM peaks + 6 models x (compile, 1.5-min --auto search, 5 interleaved rounds of ~1 s per path)", ("docs/benchmarks.md",)),
     Step("peers-olive", ("bench/peers.py", "--olive-only"), 8,
@@ -76,13 +76,13 @@ STEPS: tuple[Step, ...] = (
     Step("tvm", ("bench/tvm_tuning.py", "--model", "efficientformer_l1", "--tune-minutes", "4"), 12,
          "ORT + 3 TVM builds (<= 20 s of timing each), 4-min tuning + ~1.5 min set-up, kernel profile",
          ("docs/tvm.md", "docs/tvm.json"), needs=("tvm",)),
-    Step("passes", ("bench/passes.py",), 45,
-         "7 pipelines x (5 models on random + 2 on calibrated weights) + 3 interleaved rounds each", ("docs/passes.md",)),
-    Step("passes-quant-types", ("bench/passes.py", "--quant-types", "--rounds", "5"), 5,
-         "8 int8 configurations of efficientformer_l1 x 5 rounds", ("docs/passes.md",)),
+    Step("passes", ("bench/passes.py",), 25,
+         "7 pipelines x (5 models on random + 2 on calibrated weights) + 3 interleaved rounds each, started over 90 s", ("docs/passes.md",)),
+    Step("passes-quant-types", ("bench/passes.py", "--quant-types", "--rounds", "5"), 6,
+         "8 int8 configurations of efficientformer_l1 x 5 rounds started over 90 s", ("docs/passes.md",)),
     Step("models", ("bench/models.py",), 45, "every variant counted, then exported and timed (>= 20 runs / 3 s), at most --budget 3600 s",
          ("docs/models.md",)),
-    Step("zoo-leyolo-r2l", ("bench/zoo_leyolo_r2l.py",), 6, "6 variants: count, export, 10 ORT runs", ("docs/models-leyolo-mobile_r2l.md",)),
+    Step("zoo-leyolo-r2l", ("bench/zoo_leyolo_r2l.py",), 6, "6 variants: count, export, then 5 interleaved rounds of about 1 s of ORT calls each", ("docs/models-leyolo-mobile_r2l.md",)),
     Step("zoo-tinygpt-v", ("bench/zoo_tinygpt_v.py",), 4, "4 exports + 20 runs per graph on torch and ORT + 16-token greedy loops",
          ("docs/models-tinygpt_v.md",)),
     Step("harness-overhead", ("bench/harness.py", "overhead"), 2, "5 reps x (30-run bare loop + one harness measurement)", ("docs/harness.md",)),

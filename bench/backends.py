@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from _doc import DocRun, add_args, figure_name, write_block  # noqa: E402
+from _doc import ROUND_SPAN_S, DocRun, add_args, figure_name, write_block  # noqa: E402
 
 from edgeopt.bundle import load_bundle  # noqa: E402
 from edgeopt.capabilities import how, live_weights  # noqa: E402
@@ -157,7 +157,7 @@ def render(results: dict, coreml: dict, meta: dict) -> str:
     lines = [
         f"Batch 1; {meta['threads']} threads per runtime. "
         f"Latency: median of the round medians of {meta['rounds']} interleaved rounds of about "
-        f"{meta['seconds']} s per row (each artifact loaded by its own device-side loader in a process of its own, no torch "
+        f"{meta['seconds']} s per row, started over {ROUND_SPAN_S:.0f} s (each artifact loaded by its own device-side loader in a process of its own, no torch "
         "in the timed path: bench/_path_worker.py). Fidelity: cosine of the artifact's outputs vs the fp32 torch model on the real sample images "
         "(min over samples), and top-1 agreement. Random-init weights (no checkpoints are downloaded here).",
         "",

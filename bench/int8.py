@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _doc import DocRun, add_args, figure_name, write_block  # noqa: E402
+from _doc import ROUND_SPAN_S, DocRun, add_args, figure_name, write_block  # noqa: E402
 
 DOC = ROOT / "docs" / "backends.md"
 BLOCK = "backends-int8"
@@ -115,7 +115,7 @@ def main() -> None:
         body = "\n".join([
             "## int8 per family on ONNX Runtime: where it pays, and what dominates", "",
             f"onnxruntime {onnxruntime.__version__}, batch 1, the runtime's default threads (2 here); seeded random weights with muted branches revived (`edgeopt.capabilities.live_weights`, as every page). Latency: "
-            f"{a.rounds} interleaved rounds of about a second of calls, each graph in a process of its own (bench/_path_worker.py), the median of the round medians. Kernels: "
+            f"{a.rounds} interleaved rounds of about a second of calls, started over {ROUND_SPAN_S:.0f} s, each graph in a process of its own (bench/_path_worker.py), the median of the round medians. Kernels: "
             "share of ONNX Runtime's kernel time per op (its profiler, after its graph fusions). Why the rule leaves "
             "grouped convs and AveragePool float, and what limits the families where int8 still does not pay: "
             "docs/passes.md, 'Ops whose int8 kernel is slower than fp32 stay float'.", "",

@@ -8,11 +8,9 @@ Usage: python bench/latency.py [--repeats 5] [--iters 30] [--threads N]
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-import numpy as np
-from _doc import DocRun, add_args, figure_name, write_block
+from _doc import ROUND_SPAN_S, DocRun, add_args, figure_name, write_block
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -21,15 +19,6 @@ from edgeopt.harness.compare import interleave, rank
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
-
-
-def timed(fn, iters: int) -> float:
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(ts))
 
 
 def main() -> None:
@@ -79,7 +68,8 @@ def measure(a: argparse.Namespace) -> None:
         # the interleaving and the statistics of `edgeopt compare`: rotated order each repeat, paired bootstrap
         with Progress(console=con, transient=True) as prog:
             task = prog.add_task("measuring", total=a.repeats)
-            per = interleave(len(names), a.repeats, lambda i: workers[names[i]].time(a.iters), lambda r, n: prog.update(task, completed=r))
+            per = interleave(len(names), a.repeats, lambda i: workers[names[i]].time(a.iters), lambda r, n: prog.update(task, completed=r),
+                             span_s=ROUND_SPAN_S)
     finally:
         for w in workers.values():
             w.close()
@@ -107,7 +97,7 @@ def measure(a: argparse.Namespace) -> None:
         "## Foundation: efficientformer_l1 on ONNX Runtime (bench/latency.py)",
         "",
         f"{threads} threads, onnxruntime {ort.__version__}, torch {torch.__version__}. "
-        f"{a.repeats} interleaved repeats of {a.iters} runs each, each path in a process of its own (eager in a torch process; "
+        f"{a.repeats} interleaved repeats of {a.iters} runs each, started over {ROUND_SPAN_S:.0f} s (docs/measuring.md: the machine's slow stretches), each path in a process of its own (eager in a torch process; "
         "the bundles through their backend's session without torch: bench/_path_worker.py); p50 is the median of the "
         "repeats' medians.",
         f"Fidelity on {b8.manifest['samples']} skimage photographs, **random weights** (`edgeopt.capabilities.live_weights`: seeded, muted branches revived) (top-1 agreement says little with random "

@@ -10,7 +10,8 @@ weights (edgeopt/calibrate.py), with the time calibration took.
 
 Each distinct torch-pass prefix (none, reparam, reparam+prune, reparam+lowrank) is run and exported once;
 the graph passes are applied to that export. All artifacts of one model are then timed in interleaved
-rounds (ORT CPU, same sample, median of the rounds' medians), so every row of a model saw the same load.
+rounds (ORT CPU, same sample, each graph in a process of its own, about 0.5 s of calls per round, the rounds
+started over 90 s: _doc.ROUND_SPAN_S; median of the rounds' medians), so every row of a model saw the same load.
 Fidelity is against the fp32 torch model on the real sample inputs, with the weights named in the table.
 """
 
@@ -27,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _doc import DocRun, add_args, write_block  # noqa: E402
+from _doc import ROUND_SPAN_S, DocRun, add_args, write_block  # noqa: E402
 
 MODELS = ["efficientformer_l1", "shvit_s1", "mobileclip_s0_image", "leyolo_nano", "mobile_r2l_blender"]
 # row name -> (torch passes, graph passes)
@@ -52,7 +53,8 @@ def bench_model(name: str, weights: str, n_samples: int, rounds: int, work: Path
     """Rows of one model (one per pipeline), its task metric name, and a line on how its weights were made."""
     import torch
 
-    from edgeopt._ort import ort_latency_ms, ort_run_all
+    from edgeopt._ort import ort_run_all
+    from edgeopt._timed_worker import ort_round_latencies
     from edgeopt.capabilities import live_weights
     from edgeopt.export import export_onnx, torch_outputs
     from edgeopt.fidelity import task_metrics
@@ -126,10 +128,7 @@ def bench_model(name: str, weights: str, n_samples: int, rounds: int, work: Path
             rec["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         _say(f"{name} {row}: {rec.get('error') or 'ok'}")
         rows.append(rec)
-    lat: dict[str, list[float]] = {k: [] for k in artifacts}
-    for _ in range(rounds):
-        for k, p in artifacts.items():
-            lat[k].append(ort_latency_ms(p, samples[0], runs=10, warmup=2))
+    lat = ort_round_latencies(artifacts, samples[0], rounds=rounds, seconds=0.5, span_s=ROUND_SPAN_S)
     for rec in rows:
         if rec["pipeline"] in lat:
             rec["p50_ms"] = float(np.median(lat[rec["pipeline"]]))
@@ -139,7 +138,8 @@ def bench_model(name: str, weights: str, n_samples: int, rounds: int, work: Path
 def quant_types(n_samples: int, rounds: int, work: Path) -> list[dict]:
     """Static int8 format x activation/weight types for efficientformer_l1, with fp32 and dynamic beside."""
 
-    from edgeopt._ort import ort_latency_ms, ort_run_all
+    from edgeopt._ort import ort_run_all
+    from edgeopt._timed_worker import ort_round_latencies
     from edgeopt.capabilities import live_weights
     from edgeopt.export import export_onnx, torch_outputs
     from edgeopt.fidelity import task_metrics
@@ -172,10 +172,7 @@ def quant_types(n_samples: int, rounds: int, work: Path) -> list[dict]:
         fid = ctx.fidelity(ort_run_all(paths[k], samples))
         rows.append({"config": k, "cosine": fid["cosine"], "size_mb": paths[k].stat().st_size / 1e6})
         _say(f"quant types: {k}")
-    lat: dict[str, list[float]] = {k: [] for k in paths}
-    for _ in range(rounds):
-        for k, p in paths.items():
-            lat[k].append(ort_latency_ms(p, samples[0], runs=10, warmup=2))
+    lat = ort_round_latencies(paths, samples[0], rounds=rounds, seconds=0.5, span_s=ROUND_SPAN_S)
     for r in rows:
         r["p50_ms"] = float(np.median(lat[r["config"]]))
         r["min_round_ms"] = float(np.min(lat[r["config"]]))
@@ -253,8 +250,8 @@ def pipelines_section(weights: str, models: list[str], a: argparse.Namespace, ou
         intro = [f"Command: `.venv/bin/python bench/passes.py --weights {a.weights} --models {a.models} "
                  f"--calibrated-models {a.calibrated_models} --samples {a.samples} --rounds {a.rounds}`. {_env()}; "
                  f"this section took {time.perf_counter() - t0:.0f} s.",
-                 "Latency: ONNX Runtime CPU, one image, median of interleaved rounds (all rows of a model timed in the same "
-                 "rounds). Fidelity: against the fp32 torch model on the real sample inputs; the task column is top-1 "
+                 f"Latency: ONNX Runtime CPU, one image, median of {a.rounds} interleaved rounds of about 0.5 s of calls started over "
+                 f"{ROUND_SPAN_S:.0f} s, each graph in a process of its own (`edgeopt._timed_worker`; all rows of a model timed in the same rounds). Fidelity: against the fp32 torch model on the real sample inputs; the task column is top-1 "
                  "agreement (classification), rank agreement (CLIP), mAP@0.5 vs fp32 detections (detection), PSNR dB "
                  "(light field).", ""]
         section = "\n".join(head + intro + lines) + "\n"

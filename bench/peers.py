@@ -27,8 +27,10 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from _doc import DocRun, add_args, figure_name, write_block  # noqa: E402
-from latency import timed  # noqa: E402
+from _doc import ROUND_SPAN_S, DocRun, add_args, figure_name, write_block  # noqa: E402
+
+from edgeopt._timed_worker import TimedProcess, calls_for_seconds, time_rounds  # noqa: E402
+from edgeopt._timed_worker import median_ms as timed  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
 REFERENCE_VARIANTS = ("efficientformer_l1", "shvit_s1", "mobileclip_s0_image", "leyolo_nano", "tinygpt_v_tiny_decode", "mobile_r2l_blender")
@@ -41,54 +43,21 @@ def median_ms(fn, iters: int = 30, repeats: int = 3) -> float:
     return float(np.median([timed(fn, iters) for _ in range(repeats)]))
 
 
-class PathWorker:
+class PathWorker(TimedProcess):
     """One path (torch eager, or a bundle through its backend) timed in its own process: bench/_path_worker.py."""
 
     def __init__(self, args: list[str], threads: int) -> None:
-        import tempfile
-
-        self.args = args
-        self._err = tempfile.TemporaryFile(mode="w+")
-        self.p = subprocess.Popen(
-            [sys.executable, str(REPO / "bench" / "_path_worker.py"), *args, "--threads", str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True,
-            env=dict(os.environ, PYTHONPATH=str(REPO)),
-        )
-        self.first_ms = self._read()["first_ms"]
-
-    def _read(self) -> dict:
-        for line in self.p.stdout:
-            if line.startswith("@@ "):
-                return json.loads(line[3:])
-        self._err.seek(0)
-        tail = " | ".join(self._err.read().strip().splitlines()[-3:])
-        raise RuntimeError(f"path worker {self.args} exited with {self.p.wait()}: {tail}")
-
-    def time(self, n: int) -> float:
-        self.p.stdin.write(f"{n}\n")
-        self.p.stdin.flush()
-        return self._read()["median_ms"]
-
-    def close(self) -> None:
-        if self.p.poll() is None:
-            self.p.stdin.write("\n")
-            self.p.stdin.close()
-            self.p.wait(timeout=60)
-        self._err.close()
+        super().__init__([str(REPO / "bench" / "_path_worker.py"), *args, "--threads", str(threads)],
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
 
 
-def interleaved_ms(workers: dict[str, PathWorker], rounds: int = 5, iters: int = 2000, seconds: float = 1.0) -> dict[str, float]:
+def interleaved_ms(workers: dict[str, PathWorker], rounds: int = 5, iters: int = 2000, seconds: float = 1.0,
+                   span_s: float = ROUND_SPAN_S) -> dict[str, float]:
     """Median ms of each path, each in its own process, timed in alternating rounds so that a load swing hits
-    every path alike. About `seconds` of calls per round (at least 3, at most `iters`): with 20 calls a round a
-    0.13 ms decode step read 0.31 ms, most of it the first calls after the pause."""
-    n = {k: max(3, min(iters, int(1000.0 * seconds / max(w.first_ms, 1e-3)))) for k, w in workers.items()}
-    per: dict[str, list[float]] = {k: [] for k in workers}
-    for _ in range(rounds):
-        for k, w in workers.items():
-            # let the previous path's thread pool stop spinning (torch's OpenMP, ORT and XNNPACK spin-wait
-            # after a call); the pools are in other processes now, but they share the two cores
-            time.sleep(0.5)
-            per[k].append(w.time(n[k]))
+    every path alike (`edgeopt._timed_worker.time_rounds`), the rounds spread over `span_s`. About `seconds`
+    of calls per round (at least 3, at most `iters`): with 20 calls a round a 0.13 ms decode step read
+    0.31 ms, most of it the first calls after the pause."""
+    per = time_rounds(workers, rounds, calls_for_seconds(workers, seconds, most=iters), span_s=span_s)
     return {k: float(np.median(v)) for k, v in per.items()}
 
 
@@ -393,7 +362,7 @@ def measure(a: argparse.Namespace) -> None:
               "real images, so top-1 agreement on the 8 photographs means something); the others a seeded random init "
               "(`edgeopt.capabilities.live_weights`; cosine is the meaningful fidelity there). Both without muted branches "
               "(edgeopt/models/liveinit.py: zero-initialised norm scales and 1e-5 layer scales set to 1). "
-              "Each model's rows are measured side by side in alternating rounds, each path in a process of its own "
+              f"Each model's rows are measured side by side in alternating rounds started over {ROUND_SPAN_S:.0f} s, each path in a process of its own "
               "(eager in a torch process, as a PyTorch app runs it; the artifacts through their backend's session in "
               "processes without torch, as edgeopt's runner and a device run them: in one process the two thread pools "
               f"spin against each other on 2 cores; bench/_path_worker.py) ({runs}).", "",

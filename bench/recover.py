@@ -89,8 +89,8 @@ def _scores(ctx, outs) -> dict[str, float]:
 
 
 def prune_rows(spec, module, ctx, steps: int, rounds: int, work: Path) -> list[dict]:
+    from edgeopt._timed_worker import ort_latencies
     from edgeopt.export import export_onnx, torch_outputs
-    from edgeopt.passes._measure import ort_latencies
     from edgeopt.passes.pipeline import build_pipeline
 
     rows, paths = [], {}
@@ -121,8 +121,8 @@ def prune_rows(spec, module, ctx, steps: int, rounds: int, work: Path) -> list[d
 
 def quantize_rows(spec, module, ctx, rounds: int, work: Path) -> list[dict]:
     from edgeopt._ort import ort_run_all
+    from edgeopt._timed_worker import ort_latencies
     from edgeopt.export import export_onnx
-    from edgeopt.passes._measure import ort_latencies
     from edgeopt.passes.pipeline import build_pipeline
 
     src = work / "q_fp32.onnx"

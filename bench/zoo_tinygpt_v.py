@@ -14,13 +14,13 @@ figures show the pipeline's cost structure, not the full model's speed.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from _doc import DocRun, add_args, write_block
+
+from edgeopt._timed_worker import median_ms
 
 TINY = "tinygpt_v_tiny"
 PARTS = ("vision", "prefill", "decode")
@@ -29,12 +29,7 @@ PARTS = ("vision", "prefill", "decode")
 def _median_ms(fn, runs: int, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ts)
+    return median_ms(fn, runs)
 
 
 def full_counts() -> tuple[dict, float, dict]:

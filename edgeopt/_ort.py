@@ -62,23 +62,6 @@ def ort_run_all(path: str | Path, samples: list[dict[str, np.ndarray]], threads:
     return [dict(zip(outs, s.run(outs, {n: x[n] for n in ins}), strict=True)) for x in samples]
 
 
-def ort_latency_ms(path: str | Path, sample: dict[str, np.ndarray], runs: int = 20, warmup: int = 3, threads: int | None = None) -> float:
-    """Median latency in ms of one sample on ONNX Runtime (used by pass reports, not by the harness)."""
-    import time
-
-    s = ort_session(path, threads)
-    ins = [i.name for i in s.get_inputs()]
-    feed = {n: sample[n] for n in ins}
-    for _ in range(warmup):
-        s.run(None, feed)
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        s.run(None, feed)
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(ts))
-
-
 def ort_op_profile(path: str | Path, sample: dict[str, np.ndarray], runs: int = 20, warmup: int = 3,
                    threads: int | None = None) -> dict[str, float]:
     """Share of kernel time per op type (the kernels ONNX Runtime runs after its graph optimisations, e.g.

@@ -17,10 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
+from edgeopt._timed_worker import interleave
 from edgeopt.bundle import Bundle, load_bundle
 from edgeopt.errors import EdgeoptError
 from edgeopt.harness.devices.base import Device
@@ -92,22 +93,6 @@ def bootstrap_ratio(base: Sequence[float], other: Sequence[float], n_boot: int =
     ratios = np.median(b[idx], axis=1) / np.median(a[idx], axis=1)
     lo, hi = np.percentile(ratios, [2.5, 97.5])
     return float(lo), float(hi)
-
-
-T = TypeVar("T")
-
-
-def interleave(n: int, rounds: int, measure_one: Callable[[int], T], on_round: Callable[[int, int], None] | None = None) -> list[list[T]]:
-    """`measure_one(i)` for every item i in every round, the order rotated each round (0 1 2, 1 2 0, 2 0 1,
-    ...); results as [item][round]. Bench scripts that time in-process use this with `rank` too."""
-    per: list[list[T]] = [[] for _ in range(n)]
-    for r in range(rounds):
-        for k in range(n):
-            i = (r + k) % n
-            per[i].append(measure_one(i))
-        if on_round is not None:
-            on_round(r + 1, rounds)
-    return per
 
 
 def rank(labels: Sequence[str], round_p50_ms: Sequence[Sequence[float]]) -> list[Compared]:

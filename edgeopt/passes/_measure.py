@@ -89,7 +89,10 @@ def export_for_report(module: Any, ctx: PassContext, tag: str) -> Path | None:
 
 
 def fill_graph_figures(rep: PassReport, before: Any, after: Any, ctx: PassContext, runs: int = 20) -> None:
-    """Set nodes_before/after and latency_ms_before/after (ORT, medians, interleaved) on the report."""
+    """Set nodes_before/after and latency_ms_before/after on the report: ONNX Runtime, each graph in a process of
+    its own, alternating rounds (`edgeopt._timed_worker.ort_latencies`)."""
+    from edgeopt._timed_worker import ort_latencies
+
     pb = export_for_report(before, ctx, f"{rep.name}_in")
     pa = export_for_report(after, ctx, f"{rep.name}_out")
     if pb is None or pa is None:
@@ -98,18 +101,6 @@ def fill_graph_figures(rep: PassReport, before: Any, after: Any, ctx: PassContex
     rep.nodes_before, rep.nodes_after = onnx_node_count(pb), onnx_node_count(pa)
     lat = ort_latencies({"before": pb, "after": pa}, ctx.samples[0], runs=runs)
     rep.latency_ms_before, rep.latency_ms_after = lat["before"], lat["after"]
-
-
-def ort_latencies(paths: dict[str, Path], sample: dict[str, np.ndarray], rounds: int = 3, runs: int = 20) -> dict[str, float]:
-    """ORT latency (ms) of each graph on one sample: `rounds` interleaved rounds, so every graph sees the
-    same machine load, and the median of the rounds' medians per graph."""
-    from edgeopt._ort import ort_latency_ms
-
-    got: dict[str, list[float]] = {k: [] for k in paths}
-    for _ in range(rounds):
-        for k, p in paths.items():
-            got[k].append(ort_latency_ms(p, sample, runs=runs, warmup=3))
-    return {k: float(np.median(v)) for k, v in got.items()}
 
 
 class TorchPass(Pass[ConfigT]):

@@ -207,8 +207,8 @@ def accuracy_controlled(src: Path, dst: Path, cfg: QuantizeConfig, ctx: PassCont
     >= `target` as well when one is given (quantize:mixed with max_drop). Latency of the fp32 input, the
     all-int8 graph and the result, timed side by side on ORT, goes into the details."""
     from edgeopt._ort import ort_run_all
+    from edgeopt._timed_worker import ort_latencies
     from edgeopt.passes._accuracy import accuracy_drop, evaluation_split
-    from edgeopt.passes._measure import ort_latencies
 
     split = evaluation_split(ctx)
     last: dict[str, Any] = {}
