@@ -194,6 +194,46 @@ def test_sample_with_a_zero_stride_axis_lowers_and_runs(tmp_path, precision):
     assert np.corrcoef(y.ravel(), ref.ravel())[0, 1] > 0.99
 
 
+def test_int8_weight_whose_linear_xnnpack_refuses_is_dequantized_by_a_portable_kernel(tmp_path):
+    """EVA's attention (TinyGPT-V's vision tower) builds its qkv bias at run time (q bias, zeros, v bias): XNNPACK
+    does not take a linear with a computed bias, so the quantized weight's per-channel dequantize runs outside the
+    delegate. Lowering needs that op's out variant (executorch.kernels.quantized); without it to_executorch failed
+    with "Missing out variants: quantized_decomposed::dequantize_per_channel"."""
+    import torch
+
+    class QkvBias(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = torch.nn.Linear(16, 48, bias=False)
+            self.q_bias = torch.nn.Parameter(torch.randn(16))
+            self.v_bias = torch.nn.Parameter(torch.randn(16))
+            self.proj = torch.nn.Linear(48, 8)  # the output's producer, which stays float: the qkv weight is quantized
+
+        def forward(self, x):
+            bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+            return self.proj(torch.nn.functional.linear(x, self.qkv.weight, bias))
+
+    torch.manual_seed(0)
+    model = QkvBias().eval()
+    samples = [{"x": np.random.default_rng(i).standard_normal((1, 5, 16)).astype(np.float32)} for i in range(4)]
+    inp = CompileInput("qkv", "classification", ["x"], ["y"], samples, module=model, delegated={"quantize": {"mode": "int8"}},
+                       workdir=tmp_path)
+    be = get_backend("executorch")
+    res = be.compile(inp, tmp_path, "host", {})
+    cov = res.details["delegation"]
+    assert res.precision == "int8" and "quantized_decomposed.dequantize_per_channel.default" in cov["fallback_ops"]
+    assert "quantized_decomposed::dequantize_per_channel.out" in cov["kernels"]
+    m = Manifest.draft({"model": {"name": "qkv"}, "backend": "executorch", "artifact": res.artifact,
+                        "inputs": [{"name": "x", "shape": [1, 5, 16], "dtype": "float32"}],
+                        "outputs": [{"name": "y", "shape": [1, 5, 8], "dtype": "float32"}], "backend_details": res.details})
+    sess = be.load(tmp_path, m, threads=1)
+    for s in samples:
+        with torch.no_grad():
+            ref = model(torch.from_numpy(s["x"])).numpy().ravel()
+        y = sess.run(s)["y"].ravel()
+        assert y @ ref / (np.linalg.norm(y) * np.linalg.norm(ref)) > 0.99
+
+
 def test_op_nothing_can_lower_fails_with_the_op_named(tmp_path):
     import torch
 

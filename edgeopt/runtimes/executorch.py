@@ -225,6 +225,10 @@ def _lower(inp: CompileInput, precision: str, qcfg: dict[str, Any]) -> tuple[byt
     module = inp.module.eval()
     args = tuple(torch.from_numpy(dense(inp.samples[0][n])) for n in inp.input_names)
     qdetails: dict[str, Any] = {"precision": precision}
+    if precision == "int8":
+        # registers the out variants of quantized_decomposed's ops (a dequantize left outside the XNNPACK
+        # partition runs on them); without it to_executorch fails with "Missing out variants"
+        import executorch.kernels.quantized  # noqa: F401
     try:
         with torch.no_grad():
             if precision == "int8":
