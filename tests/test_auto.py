@@ -86,8 +86,9 @@ def test_auto_budget_nobody_meets_names_closest(tmp_path):
 
 
 def test_narrow_int8_miss_is_followed_by_its_repair(tmp_path):
-    """ORT int8 that misses the budget narrowly is followed at once by mixed precision with the budget as its
-    target (`Mode.repair`), which keeps the most sensitive nodes float until the budget holds."""
+    """ORT int8 that misses the budget narrowly is followed at once by int8 after reparam, and when that misses
+    too, by mixed precision with the budget as its target (`Mode.repair`), which keeps the most sensitive nodes
+    float until the budget holds."""
     import edgeopt
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -100,11 +101,17 @@ def test_narrow_int8_miss_is_followed_by_its_repair(tmp_path):
     res = auto_compile(name, tmp_path / "win.bundle", fidelity=budget, min_agreement=0.0, backends=["onnxruntime"],
                        precisions=["int8"], stage2=False, runs=2, warmup=0, min_seconds=0,
                        db=f"sqlite:///{tmp_path / 'a.db'}", workdir=tmp_path / "cands")
-    int8, fix = res.candidates
+    int8, retry, *rest = res.candidates
     assert (int8.label, int8.status) == ("onnxruntime/int8", "infeasible")
+    assert retry.label == "onnxruntime/int8 + reparam" and retry.retry_of == "onnxruntime/int8"
+    assert any("trying onnxruntime/int8 + reparam next" in n for n in res.notes)
+    # the tiny model has nothing reparam changes numerically (no norm to fold, no branch to merge): the retry
+    # misses as int8 did, and mixed precision follows it
+    assert retry.status == "infeasible" and retry.cosine == pytest.approx(int8.cosine, abs=1e-9)
+    (fix,) = rest
     assert fix.label == "onnxruntime/mixed" and fix.passes == f"quantize:mode=mixed,target={budget}"
     assert fix.status == "measured" and fix.cosine >= budget and res.winner.label == "onnxruntime/mixed"
-    assert any("trying onnxruntime/mixed next" in n for n in res.notes)
+    assert any("onnxruntime/int8 + reparam missed the budget (cosine" in n and "trying onnxruntime/mixed next" in n for n in res.notes)
     # a wide miss (more than 10x the error the budget allows) gets no repair
     res = auto_compile(name, tmp_path / "w2.bundle", fidelity=1.0 - (1.0 - cos) / 20, min_agreement=0.0, backends=["onnxruntime"],
                        precisions=["int8"], stage2=False, runs=2, warmup=0, min_seconds=0,

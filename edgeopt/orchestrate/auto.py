@@ -57,7 +57,8 @@ DOMINATED_FACTOR = 1.5
 # agreement metric's own noise floor on these weights, and the gate is never set above it.
 NOISE_FLOOR_COSINE = 0.99999
 # A stage-1 candidate that misses the cosine budget by at most this factor times the error the budget allows
-# (1 - budget) is followed by its mode's repair (`Mode.repair`: int8 with the most sensitive nodes float).
+# (1 - budget) is followed by the same precision after reparam, then by its mode's repair (`Mode.repair`: int8
+# with the most sensitive nodes float): `AutoSearch.repairs`.
 REPAIR_MISS_FACTOR = 10.0
 # Confirm stage: the contenders within CONFIRM_FACTOR of the best (at most CONFIRM_MAX) are compared in CONFIRM_ROUNDS
 # interleaved rounds (harness/compare.py) and ranked by the median of their p50s (one sample of a noisy machine is not
@@ -89,6 +90,7 @@ class Candidate:
     compile_s: float | None = None
     measurement_id: int | None = None
     confirm_ms: list[float] | None = None  # the p50 of each measurement in the confirm stage, the first one included
+    retry_of: str | None = None  # the stage-1 candidate whose narrow miss this one retries after reparam (`AutoSearch.repairs`)
 
     @property
     def passes(self) -> str:
@@ -107,8 +109,9 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("precision_passes")
-        if d["target"] is None:
-            d.pop("target")
+        for k in ("target", "retry_of"):
+            if d[k] is None:
+                d.pop(k)
         d["passes"] = self.passes
         d["label"] = self.label
         return d
@@ -255,27 +258,47 @@ class AutoSearch:
             if self.progress:
                 self.progress(c.label, base + i, len(self.cands))
             self.evaluate(c)
-            fix = self.repair(c)
-            if fix is not None:  # tried next: the loop reaches todo[i + 1] (stage 1's todo is self.cands)
-                todo.insert(i + 1, fix)
+            # tried next, in order: the loop reaches todo[i + 1] (stage 1's todo is self.cands)
+            todo[i + 1 : i + 1] = self.repairs(c)
         return True
 
-    def repair(self, c: Candidate) -> Candidate | None:
-        """The candidate to try after the stage-1 candidate `c` (no torch passes) narrowly missed the cosine budget: its mode's repair (`Mode.repair`) on the
-        same backend, with the budget as the repair's target. None where the mode has none or the miss was wide
-        (keeping that many nodes float would not beat the fp32 artifact)."""
+    def repairs(self, c: Candidate) -> list[Candidate]:
+        """What to try right after a stage-1 candidate `c` (no torch passes) that narrowly missed the cosine budget.
+
+        First the same backend and precision after reparameterization: lossless in float, it folds norms and
+        merges branches, so there are fewer, better-conditioned tensors to quantize (mobileclip_s0_image on ORT:
+        int8 cosine 0.99950, reparam+int8 0.99965 in docs/passes.md), and an all-int8 artifact stays faster than
+        one with float nodes. When that retry does not meet the budget either (or reparam does not apply), the
+        mode's repair (`Mode.repair`) on the same backend, with the budget as its target. Nothing after a wide
+        miss: keeping that many nodes float would not beat the fp32 artifact, and reparameterizing does not
+        close a wide gap."""
         from edgeopt.runtimes.base import backend_class
 
-        if c.status != "infeasible" or c.prefix or c.cosine is None or c.cosine >= self.gate.cosine:
-            return None
-        if 1.0 - c.cosine > REPAIR_MISS_FACTOR * (1.0 - self.gate.cosine):
-            return None
-        fix = next((m.repair for m in backend_class(c.backend).modes if m.precision == c.precision), None)
-        if fix is None:  # no repair for this mode (or `c` is itself a repair, whose precision is no mode)
-            return None
-        precision, passes = fix
-        self.notes.append(f"{c.label} missed the budget (cosine {c.cosine:.6f}): trying {c.backend}/{precision} next")
-        return Candidate(c.backend, precision, "", f"{passes},target={self.gate.cosine}", c.target)
+        if c.retry_of is not None:
+            if c.status == "measured":
+                return []
+            first = next(x for x in self.cands if x.label == c.retry_of)
+        elif c.prefix or not self._narrow_miss(c):
+            return []
+        else:
+            first = c
+        mode = next((m for m in backend_class(first.backend).modes if m.precision == first.precision), None)
+        if mode is None:  # `first` is itself a repair, whose precision is no mode of the table
+            return []
+        if c.retry_of is None:
+            nxt = Candidate(c.backend, c.precision, STAGE2_PREFIXES[0], c.precision_passes, c.target, retry_of=c.label)
+        elif mode.repair is not None:
+            precision, passes = mode.repair
+            nxt = Candidate(first.backend, precision, "", f"{passes},target={self.gate.cosine}", first.target)
+        else:
+            return []
+        self.notes.append(f"{c.label} missed the budget ({f'cosine {c.cosine:.6f}' if c.cosine is not None else c.status}): trying {nxt.label} next")
+        return [nxt]
+
+    def _narrow_miss(self, c: Candidate) -> bool:
+        """Infeasible on cosine by at most REPAIR_MISS_FACTOR times the error the budget allows."""
+        return (c.status == "infeasible" and c.cosine is not None and c.cosine < self.gate.cosine
+                and 1.0 - c.cosine <= REPAIR_MISS_FACTOR * (1.0 - self.gate.cosine))
 
     def stage2(self) -> list[Candidate]:
         """Torch-level prefixes on the stage-1 pairs within DOMINATED_FACTOR of the best."""
@@ -289,7 +312,8 @@ class AutoSearch:
                 self.notes.append(f"{c.label}: dominated in stage 1 ({c.latency_ms:.2f} ms > {DOMINATED_FACTOR} x {best:.2f} ms), no stage 2")
                 continue
             extra += [Candidate(c.backend, c.precision, prefix, c.precision_passes, c.target) for prefix in STAGE2_PREFIXES]
-        return extra
+        tried = {x.label for x in self.cands}
+        return [x for x in extra if x.label not in tried]
 
     def confirm(self) -> None:
         """Re-measure the contenders with `edgeopt compare`'s interleaved rounds; rank each by its median p50,
