@@ -24,7 +24,7 @@ from edgeopt.fidelity import output_metrics  # noqa: E402
 from edgeopt.runtimes import CompileInput, get_backend  # noqa: E402
 from edgeopt.runtimes import _tvm_targets as tt  # noqa: E402
 from edgeopt.runtimes import _tvm_tune as tune  # noqa: E402
-from edgeopt.runtimes.tvm import EM_AARCH64, EM_X86_64, UnsupportedOpError, elf_machine  # noqa: E402
+from edgeopt.runtimes.tvm import EM_AARCH64, EM_X86_64, PARAMS, UnsupportedOpError, elf_machine  # noqa: E402
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[1]
@@ -157,6 +157,30 @@ def test_default_schedules_replace_the_bare_loop_nests(tiny, host_bundle, tmp_pa
     assert "T.parallel" not in before and "T.vectorized" not in before
     with pytest.raises(EdgeoptError, match="unknown TVM schedule"):
         _bundle(tiny, tmp_path / "x.bundle", "host", {"schedule": "fast"})
+    # deterministic: the same function gets the same schedule again
+    assert tune.apply_database(fused, tgt, None)[conv].script() == text
+
+
+def test_convolutions_run_nhwc_with_weights_transposed_at_compile_time(tiny, host_bundle, tmp_path):
+    """The default build converts the convolutions to NHWC and stores their weights OHWI in params.npz (the device
+    side does no layout work); `-O layout=NCHW` keeps the graph's layout; both give torch's outputs, and the GELU's
+    erf is the fast polynomial form."""
+    b = load_bundle(host_bundle)
+    d = b.manifest["backend_details"]
+    assert any(s.startswith("ConvertLayout(conv2d: NHWC, OHWI)") for s in d["pipeline"]) and "FastMathTransform" in d["pipeline"]
+    with np.load(b.path / d["params_file"]) as z:
+        shapes = {z[k].shape for k in z.files}
+    assert {(16, 3, 3, 1), (32, 1, 1, 16)} <= shapes  # the depthwise and pointwise weights as OHWI
+    assert not {(16, 1, 3, 3), (32, 16, 1, 1)} & shapes  # their OIHW originals are gone
+    nchw = load_bundle(_bundle(tiny, tmp_path / "nchw.bundle", "host", {"layout": "nchw"}))
+    assert not any(s.startswith("ConvertLayout") for s in nchw.manifest["backend_details"]["pipeline"])
+    with np.load(nchw.path / PARAMS) as z:
+        assert (32, 16, 1, 1) in {z[k].shape for k in z.files}
+    for bundle in (b, nchw):
+        s = get_backend("tvm").load(bundle.path, bundle.manifest)
+        assert output_metrics(tiny["refs"], [s.run(x) for x in tiny["samples"]])["cosine"] > 0.99999
+    with pytest.raises(EdgeoptError, match="unknown TVM layout"):
+        _bundle(tiny, tmp_path / "x.bundle", "host", {"layout": "NCWH"})
 
 
 def test_tile_plan_vector_rows_and_reduction():

@@ -57,7 +57,13 @@ def default_db_dir(target_name: str) -> Path:
 
 
 def prepare(mod, target):
-    """Decompose inference-only ops, legalize to TIR and fuse: the form both tuning and building use."""
+    """Decompose inference-only ops, swap erf/exp/tanh/softmax for their fast approximations, legalize to TIR and
+    fuse: the form both tuning and building use.
+
+    The fast forms (`FastMathTransform`: TOPI's polynomial `fast_erf`, `fast_exp`, ...) are plain arithmetic that
+    vectorizes inside a fused kernel; the exact ones are calls to libm, one scalar call per element, which on
+    efficientformer_l1 made the GELU epilogues of its MLP convolutions cost more than the convolutions. ONNX
+    Runtime's own Erf/Gelu kernels are approximations of the same kind."""
     import tvm
     from tvm import relax
 
@@ -66,6 +72,7 @@ def prepare(mod, target):
             [
                 relax.transform.DecomposeOpsForInference(),
                 relax.transform.CanonicalizeBindings(),
+                relax.transform.FastMathTransform(),
                 relax.get_pipeline("zero"),
             ]
         )(mod)
@@ -335,7 +342,7 @@ def _defaults_done(db_dir: Path) -> set[str]:
 
 def _rules_version() -> str:
     """The default rules' version: a workload's default is measured again when the rules change."""
-    return f"v1:{_VECTOR}/{_ROWS}/{_REDUCE}"
+    return f"v2:{_VECTOR}/{_ROWS}/{_REDUCE}/u{_UNROLL_STEPS}/epilogue-in-tile"
 
 
 def commit_default_records(tasks, target, db, db_dir: Path) -> tuple[int, list[str]]:
@@ -459,15 +466,23 @@ def apply_database(mod, target, db_dir: Path | None, default_schedules: bool = T
 _VECTOR = 16
 _ROWS = 8
 _REDUCE = 4
+# The default schedule's unrolling: the explicit-unroll limit (MetaSchedule's CPU choices are 0, 16, 64, 512
+# steps). 64 unrolls a register tile of `_ROWS` x one vector, so its accumulators stay in registers; 0 and 16
+# leave loads and stores in the tile's loop, 512 bloats the code (efficientformer_l1, fused conv kernels: 64 was
+# the fastest or within 5 % of it, 0 up to 1.8x and 512 up to 4x slower).
+_UNROLL_STEPS = 64
 
 
 def default_schedule(sch, target) -> bool:
-    """Schedule one TIR function without measuring anything: the first sketch of MetaSchedule's design space for
-    this target (its rules: inline elementwise ops, multi-level tiling of the anchor block, parallel outer loops,
-    vectorized inner ones, unrolling), its tile sizes chosen by `_tile_plan` instead of sampled, then its
-    postprocessors. False where the space is empty or a postprocessor rejects the result: the function then
-    keeps its loop nest. (On efficientformer_l1 the sketch's own seeded samples ran about 3x slower than these
-    rules; docs/tvm.md has the figures of the default build.)"""
+    """Schedule one TIR function without measuring anything: one sketch of MetaSchedule's design space for this
+    target (its rules: inline elementwise ops, multi-level tiling of the anchor block, parallel outer loops,
+    vectorized inner ones, unrolling), its tile sizes chosen by `_tile_plan` and its unrolling fixed at
+    `_UNROLL_STEPS` instead of sampled, then its postprocessors. The sketch is the first one that computes the
+    anchor's elementwise epilogue inside the tile loops (`_sketch`), so a fused conv + bias + GELU writes its
+    output once. Deterministic: the same function gets the same schedule in every build. False where the space
+    is empty or a postprocessor rejects the result: the function then keeps its loop nest. (On
+    efficientformer_l1 the sketch's own seeded samples ran about 3x slower than these rules; docs/tvm.md has the
+    figures of the default build.)"""
     from tvm.s_tir import meta_schedule as ms
 
     cores = int(target.attrs.get("num-cores", 1) or 1)
@@ -480,17 +495,31 @@ def default_schedule(sch, target) -> bool:
     spaces = ctx.space_generator.generate_design_space(sch.mod)
     if not spaces:
         return False
-    trace = spaces[0].trace
+    trace = _sketch(spaces)
     plan = iter(_tile_plan(trace))
 
     def provider(inst, inputs, attrs, decision):
-        return next(plan) if inst.kind.name == "SamplePerfectTile" else decision
+        if inst.kind.name == "SamplePerfectTile":
+            return next(plan)
+        if inst.kind.name == "SampleCategorical":  # the CPU rules' only categorical choice: the unroll limit
+            steps = [int(c) for c in inst.attrs[0]]
+            return steps.index(_UNROLL_STEPS) if _UNROLL_STEPS in steps else decision
+        return decision
 
     trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=provider)
     # Marked as MetaSchedule marks its candidates: a search that starts from this schedule's record replays the
     # trace up to here and runs the postprocessors again (without the mark it would apply them twice).
     sch.enter_postproc()
     return all(p.apply(sch) for p in ctx.space_generator.postprocs)
+
+
+def _sketch(spaces):
+    """The trace of the first design space that moves the epilogue into the tiles (a ReverseComputeAt), else the
+    first one (a function without an elementwise consumer)."""
+    for sp in spaces:
+        if any(inst.kind.name == "ReverseComputeAt" for inst in sp.trace.insts):
+            return sp.trace
+    return spaces[0].trace
 
 
 def _tune_context(mod, target, space, cores: int):

@@ -36,6 +36,10 @@ TUNING_DIR = "tuning"  # copy of the tuning database inside the bundle (option b
 # with tile sizes chosen by rule, nothing measured (`_tvm_tune.default_schedule`); "none" leaves the legalized
 # loop nests as they are (scalar, single-threaded).
 SCHEDULES = ("default", "none")
+# Layout of the convolutions (option layout): "NHWC" converts them (activations NHWC, weights OHWI) and transforms
+# the weights once at compile time (`to_nhwc`); "NCHW" keeps the ONNX graph's layout.
+LAYOUTS = ("NHWC", "NCHW")
+_TRANSFORM_PARAMS = "main_transform_params"
 _RUNS_ON = "the target CPU it was built for"
 EM_AARCH64 = 183
 EM_X86_64 = 62
@@ -200,6 +204,53 @@ def import_onnx(model) -> Any:
         ) from e
 
 
+def to_nhwc(mod, weights: list[np.ndarray]) -> tuple[Any, list[np.ndarray]]:
+    """The module with its convolutions in NHWC (weights OHWI), and its weights in the layout the new `main` takes.
+
+    In NCHW the innermost loop of a convolution runs along the image width (56 down to 7 pixels here), too short
+    for the default schedule's 16-lane vectors; in NHWC it runs along the output channels (48 to 448), and a 1x1
+    convolution becomes a plain matrix product. `ConvertLayout` inserts the transposes at the boundaries of the
+    NHWC regions; the weight transposes depend only on weights, so `LiftTransformParams` moves them into a
+    function of their own, which runs here once, on the host. The artifact keeps its weights outside the .so
+    (params.npz) in the new layout, and the device side does no layout work."""
+    import tvm
+    from tvm import relax
+
+    # conv2d_transpose stays NCHW: Relax legalizes it in no other layout (mobile_r2l's upsampling tail)
+    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]})(mod)
+    mod = relax.transform.LiftTransformParams()(mod)
+    lifted = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint == _TRANSFORM_PARAMS})
+    dev = tvm.cpu(0)
+    vm = relax.VirtualMachine(tvm.compile(lifted, target="llvm"), dev)
+    out = vm[_TRANSFORM_PARAMS]([tvm.runtime.tensor(np.asarray(w, order="C"), dev) for w in weights])
+    new = [o.numpy() for o in ([out] if hasattr(out, "numpy") else out)]
+    return tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint != _TRANSFORM_PARAMS}), new
+
+
+def relax_graph(model, layout: str = "NHWC") -> tuple[Any, list[np.ndarray], list[str]]:
+    """ONNX ModelProto -> (Relax module whose `main` takes the inputs then the weights, the weights, the steps
+    taken). The one front half of every TVM build: `TvmBackend.compile` and bench/tvm_tuning.py.
+
+    `layout="NHWC"` converts the convolutions (`to_nhwc`) of a float graph. A QDQ graph keeps NCHW: lifting its
+    weight transposes would dequantize the int8 weights at compile time and store them as floats."""
+    from tvm import relax
+
+    if layout not in LAYOUTS:
+        raise EdgeoptError(f"unknown TVM layout {layout!r}", f"use -O layout={' or -O layout='.join(LAYOUTS)}")
+    ops = {n.op_type for n in model.graph.node}
+    mod = import_onnx(model)
+    mod, params = relax.frontend.detach_params(mod)
+    weights = [p.numpy() for p in params.get("main", [])]
+    steps = ["relax ONNX frontend"]
+    if layout == "NHWC" and "Conv" in ops:
+        if ops & {"QuantizeLinear", "DequantizeLinear"}:
+            steps.append("convolutions kept NCHW (a QDQ graph: its int8 weights stay int8)")
+        else:
+            mod, weights = to_nhwc(mod, weights)
+            steps.append("ConvertLayout(conv2d: NHWC, OHWI) + LiftTransformParams (weights transposed at compile time)")
+    return mod, weights, steps
+
+
 @register_backend
 class TvmBackend(Backend):
     name = "tvm"
@@ -207,7 +258,7 @@ class TvmBackend(Backend):
     consumes = "onnx"
     # The quantize pass rewrites the ONNX graph; its QDQ nodes are imported as quantize/dequantize ops.
     modes = (
-        Mode("fp32", None, ARTIFACT, "Relax build for this CPU: default schedules (MetaSchedule's rules, no measurement), untuned",
+        Mode("fp32", None, ARTIFACT, "Relax build for this CPU: convolutions NHWC, default schedules (MetaSchedule's rules, no measurement), untuned",
              runs_on=_RUNS_ON, auto_rank=11),
         Mode("int8", "quantize:int8", ARTIFACT,
              "ORT's QDQ graph imported into Relax; Relax has no integer kernels for it, so quantize/dequantize are lowered to "
@@ -235,7 +286,6 @@ class TvmBackend(Backend):
         import onnx
         import tvm
         import tvm_ffi
-        from tvm import relax
 
         from edgeopt.runtimes import _tvm_targets as tt
         from edgeopt.runtimes import _tvm_tune as tune
@@ -261,14 +311,13 @@ class TvmBackend(Backend):
         model = onnx.load(str(inp.onnx_path))
         graph_inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
         graph_outputs = [o.name for o in model.graph.output]
-        mod = import_onnx(model)
-        mod, params = relax.frontend.detach_params(mod)
-        weights = [p.numpy() for p in params.get("main", [])]
+        mod, weights, pipeline = relax_graph(model, str(opts.pop("layout", "NHWC")).upper())
         import_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         mod = tune.prepare(mod, tgt)
-        pipeline = ["DecomposeOpsForInference", "CanonicalizeBindings", "zero(LegalizeOps,AnnotateTIROpPattern,FoldConstant,FuseOps,FuseTIR)"]
+        pipeline += ["DecomposeOpsForInference", "CanonicalizeBindings", "FastMathTransform",
+                     "zero(LegalizeOps,AnnotateTIROpPattern,FoldConstant,FuseOps,FuseTIR)"]
         details: dict[str, Any] = {}
         db_dir: Path | None = None
         if tuning:
