@@ -51,13 +51,13 @@ def test_shvit_registers_its_prune_rule():
     assert rule in rules and SHSA in rule.leaf_pruners() and rule.reason == "attention blocks"
 
 
-def test_prune_shvit_protects_attention_and_measures_latency(tmp_path):
+def test_prune_shvit_protects_attention(tmp_path):
+    # (the report's ORT latency figures are tested on a small net in test_passes.py)
     net, ctx = _ctx("shvit_s1", tmp_path)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    out, rep = build_pipeline("prune:ratio=0.3")[0].run(net, ctx)
+    out, rep = build_pipeline("prune:ratio=0.3,measure_latency=false")[0].run(net, ctx)
     assert state_equal(net, before)
     assert rep.macs_after < 0.8 * rep.macs_before and rep.params_after < rep.params_before
-    assert rep.latency_ms_before > 0 and rep.latency_ms_after > 0  # measured on ORT, side by side
     assert "attention blocks" in rep.notes[0]
     for a, b in zip(_shsa(net), _shsa(out), strict=True):  # single-head attention left whole
         assert (a.dim, a.pdim) == (b.dim, b.pdim) and a.qkv.c.weight.shape == b.qkv.c.weight.shape
