@@ -3,16 +3,18 @@
     .venv/bin/python bench/tvm_tuning.py [--model efficientformer_l1] [--tune-minutes 3,10] [--out docs/tvm.md]
 
 One process, one machine, side by side: ONNX Runtime fp32 (the reference point), then TVM variants of
-the same ONNX graph:
+the same ONNX graph, each through `edgeopt.runtimes.tvm.relax_graph` (the backend's front half: convolutions NHWC):
   raw        `tvm.compile` straight on the imported module (no fusion): what a first try gives;
   fused      the fused graph with no schedule (DecomposeOpsForInference + zero pipeline: legalize, fold, fuse;
              `-O schedule=none`): bare loop nests;
   default    edgeopt's untuned build: fused + a default schedule per function (MetaSchedule's rules, tile
              sizes by rule, nothing measured; `_tvm_tune.default_schedule`);
+  nchw       the same with the convolutions left in the ONNX graph's NCHW layout (`-O layout=NCHW`);
   dlight     fused + dlight's CPU rules (GEMV, Reduction) for the kernels they match;
   tuned-Nm   MetaSchedule with a cumulative time budget (each stage extends the same fresh database),
              the minutes and trials actually spent recorded beside each figure.
-Each figure is the median of a LoadGen-style run (edgeopt._loop.measure_session). The per-kernel profile
+All rows are built first and then timed together in interleaved rounds (every row in every round, spread over
+_doc.ROUND_SPAN_S), so each ratio to ONNX Runtime compares figures taken under the same conditions. The per-kernel profile
 of the untuned (default-schedule) build shows where the time goes. Writes the table and findings to docs/tvm.md.
 """
 
@@ -31,19 +33,27 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from _doc import DocRun, add_args, figure_name, write_block, write_file  # noqa: E402
+from _doc import ROUND_SPAN_S, DocRun, add_args, figure_name, write_block, write_file  # noqa: E402
 
 
-def _measure(run, runs: int, min_s: float, max_s: float) -> dict[str, Any]:
-    """{"latency_ms": {"p50", "p90", ...}, "runs": n, "cv": ...} of a LoadGen-style loop over `run`."""
-    from dataclasses import asdict
+def _time_interleaved(timers: dict[str, Any], first_ms: dict[str, float], rounds: int, seconds: float) -> dict[str, list[list[float]]]:
+    """Every row's call times, in `rounds` interleaved rounds (rotated order, spread over ROUND_SPAN_S: the
+    interleaving of `edgeopt compare`), each row about `seconds` of calls per round (at least one)."""
+    from edgeopt._timed_worker import interleave
 
-    from edgeopt._loop import measure_session
-    from edgeopt.measurement import summarize
+    names = list(timers)
 
-    lat = measure_session(run, warmup=2, runs=runs, min_seconds=min_s, max_seconds=max_s)
-    summary, cv = summarize(lat)
-    return {"latency_ms": asdict(summary), "runs": len(lat), "cv": cv}
+    def one(i: int) -> list[float]:
+        run = timers[names[i]]
+        ts = []
+        for _ in range(max(1, int(1000.0 * seconds / max(first_ms[names[i]], 1e-3)))):
+            t0 = time.perf_counter()
+            run()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        return ts
+
+    per = interleave(len(names), rounds, one, span_s=ROUND_SPAN_S)
+    return dict(zip(names, per, strict=True))
 
 
 def _cos(refs, outs) -> float:
@@ -80,9 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="efficientformer_l1")
     ap.add_argument("--tune-minutes", default="3,10", help="cumulative tuning budgets, comma-separated (0 or '' to skip)")
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--min-seconds", type=float, default=2.0)
-    ap.add_argument("--max-seconds", type=float, default=20.0)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (every row in every round)")
+    ap.add_argument("--seconds", type=float, default=1.0, help="calls per row and round: about this many seconds, at least one call")
     ap.add_argument("--skip", default="", help="comma-separated variants to skip (raw,dlight,nchw)")
     ap.add_argument("--out", default=str(REPO / "docs" / "tvm.md"))
     ap.add_argument("--render", metavar="JSON", help="only re-render the markdown from a previous run's .json")
@@ -91,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.render:  # no measurement: the page keeps the stamp of the run that measured the figures
         raw = json.loads(Path(a.render).read_text())
-        a.tune_minutes, a.runs = raw["args"]["tune_minutes"], raw["args"]["runs"]
-        a.min_seconds, a.max_seconds = raw["args"]["min_seconds"], raw["args"]["max_seconds"]
+        a.tune_minutes, a.rounds, a.seconds = raw["args"]["tune_minutes"], raw["args"]["rounds"], raw["args"]["seconds"]
         stamp = raw.get("stamp") or {"command": f"python bench/tvm_tuning.py --model {raw['model']} --tune-minutes {a.tune_minutes}",
                                      "date": raw["when"]}
         with DocRun.from_args(a, argv, replay=stamp):
@@ -139,13 +147,18 @@ def measure(a: argparse.Namespace) -> int:
     info = tt.resolve_target("host")
     rows: list[dict[str, Any]] = []
 
+    timers: dict[str, Any] = {}
+    first_ms: dict[str, float] = {}
+
     def add(name: str, run, outs_fn, note: str, **extra: Any) -> None:
-        con.print(f"[bold]{name}[/]: measuring")
-        s = _measure(run, a.runs, a.min_seconds, a.max_seconds)
-        rows.append({"variant": name, "p50": s["latency_ms"]["p50"], "p90": s["latency_ms"]["p90"], "runs": s["runs"],
-                     "cosine": _cos(refs, [outs_fn(x) for x in samples]), "note": note,
-                     "load1": os.getloadavg()[0], **extra})
-        con.print(f"  p50 {s['latency_ms']['p50']:.2f} ms")
+        """A row: its fidelity now, its latency in the interleaved rounds at the end (every row in every round)."""
+        run()
+        t0 = time.perf_counter()
+        run()
+        first_ms[name] = (time.perf_counter() - t0) * 1e3
+        timers[name] = run
+        rows.append({"variant": name, "cosine": _cos(refs, [outs_fn(x) for x in samples]), "note": note, **extra})
+        con.print(f"[bold]{name}[/]: built, one call {first_ms[name]:.1f} ms")
 
     # ONNX Runtime reference, same graph.
     sess = ort_session(onnx_path, None)
@@ -234,6 +247,15 @@ def measure(a: argparse.Namespace) -> int:
             tune_min=spent_s / 60.0, trials=trials_total,
         )
 
+    import numpy as np
+
+    con.print(f"[bold]timing[/] {len(rows)} rows in {a.rounds} interleaved rounds of about {a.seconds:g} s each, started over {ROUND_SPAN_S:.0f} s")
+    load1 = os.getloadavg()[0]
+    per = _time_interleaved(timers, first_ms, a.rounds, a.seconds)
+    for r in rows:
+        calls = [t for rnd in per[r["variant"]] for t in rnd]
+        r.update(p50=float(np.median([np.median(rnd) for rnd in per[r["variant"]]])), p90=float(np.percentile(calls, 90)),
+                 runs=len(calls), round_ms=[float(np.median(rnd)) for rnd in per[r["variant"]]], load1=max(load1, os.getloadavg()[0]))
     raw = {"rows": rows, "top": top, "target": info.name, "target_desc": info.description, "model": spec.name,
            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "args": vars(a)}
     write_file(Path(a.out).with_suffix(".json"), lambda stamp: (json.dumps({**raw, "stamp": asdict(stamp)}, indent=1) + "\n").encode())
@@ -269,8 +291,9 @@ def _write(a, rows, top, target: str, target_desc: str, model: str, when: str) -
     lines = [
         f"{model}, measured {when}; TVM target `{target}` ({target_desc}). "
         "Weights: `edgeopt.capabilities.live_weights` (seeded random init without muted branches, as docs/backends.md). "
-        "All rows were measured in the same run, one after another. Latency: median of a LoadGen-style run at batch 1 (2 warm-up calls, "
-        f"at least {a.runs} runs and {a.min_seconds:g} s, capped at {a.max_seconds:g} s). Cosine: vs torch fp32 on 2 real samples.",
+        f"All rows were built first, then timed together at batch 1 in {a.rounds} interleaved rounds (every row in every round, "
+        f"the order rotated, the rounds started over {ROUND_SPAN_S:.0f} s: docs/measuring.md), about {a.seconds:g} s of calls per row "
+        "and round (at least one call); p50 is the median of the round medians, p90 over all calls. Cosine: vs torch fp32 on 2 real samples.",
         "",
         "| variant | p50 ms | p90 ms | runs | vs ORT | cosine | tuning min (cumulative) | trials measured | build s | load avg | note |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",

@@ -342,7 +342,7 @@ def _defaults_done(db_dir: Path) -> set[str]:
 
 def _rules_version() -> str:
     """The default rules' version: a workload's default is measured again when the rules change."""
-    return f"v2:{_VECTOR}/{_ROWS}/{_REDUCE}/u{_UNROLL_STEPS}/epilogue-in-tile"
+    return f"v2:{_VECTOR}/{_ROWS}/{_REDUCE}/u{_UNROLL_STEPS}/{_UNROLL_UNTILED}/epilogue-in-tile"
 
 
 def commit_default_records(tasks, target, db, db_dir: Path) -> tuple[int, list[str]]:
@@ -469,15 +469,18 @@ _REDUCE = 4
 # The default schedule's unrolling: the explicit-unroll limit (MetaSchedule's CPU choices are 0, 16, 64, 512
 # steps). 64 unrolls a register tile of `_ROWS` x one vector, so its accumulators stay in registers; 0 and 16
 # leave loads and stores in the tile's loop, 512 bloats the code (efficientformer_l1, fused conv kernels: 64 was
-# the fastest or within 5 % of it, 0 up to 1.8x and 512 up to 4x slower).
+# the fastest or within 5 % of it, 0 up to 1.8x and 512 up to 4x slower). A function without a register tile
+# (softmax, pooling, layer norm) gets 16: its loops have nothing to keep in registers, and 64 steps of TOPI's
+# fast_softmax took LLVM a minute to compile.
 _UNROLL_STEPS = 64
+_UNROLL_UNTILED = 16
 
 
 def default_schedule(sch, target) -> bool:
     """Schedule one TIR function without measuring anything: one sketch of MetaSchedule's design space for this
     target (its rules: inline elementwise ops, multi-level tiling of the anchor block, parallel outer loops,
     vectorized inner ones, unrolling), its tile sizes chosen by `_tile_plan` and its unrolling fixed at
-    `_UNROLL_STEPS` instead of sampled, then its postprocessors. The sketch is the first one that computes the
+    `_UNROLL_STEPS` (`_UNROLL_UNTILED` without a register tile) instead of sampled, then its postprocessors. The sketch is the first one that computes the
     anchor's elementwise epilogue inside the tile loops (`_sketch`), so a fused conv + bias + GELU writes its
     output once. Deterministic: the same function gets the same schedule in every build. False where the space
     is empty or a postprocessor rejects the result: the function then keeps its loop nest. (On
@@ -497,13 +500,15 @@ def default_schedule(sch, target) -> bool:
         return False
     trace = _sketch(spaces)
     plan = iter(_tile_plan(trace))
+    tiled = any(inst.kind.name == "SamplePerfectTile" and int(inst.attrs[0]) == 4 for inst in trace.insts)
+    unroll = _UNROLL_STEPS if tiled else _UNROLL_UNTILED
 
     def provider(inst, inputs, attrs, decision):
         if inst.kind.name == "SamplePerfectTile":
             return next(plan)
         if inst.kind.name == "SampleCategorical":  # the CPU rules' only categorical choice: the unroll limit
             steps = [int(c) for c in inst.attrs[0]]
-            return steps.index(_UNROLL_STEPS) if _UNROLL_STEPS in steps else decision
+            return steps.index(unroll) if unroll in steps else decision
         return decision
 
     trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=provider)
