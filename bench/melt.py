@@ -16,6 +16,7 @@ numpy + onnxruntime, no torch), one after another, with --threads intra-op threa
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from _doc import DocRun, add_args, write_block  # noqa: E402
 
+# Free disk --full needs under the temp folder: the full model's export and int4 intermediates sit beside its
+# bundle while it compiles (a run with 35 GiB free ran out of space near the end of the export).
+FULL_FREE_GIB = 37
 TINY = (("tinygpt_v_tiny", None, "fp32"), ("tinygpt_v_tiny", "quantize:int4", "fp16"))
 
 
@@ -95,6 +99,12 @@ def main() -> int:
     for b in a.bundle:
         if not edgeopt.load_bundle(b).generative:
             con.print(f"[red]{b} is not a generative bundle[/]")
+            return 2
+    if a.full:  # refuse before hours of work rather than fail at the end of the export
+        free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+        if free < FULL_FREE_GIB:
+            con.print(f"[red]--full needs about {FULL_FREE_GIB} GiB free under {tempfile.gettempdir()} (the 2.8 B model's export and int4 "
+                      f"intermediates); {free:.0f} GiB is free. Free space there, or point TMPDIR at a larger disk.[/]")
             return 2
     with DocRun.from_args(a), tempfile.TemporaryDirectory(prefix="bench-melt-") as tmp:
         bundles = []
