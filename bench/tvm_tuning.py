@@ -39,20 +39,11 @@ from _doc import ROUND_SPAN_S, DocRun, add_args, figure_name, write_block, write
 def _time_interleaved(timers: dict[str, Any], first_ms: dict[str, float], rounds: int, seconds: float) -> dict[str, list[list[float]]]:
     """Every row's call times, in `rounds` interleaved rounds (rotated order, spread over ROUND_SPAN_S: the
     interleaving of `edgeopt compare`), each row about `seconds` of calls per round (at least one)."""
-    from edgeopt._timed_worker import interleave
+    from edgeopt._timed_worker import call_times, calls_in, interleave
 
     names = list(timers)
-
-    def one(i: int) -> list[float]:
-        run = timers[names[i]]
-        ts = []
-        for _ in range(max(1, int(1000.0 * seconds / max(first_ms[names[i]], 1e-3)))):
-            t0 = time.perf_counter()
-            run()
-            ts.append((time.perf_counter() - t0) * 1e3)
-        return ts
-
-    per = interleave(len(names), rounds, one, span_s=ROUND_SPAN_S)
+    calls = {k: calls_in(seconds, first_ms[k], least=1, most=sys.maxsize) for k in names}
+    per = interleave(len(names), rounds, lambda i: call_times(timers[names[i]], calls[names[i]]), span_s=ROUND_SPAN_S)
     return dict(zip(names, per, strict=True))
 
 
@@ -123,6 +114,7 @@ def measure(a: argparse.Namespace) -> int:
     from tvm import relax
 
     from edgeopt._ort import ort_session
+    from edgeopt._timed_worker import first_ms as one_call_ms
     from edgeopt.export import export_onnx, torch_outputs
     from edgeopt.models import get_spec
     from edgeopt.runtimes import _tvm_targets as tt
@@ -152,10 +144,7 @@ def measure(a: argparse.Namespace) -> int:
 
     def add(name: str, run, outs_fn, note: str, **extra: Any) -> None:
         """A row: its fidelity now, its latency in the interleaved rounds at the end (every row in every round)."""
-        run()
-        t0 = time.perf_counter()
-        run()
-        first_ms[name] = (time.perf_counter() - t0) * 1e3
+        first_ms[name] = one_call_ms(run)
         timers[name] = run
         rows.append({"variant": name, "cosine": _cos(refs, [outs_fn(x) for x in samples]), "note": note, **extra})
         con.print(f"[bold]{name}[/]: built, one call {first_ms[name]:.1f} ms")
@@ -254,8 +243,9 @@ def measure(a: argparse.Namespace) -> int:
     per = _time_interleaved(timers, first_ms, a.rounds, a.seconds)
     for r in rows:
         calls = [t for rnd in per[r["variant"]] for t in rnd]
-        r.update(p50=float(np.median([np.median(rnd) for rnd in per[r["variant"]]])), p90=float(np.percentile(calls, 90)),
-                 runs=len(calls), round_ms=[float(np.median(rnd)) for rnd in per[r["variant"]]], load1=max(load1, os.getloadavg()[0]))
+        round_ms = [float(np.median(rnd)) for rnd in per[r["variant"]]]
+        r.update(p50=float(np.median(round_ms)), p90=float(np.percentile(calls, 90)), runs=len(calls), round_ms=round_ms,
+                 load1=max(load1, os.getloadavg()[0]))
     raw = {"rows": rows, "top": top, "target": info.name, "target_desc": info.description, "model": spec.name,
            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "args": vars(a)}
     write_file(Path(a.out).with_suffix(".json"), lambda stamp: (json.dumps({**raw, "stamp": asdict(stamp)}, indent=1) + "\n").encode())

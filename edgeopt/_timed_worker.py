@@ -33,22 +33,30 @@ from edgeopt.errors import EdgeoptError
 T = TypeVar("T")
 
 
-def median_ms(fn: Callable[[], object], calls: int) -> float:
-    """Median wall time in ms of `calls` calls of fn."""
+def call_times(fn: Callable[[], object], calls: int) -> list[float]:
+    """Wall time in ms of each of `calls` calls of fn."""
     ts = []
     for _ in range(calls):
         t0 = time.perf_counter()
         fn()
         ts.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(ts))
+    return ts
+
+
+def median_ms(fn: Callable[[], object], calls: int) -> float:
+    """Median wall time in ms of `calls` calls of fn."""
+    return float(np.median(call_times(fn, calls)))
+
+
+def first_ms(fn: Callable[[], object]) -> float:
+    """One warm-up call of fn, then the time in ms of one more: what sizes the rounds (`calls_in`)."""
+    fn()
+    return call_times(fn, 1)[0]
 
 
 def serve(fn: Callable[[], object]) -> int:
     """The worker side: a warm-up call, the first timed call, then answer timing requests until an empty line."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    print("@@ " + json.dumps({"first_ms": (time.perf_counter() - t0) * 1e3}), flush=True)
+    print("@@ " + json.dumps({"first_ms": first_ms(fn)}), flush=True)
     for line in sys.stdin:
         if not line.strip():
             break
@@ -152,10 +160,15 @@ def _importable_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": root + (os.pathsep + old if old else "")}
 
 
+def calls_in(seconds: float, one_call_ms: float, least: int, most: int) -> int:
+    """How many calls of `one_call_ms` each take about `seconds`, within [least, most]."""
+    return max(least, min(most, int(1000.0 * seconds / max(one_call_ms, 1e-3))))
+
+
 def calls_for_seconds(workers: Mapping[str, TimedProcess], seconds: float, least: int = 3, most: int = 2000) -> dict[str, int]:
     """Calls per round that take about `seconds` for each worker (from its first call's time), within
     [least, most]: a round of a few fast calls right after a pause reads the wake-up, not the model."""
-    return {k: max(least, min(most, int(1000.0 * seconds / max(w.first_ms, 1e-3)))) for k, w in workers.items()}
+    return {k: calls_in(seconds, w.first_ms, least, most) for k, w in workers.items()}
 
 
 def ort_round_latencies(paths: Mapping[str, Path], sample: Mapping[str, np.ndarray] | None, rounds: int = 3, runs: int = 20,

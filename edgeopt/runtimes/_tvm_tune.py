@@ -56,9 +56,14 @@ def default_db_dir(target_name: str) -> Path:
     return cache_root() / safe
 
 
+# The passes of `prepare`, by name, as a build's manifest lists them.
+PREPARE_STEPS = ("DecomposeOpsForInference", "CanonicalizeBindings", "FastMathTransform",
+                 "zero(LegalizeOps,AnnotateTIROpPattern,FoldConstant,FuseOps,FuseTIR)")
+
+
 def prepare(mod, target):
     """Decompose inference-only ops, swap erf/exp/tanh/softmax for their fast approximations, legalize to TIR and
-    fuse: the form both tuning and building use.
+    fuse (`PREPARE_STEPS`): the form both tuning and building use.
 
     The fast forms (`FastMathTransform`: TOPI's polynomial `fast_erf`, `fast_exp`, ...) are plain arithmetic that
     vectorizes inside a fused kernel; the exact ones are calls to libm, one scalar call per element, which on
@@ -466,6 +471,9 @@ def apply_database(mod, target, db_dir: Path | None, default_schedules: bool = T
 _VECTOR = 16
 _ROWS = 8
 _REDUCE = 4
+# CPU multi-level tiling splits each spatial loop into this many levels (`_tile_plan`); a trace with such a split
+# has a register tile.
+_SPATIAL_LEVELS = 4
 # The default schedule's unrolling: the explicit-unroll limit (MetaSchedule's CPU choices are 0, 16, 64, 512
 # steps). 64 unrolls a register tile of `_ROWS` x one vector, so its accumulators stay in registers; 0 and 16
 # leave loads and stores in the tile's loop, 512 bloats the code (efficientformer_l1, fused conv kernels: 64 was
@@ -500,7 +508,7 @@ def default_schedule(sch, target) -> bool:
         return False
     trace = _sketch(spaces)
     plan = iter(_tile_plan(trace))
-    tiled = any(inst.kind.name == "SamplePerfectTile" and int(inst.attrs[0]) == 4 for inst in trace.insts)
+    tiled = any(inst.kind.name == "SamplePerfectTile" and int(inst.attrs[0]) == _SPATIAL_LEVELS for inst in trace.insts)
     unroll = _UNROLL_STEPS if tiled else _UNROLL_UNTILED
 
     def provider(inst, inputs, attrs, decision):
@@ -556,12 +564,12 @@ def _tile_plan(trace) -> list[list[int]]:
     plan: list[list[int]] = []
     for k, (n, max_inner, extent) in enumerate(samples):
         cap = min(max_inner, _VECTOR) if max_inner > 0 else _VECTOR
-        if n != 4:  # a reduction loop (or a two-way split of any other rule)
+        if n != _SPATIAL_LEVELS:  # a reduction loop (or a two-way split of any other rule)
             inner = _largest_divisor(extent, min(cap, _REDUCE))
             plan.append([extent // inner] + [1] * (n - 2) + [inner] if n >= 2 else [extent])
             continue
         later = [m for m, _, _ in samples[k + 1:]]
-        spatial_after = next((i for i, m in enumerate(later) if m != 4), len(later))  # spatial loops left in this block
+        spatial_after = next((i for i, m in enumerate(later) if m != _SPATIAL_LEVELS), len(later))  # spatial loops left in this block
         if spatial_after == 0:  # the last spatial loop: vector-wide inner tile
             inner = _largest_divisor(extent, cap)
             plan.append([extent // inner, 1, 1, inner])

@@ -316,8 +316,7 @@ class TvmBackend(Backend):
 
         t0 = time.perf_counter()
         mod = tune.prepare(mod, tgt)
-        pipeline += ["DecomposeOpsForInference", "CanonicalizeBindings", "FastMathTransform",
-                     "zero(LegalizeOps,AnnotateTIROpPattern,FoldConstant,FuseOps,FuseTIR)"]
+        pipeline += tune.PREPARE_STEPS
         details: dict[str, Any] = {}
         db_dir: Path | None = None
         if tuning:
