@@ -35,6 +35,7 @@ import json
 import os
 import re
 import shlex
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -514,10 +515,20 @@ def write_block(doc: Path | str, key: str, body: str, title: str | None = None, 
     current().write_block(doc, key, body, title, figures)
 
 
-def figure_name(model: str, path: str) -> str:
-    """The name of one path's p50 that several pages time (`path`: "ORT fp32", the plain export on ONNX
-    Runtime), the same on every page: "efficientformer_l1 ORT fp32 p50 ms"."""
-    return f"{model} {path} p50 ms"
+def figure_name(model: str, path: str, stat: str = "p50") -> str:
+    """The name of one figure of a path that several pages time (`path`: "ORT fp32", the plain export on ONNX
+    Runtime), the same on every page: "efficientformer_l1 ORT fp32 p50 ms". `stat`: "p50" (the median of the
+    page's round medians) or "fastest round" (the fastest of them: `path_figures`)."""
+    return f"{model} {path} {stat} ms"
+
+
+def path_figures(model: str, path: str, rounds: list[float]) -> dict[str, float]:
+    """A path's figures for the cross-page comparison, from its round medians: the p50 (their median) and the
+    fastest round. On this VM a two-thread ONNX Runtime call runs in one of two speeds, flipping from one
+    round to the next (docs/measuring.md, "two speeds"); the share of slow rounds drifts over tens of minutes,
+    so two pages' p50s of one path can differ by 1.6x while their fastest rounds agree."""
+    return {figure_name(model, path): float(statistics.median(rounds)),
+            figure_name(model, path, "fastest round"): float(min(rounds))}
 
 
 def write_file(path: Path | str, data: bytes | Callable[[Stamp], bytes]) -> None:

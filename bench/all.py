@@ -73,8 +73,8 @@ STEPS: tuple[Step, ...] = (
                       "--coreml-models", "efficientformer_l1", "--rounds", "5", "--seconds", "2"), 35,
          "2 models x 7 bundles + 6 Core ML conversions (~25 min), 4-min TVM tuning + set-up, timing 2 x 7 rows x 5 rounds x 2 s",
          ("docs/backends.md",), needs=("tvm", "ai_edge_litert", "coremltools")),
-    Step("tvm", ("bench/tvm_tuning.py", "--model", "efficientformer_l1", "--tune-minutes", "4"), 12,
-         "ORT + 5 TVM builds, 4-min tuning + ~1.5 min set-up, kernel profile, then every row timed in 5 interleaved rounds of ~1 s started over 90 s",
+    Step("tvm", ("bench/tvm_tuning.py", "--model", "efficientformer_l1", "--tune-minutes", "10,30"), 40,
+         "ORT + 5 TVM builds, tuning to 10 then 30 min (+ ~1.5 min set-up each), kernel profile, then every row timed in 5 interleaved rounds of ~1 s started over 90 s",
          ("docs/tvm.md", "docs/tvm.json"), needs=("tvm",)),
     Step("passes", ("bench/passes.py",), 25,
          "7 pipelines x (5 models on random + 2 on calibrated weights) + 3 interleaved rounds each, started over 90 s", ("docs/passes.md",)),
@@ -90,6 +90,8 @@ STEPS: tuple[Step, ...] = (
     Step("harness-cv-hog", ("bench/harness.py", "cv-hog"), 2, "the same 10 measurements beside one busy-loop process", ("docs/harness.md",)),
     Step("harness-phases", ("bench/harness.py", "phases"), 2, "one ORT session timed in 60 windows of 1 s, with steal and own CPU per window",
          ("docs/harness.md",)),
+    Step("harness-threads", ("bench/harness.py", "threads"), 2,
+         "the same bundle with 1 and with 2 threads, 30 interleaved rounds of about 1 s each (the two speeds)", ("docs/harness.md",)),
     Step("harness-sweep", ("bench/harness.py", "sweep"), 25,
          "36 jobs (18 compiles from scratch, TVM untuned) over local + loopback ssh, killed half way and resumed; report screenshot",
          ("docs/harness.md", "docs/report.png"), needs=("tvm", "yaml", "exe:/usr/sbin/sshd", "exe:chromium")),
@@ -326,7 +328,11 @@ def agreement_block(blocks: list[_doc.PageBlock]) -> str:
     lines = ["## The same path on every page", "",
              "Each page that times one of these paths records its figure in its block (a `<!-- figure: ... -->` comment); "
              f"`bench/all.py --status` reads them back. Two figures agree when the larger is at most {100 * AGREE:.0f} % above "
-             "the smaller."]
+             "the smaller. Each page records two figures of a path: its p50 (the median of its round medians) and its fastest "
+             "round. On this machine a two-thread call runs at one of two speeds, flipping from one round to the next, and the "
+             "share of slow rounds drifts over tens of minutes (docs/harness.md, \"One thread, two threads\"): pages' p50s "
+             "carry that share, their fastest rounds do not. The whole machine's speed drifts too (a one-thread call: "
+             "about 1.2x within half an hour), which neither figure removes."]
     if not shared:
         return "\n".join([*lines, "", "No path is timed by more than one page's current blocks yet."])
     lines += ["", "| path | pages: figure (measured) | min..max | max / min | agree |", "|---|---|---|---|---|"]

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from _doc import ROUND_SPAN_S, DocRun, add_args, figure_name, write_block  # noqa: E402
+from _doc import ROUND_SPAN_S, DocRun, add_args, path_figures, write_block  # noqa: E402
 
 from edgeopt.bundle import load_bundle  # noqa: E402
 from edgeopt.capabilities import how, live_weights  # noqa: E402
@@ -105,20 +106,20 @@ def time_rows(rows: dict[str, dict], rounds: int, seconds: float, threads: int |
     """Each compiled row's p50: its bundle through its backend's session in a process of its own
     (bench/_path_worker.py, as every page times a path), `rounds` alternating rounds of about `seconds` of
     calls, the median of the round medians."""
-    from peers import PathWorker, interleaved_ms
+    from peers import PathWorker, interleaved_rounds
 
     workers = {}
     try:
         for label, r in rows.items():
             if "error" not in r:
                 workers[label] = PathWorker(["--bundle", str(r["path"])], threads or os.cpu_count() or 1)
-        ms = interleaved_ms(workers, rounds=rounds, seconds=seconds)
+        per = interleaved_rounds(workers, rounds=rounds, seconds=seconds)
     finally:
         for w in workers.values():
             w.close()
-    for label, v in ms.items():
-        rows[label]["p50"] = v
-    log(f"{len(ms)} rows timed in {rounds} rounds (load {load_avg()})")
+    for label, v in per.items():
+        rows[label].update(p50=float(statistics.median(v)), round_ms=v)
+    log(f"{len(per)} rows timed in {rounds} rounds (load {load_avg()})")
 
 
 def coreml_sizes(model: str, work: Path, reuse: bool, log, no_compile: bool = False) -> list[dict]:
@@ -252,7 +253,8 @@ def run(a: argparse.Namespace) -> int:
         log(f"timing {m}")
         time_rows(results[m], a.rounds, a.seconds, a.threads, log)
     text = render(results, coreml, meta)
-    figs = {figure_name(m, "ORT fp32"): results[m]["ORT fp32"]["p50"] for m in models if results[m].get("ORT fp32", {}).get("p50")}
+    figs = {k: v for m in models if results[m].get("ORT fp32", {}).get("round_ms")
+            for k, v in path_figures(m, "ORT fp32", results[m]["ORT fp32"]["round_ms"]).items()}
     write_block(a.out, "backends", text, title="Backends side by side", figures=figs)
     print(text)
     if not a.keep:

@@ -8,7 +8,7 @@ For each model: `edgeopt compile` fp32, `-p quantize:int8` (static QDQ, u8 activ
 weights, the ops whose int8 kernel is slower left float: `float_slow_ops`) and the same with
 `float_slow_ops=false`; the three bundles timed through their ONNX Runtime session, each in a process of
 its own, in interleaved rounds (each round's median over about a second of calls, then the median of the
-rounds: `peers.interleaved_ms`); the kernel-time share of the top ops of fp32 and of int8 from ONNX
+rounds: `peers.interleaved_rounds`); the kernel-time share of the top ops of fp32 and of int8 from ONNX
 Runtime's profiler (`--runs` calls); cosine of the int8 artifact against the fp32 torch model (the
 manifest's, on the bundled photographs); what `float_slow_ops` kept float. Weights: seeded random ones with
 the muted branches revived (`edgeopt.capabilities.live_weights`), as every page times.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _doc import ROUND_SPAN_S, DocRun, add_args, figure_name, write_block  # noqa: E402
+from _doc import ROUND_SPAN_S, DocRun, add_args, path_figures, write_block  # noqa: E402
 
 DOC = ROOT / "docs" / "backends.md"
 BLOCK = "backends-int8"
@@ -45,7 +46,7 @@ def _top(shares: dict[str, float], k: int = 4) -> str:
 
 
 def measure(model: str, work: Path, rounds: int, runs: int) -> dict:
-    from peers import PathWorker, interleaved_ms
+    from peers import PathWorker, interleaved_rounds
 
     from edgeopt import api
     from edgeopt._ort import ort_op_profile
@@ -64,7 +65,7 @@ def measure(model: str, work: Path, rounds: int, runs: int) -> dict:
     # share two cores with each other's spinning thread pools
     workers = {k: PathWorker(["--bundle", str(v)], threads=os.cpu_count() or 1) for k, v in bundles.items()}
     try:
-        lat = interleaved_ms(workers, rounds=rounds, iters=2000)
+        per = interleaved_rounds(workers, rounds=rounds, iters=2000)
     finally:
         for w in workers.values():
             w.close()
@@ -74,7 +75,7 @@ def measure(model: str, work: Path, rounds: int, runs: int) -> dict:
     floated = (q.get("changes") or [{}])[0].get("float_by_rule") or []
     ops = Counter(n["op"] for n in floated)
     return {
-        "model": model, "lat": lat, "prof": prof, "cosine": manifests["int8"].fidelity.get("cosine"),
+        "model": model, "lat": {k: float(statistics.median(v)) for k, v in per.items()}, "fp32_rounds": per["fp32"], "prof": prof, "cosine": manifests["int8"].fidelity.get("cosine"),
         "floated": ", ".join(f"{v} {k}" for k, v in sorted(ops.items())) or "none",
     }
 
@@ -123,7 +124,7 @@ def main() -> None:
         ])
         print(body)
         if not a.no_write:
-            write_block(DOC, BLOCK, body, figures={figure_name(r["model"], "ORT fp32"): r["lat"]["fp32"] for r in rows})
+            write_block(DOC, BLOCK, body, figures={k: v for r in rows for k, v in path_figures(r["model"], "ORT fp32", r["fp32_rounds"]).items()})
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _doc import ROUND_SPAN_S, DocRun, add_args, figure_name, write_block
+from _doc import ROUND_SPAN_S, DocRun, add_args, figure_name, path_figures, write_block
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -106,7 +106,7 @@ def measure(a: argparse.Namespace) -> None:
         *lines,
     ])
     write_block(a.doc, "latency", section, title="Benchmarks",
-                figures={figure_name(spec.name, "ORT fp32"): p50["ORT fp32"], figure_name(spec.name, "torch eager fp32"): base})
+                figures={**path_figures(spec.name, "ORT fp32", meds["ORT fp32"]), figure_name(spec.name, "torch eager fp32"): base})
 
 
 if __name__ == "__main__":

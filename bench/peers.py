@@ -51,14 +51,19 @@ class PathWorker(TimedProcess):
                          env=dict(os.environ, PYTHONPATH=str(REPO)))
 
 
+def interleaved_rounds(workers: dict[str, PathWorker], rounds: int = 5, iters: int = 2000, seconds: float = 1.0,
+                       span_s: float = ROUND_SPAN_S) -> dict[str, list[float]]:
+    """Each round's median ms of each path, each in its own process, timed in alternating rounds so that a
+    load swing hits every path alike (`edgeopt._timed_worker.time_rounds`), the rounds spread over `span_s`.
+    About `seconds` of calls per round (at least 3, at most `iters`): with 20 calls a round a 0.13 ms decode
+    step read 0.31 ms, most of it the first calls after the pause."""
+    return time_rounds(workers, rounds, calls_for_seconds(workers, seconds, most=iters), span_s=span_s)
+
+
 def interleaved_ms(workers: dict[str, PathWorker], rounds: int = 5, iters: int = 2000, seconds: float = 1.0,
                    span_s: float = ROUND_SPAN_S) -> dict[str, float]:
-    """Median ms of each path, each in its own process, timed in alternating rounds so that a load swing hits
-    every path alike (`edgeopt._timed_worker.time_rounds`), the rounds spread over `span_s`. About `seconds`
-    of calls per round (at least 3, at most `iters`): with 20 calls a round a 0.13 ms decode step read
-    0.31 ms, most of it the first calls after the pause."""
-    per = time_rounds(workers, rounds, calls_for_seconds(workers, seconds, most=iters), span_s=span_s)
-    return {k: float(np.median(v)) for k, v in per.items()}
+    """The median of each path's round medians (`interleaved_rounds`)."""
+    return {k: float(np.median(v)) for k, v in interleaved_rounds(workers, rounds, iters, seconds, span_s).items()}
 
 
 def gemm_peaks(threads: int) -> dict[str, float]:

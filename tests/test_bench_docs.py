@@ -213,6 +213,25 @@ def test_the_same_path_on_two_pages_is_compared(tmp_path):
     assert "<!-- figure: l1 ORT fp32 p50 ms = 20 -->" in a.read_text()  # invisible on the rendered page
 
 
+def test_pages_compare_a_path_on_its_p50_and_its_fastest_round(tmp_path):
+    """Two pages whose rounds fell in the slow speed in different shares: the p50s disagree, the fastest
+    rounds agree, and each is its own row of the table."""
+    import all as all_py
+
+    assert _doc.path_figures("l1", "ORT fp32", [21.0, 32.0, 33.0, 20.5, 31.0]) == {
+        "l1 ORT fp32 p50 ms": 31.0, "l1 ORT fp32 fastest round ms": 20.5}
+    a, b = tmp_path / "a.md", tmp_path / "b.md"
+    for page in (a, b):
+        page.write_text(PAGE)
+    with _quiet_run():
+        _doc.write_block(a, "fig", "mostly slow", figures=_doc.path_figures("l1", "ORT fp32", [21.0, 32.0, 33.0, 20.5, 31.0]))
+        _doc.write_block(b, "fig", "mostly fast", figures=_doc.path_figures("l1", "ORT fp32", [20.0, 21.5, 32.0, 20.8, 21.0]))
+    table = all_py.agreement_block(_doc.page_blocks([a, b], tmp_path))
+    rows = {ln.split(" | ")[0].strip("| "): ln.rstrip(" |") for ln in table.splitlines() if ln.startswith("| l1 ")}
+    assert rows["l1 ORT fp32 p50 ms"].endswith("**no**")  # 31.0 vs 21.0
+    assert rows["l1 ORT fp32 fastest round ms"].endswith("yes")  # 20.5 vs 20.0
+
+
 def test_a_stamp_reads_back_from_its_line():
     st = _doc.Stamp(command=".venv/bin/python bench/x.py --a 1", date="2026-12-01 22:48 UTC", duration_s=420, load_before=1.89,
                     load_after=0.5, foreign_share=0.005, cpus=2)
