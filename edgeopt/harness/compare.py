@@ -8,7 +8,7 @@ each artifact once, in a fresh runner process, and the rounds rotate the order (
 so that no artifact always runs first or last. An artifact's figure is the median of its per-round p50s;
 its ratio to the first artifact is `median(X) / median(A)`, with a 95 % interval from a paired bootstrap
 over rounds (rounds resampled with replacement, both artifacts' p50s from the same rounds). When the
-interval contains 1, or lies wholly within 2 % of it (`NEGLIGIBLE`), the artifacts are not told apart ("no
+interval contains 1, or lies wholly within 5 % of it (`NEGLIGIBLE`), the artifacts are not told apart ("no
 clear difference").
 """
 
@@ -28,15 +28,16 @@ from edgeopt.harness.devices.base import Device
 from edgeopt.measurement import Measurement, MeasureRequest, Protocol
 
 # Ratios whose whole 95 % interval lies within this of 1 are no clear difference: two fresh runner processes
-# of one artifact can differ systematically by a fraction of a percent (memory placement, which core).
-NEGLIGIBLE = 0.02
+# of one artifact differ systematically by up to a few percent (memory placement, which core; 3 % on a
+# 0.09 ms memory-bound graph on the 2-core VM, docs/measuring.md).
+NEGLIGIBLE = 0.05
 # A short protocol per round: the rounds, not one long loop, carry the statistics.
 ROUND_PROTOCOL = Protocol(warmup=3, runs=10, min_seconds=0.5, cooldown=False, remeasure=0)
 
 
 def tied(ci95: tuple[float, float]) -> bool:
     """A ratio's 95 % interval says "no clear difference": it holds 1, or lies wholly within NEGLIGIBLE of it
-    (a difference of a fraction of a percent is within what fresh processes of one artifact differ by)."""
+    (a difference of a few percent is within what fresh processes of one artifact differ by)."""
     lo, hi = ci95
     return lo <= 1.0 <= hi or (1 - NEGLIGIBLE <= lo and hi <= 1 + NEGLIGIBLE)
 
