@@ -33,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from _doc import ROUND_SPAN_S, DocRun, add_args, figure_name, path_figures, write_block, write_file  # noqa: E402
+from _doc import ROUND_SPAN_S, DocRun, add_args, path_figures, write_block, write_file  # noqa: E402
 
 
 def _time_interleaved(timers: dict[str, Any], first_ms: dict[str, float], rounds: int, seconds: float) -> dict[str, list[list[float]]]:
@@ -393,10 +393,8 @@ def _write(a, rows, top, target: str, target_desc: str, model: str, when: str) -
     if getattr(a, "note", None):
         lines += ["", "## Notes given with the command", "", a.note]
     ort = next((r for r in rows if r["variant"] == "onnxruntime fp32"), None)
-    figures = None
-    if ort is not None:  # (records from before round_ms was kept have the p50 alone)
-        figures = path_figures(model, "ORT fp32", ort["round_ms"]) if ort.get("round_ms") else {figure_name(model, "ORT fp32"): ort["p50"]}
-    write_block(a.out, "tvm", "\n".join(lines), title="TVM performance investigation", figures=figures)
+    write_block(a.out, "tvm", "\n".join(lines), title="TVM performance investigation",
+                figures=path_figures(model, "ORT fp32", ort["round_ms"]) if ort is not None else None)
 
 
 if __name__ == "__main__":
