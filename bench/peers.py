@@ -27,12 +27,14 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from _doc import ROUND_SPAN_S, DocRun, add_args, figure_name, write_block  # noqa: E402
+from _doc import ROUND_SPAN_S, DocRun, add_args, figure_name, path_figures, write_block  # noqa: E402
 
 from edgeopt._timed_worker import TimedProcess, calls_for_seconds, time_rounds  # noqa: E402
 from edgeopt._timed_worker import median_ms as timed  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
+# The paths of this page that other pages time too (bench/_doc.py figure names), by worker key.
+SHARED_PATHS = {"eager": "torch eager fp32", "plain": "ORT fp32"}
 REFERENCE_VARIANTS = ("efficientformer_l1", "shvit_s1", "mobileclip_s0_image", "leyolo_nano", "tinygpt_v_tiny_decode", "mobile_r2l_blender")
 con = Console()
 
@@ -58,12 +60,6 @@ def interleaved_rounds(workers: dict[str, PathWorker], rounds: int = 5, iters: i
     About `seconds` of calls per round (at least 3, at most `iters`): with 20 calls a round a 0.13 ms decode
     step read 0.31 ms, most of it the first calls after the pause."""
     return time_rounds(workers, rounds, calls_for_seconds(workers, seconds, most=iters), span_s=span_s)
-
-
-def interleaved_ms(workers: dict[str, PathWorker], rounds: int = 5, iters: int = 2000, seconds: float = 1.0,
-                   span_s: float = ROUND_SPAN_S) -> dict[str, float]:
-    """The median of each path's round medians (`interleaved_rounds`)."""
-    return {k: float(np.median(v)) for k, v in interleaved_rounds(workers, rounds, iters, seconds, span_s).items()}
 
 
 def gemm_peaks(threads: int) -> dict[str, float]:
@@ -149,10 +145,11 @@ def family_rows(models: list[str], budget_minutes: float, threads: int, out: Pat
         if w is not None:
             workers["auto"] = PathWorker(["--bundle", str(w.path)], threads)
         try:
-            ms = interleaved_ms(workers)
+            rounds = interleaved_rounds(workers)
         finally:
             for wk in workers.values():
                 wk.close()
+        ms = {k: float(np.median(v)) for k, v in rounds.items()}
         entries = [("torch eager fp32", ms["eager"], "reference", sum(p.numel() * 4 for p in module.parameters()), "fp32"),
                    ("ORT fp32 (plain export)", ms["plain"], f"cos {plain.manifest['fidelity']['cosine']:.6f}", plain.size_bytes(), "fp32")]
         t_eager = ms["eager"]
@@ -170,17 +167,19 @@ def family_rows(models: list[str], budget_minutes: float, threads: int, out: Pat
             rate = f"{macs / t / 1e6:.1f} GMAC/s = {100 * macs / t / 1e6 / peak:.0f}% of {('int8' if peak == peaks['int8'] else 'fp32')} peak" if macs and t == t else "-"
             mine.append([name, label, f"{t:.2f}", f"{t_eager / t:.2f}x" if t == t else "-", fid, f"{size / 1e6:.2f}", rate])
         rows += mine
-        _remember(out, name, mine, budget_minutes, threads)
+        _remember(out, name, mine, budget_minutes, threads, {SHARED_PATHS[k]: rounds[k] for k in ("eager", "plain")})
     return rows
 
 
-def _remember(out: Path, name: str, rows: list[list[str]], budget_minutes: float, threads: int) -> None:
-    """Keep each model's rows (measured side by side) so a later `--models X` run replaces only X's."""
+def _remember(out: Path, name: str, rows: list[list[str]], budget_minutes: float, threads: int,
+              shared_rounds: dict[str, list[float]]) -> None:
+    """Keep each model's rows (measured side by side) so a later `--models X` run replaces only X's, with the
+    round medians of the paths other pages time too (`SHARED_PATHS`: their p50 and fastest round)."""
     from edgeopt._util import atomic_write_bytes
 
     data = _remembered(out)
     data[name] = {"rows": rows, "load": round(os.getloadavg()[0], 1), "budget_minutes": budget_minutes, "threads": threads,
-                  "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+                  "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "shared_rounds": shared_rounds}
     atomic_write_bytes(out / "family_rows.json", json.dumps(data, indent=1).encode())
 
 
@@ -373,8 +372,14 @@ def measure(a: argparse.Namespace) -> None:
               f"spin against each other on 2 cores; bench/_path_worker.py) ({runs}).", "",
               "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
         md += ["| " + " | ".join(r) + " |" for r in fam]
-        paths = {"ORT fp32 (plain export)": "ORT fp32", "torch eager fp32": "torch eager fp32"}
-        figs = {figure_name(r[0], paths[r[1]]): float(r[2]) for r in fam if r[1] in paths}
+        figs = {}
+        for n, v in kept.items():
+            if "shared_rounds" in v:
+                for path, r in v["shared_rounds"].items():
+                    figs.update(path_figures(n, path, r))
+            else:  # rows kept before round medians were: their p50 only
+                labels = {"ORT fp32 (plain export)": SHARED_PATHS["plain"], "torch eager fp32": SHARED_PATHS["eager"]}
+                figs.update({figure_name(n, labels[r[1]]): float(r[2]) for r in v["rows"] if r[1] in labels})
         write_block(a.doc, "peers", "\n".join(md), title="Benchmarks", figures=figs)
     if not a.skip_olive:
         weights, wnote = make_weights(a.weights, out)

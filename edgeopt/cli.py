@@ -472,5 +472,26 @@ def _library_error(e: Exception) -> EdgeoptError:
                         "run again with --debug for the traceback; if the input looks right, this is a bug to report")
 
 
+# Cyclic GC for a short-lived batch process: Python's default first threshold (700 allocations) makes a
+# compile rescan the heap that torch, sympy and timm leave behind again and again, mostly for nothing.
+BATCH_GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def entry() -> int:
+    """The `edgeopt` console script: `main` run as a batch process. A larger young generation while it runs,
+    and at exit the heap frozen so the interpreter does not walk every object of torch & co. once more
+    (docs/architecture.md "The command is a batch process"): reference cycles still alive at exit are left for
+    the OS to reclaim with the process (exit handlers still run). `main` itself leaves the collector alone, for callers that run it inside their own process."""
+    import gc
+
+    gc.set_threshold(*BATCH_GC_THRESHOLDS)
+    try:
+        return main()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        gc.freeze()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

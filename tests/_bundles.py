@@ -14,14 +14,15 @@ from edgeopt.bundle import Bundle, Manifest, load_bundle, write_bundle
 
 
 def tiny_bundle(path: Path, seed: int = 0, n: int = 64, model: str = "tiny_mlp", broken: bool = False, passes: list | None = None,
-                cosine: float = 1.0, layers: int = 1) -> Bundle:
-    """`layers` Gemm + Relu layers of width n (the cost grows linearly with `layers`)."""
+                cosine: float = 1.0, layers: int = 1, batch: int = 1) -> Bundle:
+    """`layers` Gemm + Relu layers of width n on `batch` rows (the cost grows linearly with `layers`; with one
+    row a call is bound by reading the weights, with tens of rows by arithmetic)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     wb = [((rng.standard_normal((n, n)) / np.sqrt(n)).astype(np.float32), (rng.standard_normal(n) * 0.1).astype(np.float32)) for _ in range(layers)]
-    x = rng.standard_normal((1, n)).astype(np.float32)
+    x = rng.standard_normal((batch, n)).astype(np.float32)
     y = x
     nodes, inits = [], []
     for i, (w, b) in enumerate(wb):
@@ -32,7 +33,7 @@ def tiny_bundle(path: Path, seed: int = 0, n: int = 64, model: str = "tiny_mlp",
         inits += [numpy_helper.from_array(w, f"w{suffix}"), numpy_helper.from_array(b, f"b{suffix}")]
     g = helper.make_graph(
         nodes, "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, n])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, n])],
         initializer=inits,
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
@@ -43,7 +44,7 @@ def tiny_bundle(path: Path, seed: int = 0, n: int = 64, model: str = "tiny_mlp",
         wr.finish(Manifest.draft({
             "model": {"name": model, "family": "tiny", "task": "classification"}, "weights": {"kind": "random"},
             "backend": "onnxruntime", "target": "host", "precision": "fp32", "artifact": "model.onnx",
-            "inputs": [{"name": "x", "shape": [1, n], "dtype": "float32"}], "outputs": [{"name": "y", "shape": [1, n], "dtype": "float32"}],
+            "inputs": [{"name": "x", "shape": [batch, n], "dtype": "float32"}], "outputs": [{"name": "y", "shape": [batch, n], "dtype": "float32"}],
             "passes": passes or [], "fidelity": {"cosine": cosine}, "check": {"cosine_min": 0.999},
             "onnx_ir": onnx.IR_VERSION,
         }))

@@ -117,3 +117,24 @@ def test_profile_json_and_report(cli_env, l1_bundle):
 def test_debug_shows_traceback(cli_env, tmp_path):
     p = run(["--debug", "compile", "nope_model", "-o", str(tmp_path / "x")], cli_env)
     assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def test_console_script_runs_as_a_batch_process(cli_env):
+    """The `edgeopt` script is `cli.entry`: main with the batch collector thresholds, the heap frozen when it
+    returns (so the interpreter's exit does not walk it), its exit code passed on; `main` alone changes nothing."""
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["edgeopt"] == "edgeopt.cli:entry"
+    probe = ("import gc, sys; from edgeopt import cli; before = gc.get_threshold(); sys.argv = ['edgeopt', 'models', '--json']; "
+             "rc = cli.entry(); print('PROBE', rc, gc.get_threshold() == cli.BATCH_GC_THRESHOLDS, gc.get_freeze_count() > 0, "
+             "before != cli.BATCH_GC_THRESHOLDS, file=sys.stderr)")
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=cli_env)
+    assert "PROBE 0 True True True" in p.stderr, p.stderr
+    assert json.loads(p.stdout)
+    probe_main = ("import gc, sys; from edgeopt import cli; before = gc.get_threshold(); "
+                  "rc = cli.main(['models', '--json']); print('PROBE', rc, gc.get_threshold() == before, gc.get_freeze_count(), file=sys.stderr)")
+    p = subprocess.run([sys.executable, "-c", probe_main], capture_output=True, text=True, env=cli_env)
+    assert "PROBE 0 True 0" in p.stderr, p.stderr
+    bad = subprocess.run([sys.executable, "-m", "edgeopt.cli", "compile", "nope_model", "-o", "x"], capture_output=True, text=True, env=cli_env)
+    assert bad.returncode == 1 and "unknown model" in bad.stderr

@@ -133,9 +133,11 @@ def test_bootstrap_interval_of_a_paired_ratio():
 
 
 def test_compare_tells_a_slower_artifact_from_a_copy(tmp_path):
-    a = tiny_bundle(tmp_path / "a", n=512, layers=6)
-    slow = tiny_bundle(tmp_path / "slow", n=512, layers=12)
-    copy = tiny_bundle(tmp_path / "copy", n=512, layers=6)
+    # 32 rows per call: bound by arithmetic (about 1 ms a call), not by reading 6 MB of weights, whose speed
+    # shifts from one round to the next by more than the `NEGLIGIBLE` band (a 1.14x copy at 0.1 ms a call)
+    a = tiny_bundle(tmp_path / "a", n=512, layers=6, batch=32)
+    slow = tiny_bundle(tmp_path / "slow", n=512, layers=12, batch=32)
+    copy = tiny_bundle(tmp_path / "copy", n=512, layers=6, batch=32)
     assert copy.sha256 == a.sha256
     res = compare(get_device("local"), [a, slow, copy], rounds=9,
                   protocol=Protocol(warmup=3, runs=20, min_seconds=0.3, threads=1, cooldown=False, remeasure=0))
