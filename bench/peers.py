@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
@@ -31,6 +32,9 @@ from _doc import ROUND_SPAN_S, DocRun, add_args, figure_name, path_figures, writ
 
 from edgeopt._timed_worker import TimedProcess, calls_for_seconds, time_rounds  # noqa: E402
 from edgeopt._timed_worker import median_ms as timed  # noqa: E402
+
+if TYPE_CHECKING:
+    from edgeopt.orchestrate.auto import AutoResult
 
 DOC = REPO / "docs" / "benchmarks.md"
 # The paths of this page that other pages time too (bench/_doc.py figure names), by worker key.
@@ -158,7 +162,7 @@ def family_rows(models: list[str], budget_minutes: float, threads: int, out: Pat
             fid = f"cos {f['cosine']:.5f}" + (f", top-1 {f['top1_agreement']:.2f}" if "top1_agreement" in f else "") + (
                 f", mAP@0.5 vs fp32 {f['map50']:.2f}" if "map50" in f else "")
             prec = w.manifest.get("precision") or "fp32"
-            entries.append((f"--auto: {res.winner.label}", ms["auto"], fid, w.size_bytes(), prec))
+            entries.append((f"--auto: {res.winner.label}{_search_note(res)}", ms["auto"], fid, w.size_bytes(), prec))
         else:
             entries.append(("--auto: no candidate met the budget", float("nan"), "", 0, "fp32"))
         mine = []
@@ -169,6 +173,15 @@ def family_rows(models: list[str], budget_minutes: float, threads: int, out: Pat
         rows += mine
         _remember(out, name, mine, budget_minutes, threads, {SHARED_PATHS[k]: rounds[k] for k in ("eager", "plain")})
     return rows
+
+
+def _search_note(res: AutoResult) -> str:
+    """" (budget spent before N of M candidates)" when the --auto search stopped early, else "": the winner is
+    the best of what the budget reached, and which candidates an earlier run left compiled (reused) moves that."""
+    from edgeopt.orchestrate.auto import BUDGET_SPENT
+
+    skipped = sum(1 for c in res.candidates if c.status == "skipped" and c.reason == BUDGET_SPENT)
+    return f" (budget spent before {skipped} of {len(res.candidates)} candidates)" if skipped else ""
 
 
 def _remember(out: Path, name: str, rows: list[list[str]], budget_minutes: float, threads: int,

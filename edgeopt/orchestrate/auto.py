@@ -117,6 +117,10 @@ class Candidate:
         return d
 
 
+# The reason of a candidate the search time budget left untried (Candidate.reason, status "skipped").
+BUDGET_SPENT = "search time budget spent"
+
+
 @dataclass
 class AutoResult:
     winner: Candidate | None
@@ -245,7 +249,7 @@ class AutoSearch:
         for i, c in enumerate(todo):
             stop = None
             if self.deadline and time.perf_counter() > self.deadline:
-                stop = ("search time budget spent", f"time budget spent after {base + i} candidates")
+                stop = (BUDGET_SPENT, f"time budget spent after {base + i} candidates")
             elif self.device_failures >= MAX_DEVICE_FAILURES:
                 measured = sum(x.status == "measured" for x in self.cands)
                 stop = (f"device failed {MAX_DEVICE_FAILURES} times in a row",
