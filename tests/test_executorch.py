@@ -232,6 +232,11 @@ def test_int8_weight_whose_linear_xnnpack_refuses_is_dequantized_by_a_portable_k
             ref = model(torch.from_numpy(s["x"])).numpy().ravel()
         y = sess.run(s)["y"].ravel()
         assert y @ ref / (np.linalg.norm(y) * np.linalg.norm(ref)) > 0.99
+    # and in a fresh process, as the device runner loads it (the compiling process had registered the kernels)
+    probe = ("import sys; from pathlib import Path; from edgeopt.runtimes.executorch import ExecuTorchSession; "
+             "ExecuTorchSession(Path(sys.argv[1]), ['x'], ['y'], threads=1); print('LOADED')")
+    p = subprocess.run([sys.executable, "-c", probe, str(tmp_path / res.artifact)], capture_output=True, text=True, timeout=300)
+    assert "LOADED" in p.stdout, p.stderr[-2000:]
 
 
 def test_op_nothing_can_lower_fails_with_the_op_named(tmp_path):

@@ -74,6 +74,13 @@ def _runtime_module() -> Any:
         import executorch.runtime as rt
     except ImportError:
         raise EdgeoptError("executorch is not installed here", "pip install 'edgeopt[executorch]'") from None
+    try:
+        # registers quantized_decomposed's out-variant kernels with this runtime: an int8 program whose
+        # dequantize runs outside the XNNPACK partition calls them, and without them load_method fails
+        # (OperatorMissing) in every process but the one that compiled the program
+        import executorch.kernels.quantized  # noqa: F401
+    except ImportError:
+        pass  # a program that needs them then fails to load with the runtime's own message
     return rt
 
 
@@ -226,9 +233,9 @@ def _lower(inp: CompileInput, precision: str, qcfg: dict[str, Any]) -> tuple[byt
     args = tuple(torch.from_numpy(dense(inp.samples[0][n])) for n in inp.input_names)
     qdetails: dict[str, Any] = {"precision": precision}
     if precision == "int8":
-        # registers the out variants of quantized_decomposed's ops (a dequantize left outside the XNNPACK
-        # partition runs on them); without it to_executorch fails with "Missing out variants"
-        import executorch.kernels.quantized  # noqa: F401
+        # the out variants of quantized_decomposed's ops (a dequantize left outside the XNNPACK partition runs
+        # on them), registered by `_runtime_module`; without them to_executorch fails with "Missing out variants"
+        _runtime_module()
     try:
         with torch.no_grad():
             if precision == "int8":
