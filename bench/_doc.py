@@ -38,7 +38,7 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -529,6 +529,11 @@ def path_figures(model: str, path: str, rounds: list[float]) -> dict[str, float]
     so two pages' p50s of one path can differ by 1.6x while their fastest rounds agree."""
     return {figure_name(model, path): float(statistics.median(rounds)),
             figure_name(model, path, "fastest round"): float(min(rounds))}
+
+
+def models_path_figures(path: str, rounds: Mapping[str, list[float]]) -> dict[str, float]:
+    """`path_figures` of one path for each model of `rounds` (model -> the path's round medians)."""
+    return {k: v for model, r in rounds.items() for k, v in path_figures(model, path, r).items()}
 
 
 def write_file(path: Path | str, data: bytes | Callable[[Stamp], bytes]) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from _doc import ROUND_SPAN_S, DocRun, add_args, path_figures, write_block  # noqa: E402
+from _doc import ROUND_SPAN_S, DocRun, add_args, models_path_figures, write_block  # noqa: E402
 
 from edgeopt.bundle import load_bundle  # noqa: E402
 from edgeopt.capabilities import how, live_weights  # noqa: E402
@@ -253,8 +253,8 @@ def run(a: argparse.Namespace) -> int:
         log(f"timing {m}")
         time_rows(results[m], a.rounds, a.seconds, a.threads, log)
     text = render(results, coreml, meta)
-    figs = {k: v for m in models if results[m].get("ORT fp32", {}).get("round_ms")
-            for k, v in path_figures(m, "ORT fp32", results[m]["ORT fp32"]["round_ms"]).items()}
+    figs = models_path_figures("ORT fp32", {m: results[m]["ORT fp32"]["round_ms"] for m in models
+                                            if results[m].get("ORT fp32", {}).get("round_ms")})
     write_block(a.out, "backends", text, title="Backends side by side", figures=figs)
     print(text)
     if not a.keep:

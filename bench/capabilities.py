@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 import _matrix as mx  # noqa: E402
-from _doc import DocRun, add_args, path_figures, write_block, write_file  # noqa: E402
+from _doc import DocRun, add_args, models_path_figures, write_block, write_file  # noqa: E402
 
 from edgeopt import capabilities as cap  # noqa: E402
 
@@ -51,8 +51,7 @@ def write_docs(results: list[cap.Result], meta: dict, docs: Path, readme: Path |
     for r in results:
         if r.extra.get("ort_p50_ms"):
             refs.setdefault(r.model, []).append(float(r.extra["ort_p50_ms"]))
-    ort = {k: v for m, vals in refs.items() for k, v in path_figures(m, "ORT fp32", vals).items()}
-    write_block(docs / "capabilities.md", "capabilities", matrix, title="Capability matrix", figures=ort)
+    write_block(docs / "capabilities.md", "capabilities", matrix, title="Capability matrix", figures=models_path_figures("ORT fp32", refs))
     write_block(docs / "capabilities.md", "capability-cells", mx.cell_table_markdown(), title="Capability matrix")
     if readme is not None and readme.is_file():
         write_block(readme, "capabilities", matrix)

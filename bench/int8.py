@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _doc import ROUND_SPAN_S, DocRun, add_args, path_figures, write_block  # noqa: E402
+from _doc import ROUND_SPAN_S, DocRun, add_args, models_path_figures, write_block  # noqa: E402
 
 DOC = ROOT / "docs" / "backends.md"
 BLOCK = "backends-int8"
@@ -124,7 +124,7 @@ def main() -> None:
         ])
         print(body)
         if not a.no_write:
-            write_block(DOC, BLOCK, body, figures={k: v for r in rows for k, v in path_figures(r["model"], "ORT fp32", r["fp32_rounds"]).items()})
+            write_block(DOC, BLOCK, body, figures=models_path_figures("ORT fp32", {r["model"]: r["fp32_rounds"] for r in rows}))
 
 
 if __name__ == "__main__":

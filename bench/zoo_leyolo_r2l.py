@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _doc import ROUND_SPAN_S, DocRun, add_args, path_figures, write_block
+from _doc import ROUND_SPAN_S, DocRun, add_args, models_path_figures, write_block
 
 from edgeopt._timed_worker import ort_round_latencies
 
@@ -102,7 +102,7 @@ def run(a: argparse.Namespace) -> None:
             f"{ROUND_SPAN_S:.0f} s, each graph in a process of its own, the median of the round medians. "
             "Paper GFLOPs are halved to MACs.\n")
     write_block(a.out, "zoo-leyolo-r2l", note + "\n" + table, title="LeYOLO and MobileR2L: counted vs paper, export, ORT latency",
-                figures={k: v for r in rows for k, v in path_figures(r["name"], "ORT fp32", lat[r["name"]]).items()})
+                figures=models_path_figures("ORT fp32", {r["name"]: lat[r["name"]] for r in rows}))
 
 
 if __name__ == "__main__":

@@ -481,7 +481,8 @@ def entry() -> int:
     """The `edgeopt` console script: `main` run as a batch process. A larger young generation while it runs,
     and at exit the heap frozen so the interpreter does not walk every object of torch & co. once more
     (docs/architecture.md "The command is a batch process"): reference cycles still alive at exit are left for
-    the OS to reclaim with the process (exit handlers still run). `main` itself leaves the collector alone, for callers that run it inside their own process."""
+    the OS to reclaim with the process (exit handlers still run). `main` itself leaves the collector alone,
+    for callers that run it inside their own process."""
     import gc
 
     gc.set_threshold(*BATCH_GC_THRESHOLDS)
