@@ -499,9 +499,29 @@ def _job_dict(r: JobRow) -> dict[str, Any]:
     return {c.name: getattr(r, c.name) for c in JobRow.__table__.columns}
 
 
+_SQLITE_BUSY_MS = 10000
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    """Per-connection settings: wait for locks, enforce foreign keys, and put the file in WAL mode.
+
+    WAL is a property of the database file, so only the first connection to a fresh file changes it. That
+    change needs the file to itself and SQLite reports "database is locked" at once rather than calling
+    the busy handler, so a connection that meets another one mid-change waits and asks again."""
+    import sqlite3
+    import time
+
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=10000")
+    deadline = time.monotonic() + _SQLITE_BUSY_MS / 1000
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")  # an in-memory database stays "memory"
+            break
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
     cur.close()

@@ -173,6 +173,36 @@ def test_wal_only_on_sqlite(url):
             assert c.execute(text("SELECT data_type FROM information_schema.columns WHERE table_name='measurements' AND column_name='outputs_match'")).scalar() == "boolean"
 
 
+def test_sqlite_store_waits_for_a_connection_holding_a_fresh_file(tmp_path):
+    """Putting a file in WAL mode needs it to itself, and while another connection is writing SQLite answers
+    "locked" at once instead of calling the busy handler: the store waits for the writer, then switches."""
+    import sqlite3
+    import time
+
+    path = tmp_path / "r.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE other (x)")
+    holder.execute("BEGIN IMMEDIATE")  # a writer mid-transaction on a file still in rollback-journal mode
+    holder.execute("INSERT INTO other VALUES (1)")
+    opened: list[object] = []
+    t = threading.Thread(target=lambda: opened.append(_open_or_error(f"sqlite:///{path}")))
+    t.start()
+    time.sleep(0.5)
+    assert not opened, opened  # still waiting for the holder
+    holder.execute("COMMIT")
+    holder.close()
+    t.join(30)
+    assert len(opened) == 1 and isinstance(opened[0], Store), opened
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _open_or_error(url: str) -> Store | str:
+    try:
+        return Store(url)
+    except EdgeoptError as e:
+        return str(e)
+
+
 def test_plain_postgresql_url_and_a_server_that_is_down(pg):
     url = pg.new_database()
     plain = url.replace("postgresql+psycopg://", "postgresql://")
