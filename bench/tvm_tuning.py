@@ -232,7 +232,8 @@ def measure(a: argparse.Namespace) -> int:
         tuned_tasks = _tuned_task_count(db_dir)
         vm_variant(
             f"tvm tuned {total_min:g} min", tmod,
-            f"MetaSchedule, {rep.tasks} tasks, {tuned_tasks} workloads with records",
+            f"MetaSchedule, {rep.tasks} tasks ({rep.tasks_small} under 1 % of the time not searched), "
+            f"{tuned_tasks} workloads with records, {rep.build_timeouts} builds killed at {tune.BUILD_TIMEOUT_S:g} s",
             tune_min=spent_s / 60.0, trials=trials_total,
         )
 
@@ -355,18 +356,23 @@ def _write(a, rows, top, target: str, target_desc: str, model: str, when: str) -
     lines += [
         "- Beyond the default schedules, TVM's remedy is MetaSchedule tuning: the same rules, with tile sizes and "
         "unrolling searched by timing candidates on the machine. Whether and how far it closes the gap on this "
-        "machine is not shown by this page unless a tuned row above has trials. The cost is tuning time: set-up (task extraction, building the search "
-        "spaces, importing TVM's tensor intrinsics) takes minutes before the first trial on a 2-core machine shared "
-        "with other jobs, and each task needs dozens of trials to approach ORT. MetaSchedule's LocalBuilder also "
-        "starts fresh worker processes for every batch, each re-importing TVM (on this 2-core machine, minutes per "
-        "batch: a short budget could end before its first batch was measured); edgeopt builds candidates in-process "
-        "instead, so the budget goes to building and timing candidates. edgeopt "
-        "tunes the heaviest tasks (FLOPs x occurrences) first, sizes the search to the budget, stops at the time "
-        "budget after the batch in flight, and keeps every record in the persistent database, so minutes spent "
-        "in several sessions add up (`edgeopt compile -b tvm -O tune_minutes=N` resumes from "
-        "`~/.cache/edgeopt/tvm/<target>/`, one database per target that every model shares: a kernel one model tuned is reused by another with the same workload). Before searching, each task's default "
-        "schedule is measured by the same runner and committed as a record, so a candidate replaces it only where it "
-        "ran faster: a short budget cannot leave a model slower than untuned.",
+        "machine is not shown by this page unless a tuned row above has trials. The cost is tuning time, and on a "
+        "2-core machine most of a trial is building the candidate (efficientformer_l1: about 0.5 s of a 0.9 s trial "
+        "when built on one core), so edgeopt spends it where it counts (`edgeopt.runtimes._tvm_tune`): candidates "
+        "build in a pool of worker processes, one per core, that import TVM once and live as long as the run "
+        "(MetaSchedule's LocalBuilder starts fresh workers for every batch, each importing TVM's tensor intrinsics "
+        "first: 50 s here), and nothing is built while a candidate is timed; a build is killed after 30 s and "
+        "recorded as a failed candidate (builds take 0.1-9 s; the rare candidate that unrolls 512 steps of a large "
+        "tile kept LLVM busy for minutes, which once left a 10-minute run with 48 trials); set-up skips the "
+        "tensor-intrinsic import (the CPU rules tensorize nothing). Each task's default schedule is measured first and "
+        "committed as a record, so a candidate replaces it only where it ran faster (a short budget cannot leave a "
+        "model slower than untuned), and a task whose default takes under 1 % of the model's time (run time x "
+        "occurrences) is not searched: it could save at most that, and the search's first round would give it as "
+        "many trials as the heaviest kernel. The heaviest tasks (FLOPs x occurrences) go first; the search is sized "
+        "to the budget and stops at it after the batch in flight; every record stays in the persistent database, so "
+        "minutes spent in several sessions add up (`edgeopt compile -b tvm -O tune_minutes=N` resumes from "
+        "`~/.cache/edgeopt/tvm/<target>/`, one database per target that every model shares: a kernel one model "
+        "tuned is reused by another with the same workload).",
         "- Per-op library fallbacks are not available from this wheel: apache-tvm 0.27 on PyPI is built without "
         "DNNL/oneDNN and without CBLAS/MKL (`relax.ext.dnnl`, `tvm.contrib.cblas.matmul` are not registered), so "
         "BYOC offload of convolutions/matmuls needs TVM built from source. A DLPack fallback to numpy/OpenBLAS "

@@ -353,6 +353,89 @@ def test_tuned_record_wins_only_when_faster(tiny, tmp_path):
     assert tune._records_per_task(db, [heavy], tune._defaults_done(db_dir)) == [1]
 
 
+def _heavy_task(tiny):
+    """The tiny model's heaviest tuning task and its target."""
+    import onnx
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgeopt.runtimes.tvm import import_onnx
+
+    tgt = tvm.target.Target(tt.resolve_target("host").target)
+    mod, _ = relax.frontend.detach_params(import_onnx(onnx.load(str(tiny["onnx"]))))
+    tasks = tune._by_cost(ms.relax_integration.extract_tasks(tune.prepare(mod, tgt), tgt))
+    return tasks, tgt
+
+
+def test_pool_builder_builds_kills_slow_builds_and_stops_at_deadline(tiny, monkeypatch):
+    """The tuning builder: a candidate builds in a worker into an artifact the runner can load; a build past the
+    timeout is killed and comes back as a failed candidate (the run goes on); past the deadline the next batch
+    ends the run."""
+    import math
+
+    import tvm
+    from tvm.s_tir import Schedule
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+
+    tasks, tgt = _heavy_task(tiny)
+    sch = Schedule(tasks[0].dispatched[0])
+    assert tune.default_schedule(sch, tgt)
+    batch = [BuilderInput(sch.mod, tgt)]
+    state = {"stopped_by": "trials", "build_timeouts": 0}
+    builder, pool = tune._pool_builder(math.inf, state, 2)
+    try:
+        (ok,) = builder.build(batch)
+        assert ok.error_msg is None and Path(ok.artifact_path).is_file()
+        assert tvm.runtime.load_module(ok.artifact_path) is not None
+    finally:
+        pool.shutdown(wait=False)
+    # A limit no build can meet (the worker's start alone takes seconds): killed, reported, counted.
+    monkeypatch.setattr(tune, "BUILD_TIMEOUT_S", 0.05)
+    builder, pool = tune._pool_builder(math.inf, state, 1)
+    try:
+        (slow,) = builder.build(batch)
+    finally:
+        pool.shutdown(wait=False)
+    assert slow.artifact_path is None and "killed after 0.05 s" in slow.error_msg and state["build_timeouts"] == 1
+    builder, pool = tune._pool_builder(time.monotonic() - 1, state, 1)
+    try:
+        with pytest.raises(Exception, match="minutes"):
+            builder.build(batch)
+    finally:
+        pool.shutdown(wait=False)
+    assert state["stopped_by"] == "minutes"
+
+
+@pytest.mark.slow
+def test_tasks_under_one_percent_are_not_searched(tiny, tmp_path):
+    """A task whose default schedule takes under MIN_TASK_SHARE of the model's time (run time x occurrences) keeps
+    its measured default and gets no trials; the heavy ones are searched."""
+    tasks, tgt = _heavy_task(tiny)
+    db_dir = tmp_path / "db"
+    import onnx
+    from tvm import relax
+
+    from edgeopt.runtimes.tvm import import_onnx
+
+    mod, _ = relax.frontend.detach_params(import_onnx(onnx.load(str(tiny["onnx"]))))
+    rep = tune.tune(tune.prepare(mod, tgt), tgt, db_dir, 8 * len(tasks), None, 2)
+    db = tune.open_database(db_dir)
+
+    def cost(t) -> float:
+        r = db.get_top_k(db.commit_workload(t.dispatched[0]), 1)[0]
+        return float(np.mean([float(x) for x in r.run_secs])) * t.weight
+
+    costs = {tune._defaults_key(t): cost(t) for t in tasks}
+    total = sum(costs.values())
+    small = {k for k, c in costs.items() if c < tune.MIN_TASK_SHARE * total}
+    assert rep.tasks_small == len(small) >= 1 and len(small) < len(tasks)
+    per_task = dict(zip(map(tune._defaults_key, tasks), tune._records_per_task(db, tasks, set()), strict=True))
+    assert all(per_task[k] == 1 for k in small)  # the measured default only
+    assert all(per_task[k] > 1 for k in costs if k not in small)  # searched: trials beside the default
+    assert rep.trials_measured >= sum(per_task.values()) - len(tasks)  # failed candidates leave no record
+
+
 @pytest.mark.slow
 def test_tuning_writes_reusable_database(tiny, tmp_path):
     """A few trials: records land in the database, the tuned bundle still matches; a rerun with the same budget

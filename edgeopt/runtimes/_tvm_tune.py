@@ -15,8 +15,10 @@ Why a module of its own: tuning is the slow, stateful part of TVM. It must
   budget of a few trials per task can no longer make a model slower than not tuning it.
   A run that is interrupted (Ctrl-C, a killed process) keeps every committed record; a half-written last
   line is dropped on open.
-- give the builder time: its worker processes import TVM's tensor intrinsics first (tens of seconds),
-  which can exceed MetaSchedule's default 30 s build timeout under load.
+- spend the budget on trials that matter: on a small CPU, building a candidate is most of a trial, so candidates
+  build in a pool of long-lived worker processes, one per core, each build limited in time (`_pool_builder`);
+  a task whose measured default takes under `MIN_TASK_SHARE` of the model's time is not searched; set-up skips
+  the import of TVM's tensor intrinsics, which the CPU rules never use (`cpu_space`, `_tune_context`).
 Host-side only (imports tvm, never torch).
 """
 
@@ -37,11 +39,17 @@ WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 # Which workloads hold a measured default-schedule record, per version of the default rules.
 DEFAULTS_FILE = "default_schedules.json"
-# Seconds per build/run. The first build in each worker includes importing TVM's tensor intrinsics:
-# ~24 s on an idle 2-core machine, over 2 minutes when it is shared; a build that times out kills its
-# worker, whose replacement imports again, so this must exceed the import even under load.
-BUILDER_TIMEOUT_S = float(os.environ.get("EDGEOPT_TVM_BUILDER_TIMEOUT", 600))
+# Seconds one candidate's build may take (`_pool_builder`). On an idle 2-core machine builds take 0.1-9 s (the
+# first in a worker also imports TVM, ~4 s); the rare candidate that unrolls 512 steps of a large tile takes LLVM
+# minutes, and is killed at this limit and recorded as a failed build.
+BUILD_TIMEOUT_S = float(os.environ.get("EDGEOPT_TVM_BUILD_TIMEOUT", 30))
+# Builds a worker does before it is replaced (bounds the memory a long-lived TVM process leaks).
+BUILD_WORKER_USES = 200
 RUNNER_TIMEOUT_S = 120.0
+# A task whose measured default schedule takes less than this share of the model's time (run time x occurrences,
+# over every task with a record) is not searched: tuning it could save at most that share, and the search's first
+# round would spend as many trials on it as on the heaviest kernel. It keeps its default schedule (or its records).
+MIN_TASK_SHARE = 0.01
 
 
 def cache_root() -> Path:
@@ -141,6 +149,8 @@ class TuneReport:
     tasks_with_records: int = 0  # tasks that had tuned records before this run (this model's or another's)
     defaults_measured: int = 0  # tasks whose default schedule this run measured and committed as a record
     defaults_failed: list[str] | None = None  # tasks whose default schedule could not be built or run, and why
+    tasks_small: int = 0  # tasks not searched: their best record takes under MIN_TASK_SHARE of the model's time
+    build_timeouts: int = 0  # candidates whose build was killed at BUILD_TIMEOUT_S
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,13 +162,14 @@ def _time_limit_callback(deadline: float, state: dict[str, Any]):
 
     @derived_object
     class StopAtDeadline(PyMeasureCallback):
-        """After each measured batch: past the deadline, terminate every task still running."""
+        """After each measured batch: past the deadline (or after Ctrl-C), terminate every task still running."""
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
             state["measured"] += len(runner_results)
-            if time.monotonic() < deadline:
-                return
-            state["stopped_by"] = "minutes"
+            if state["stopped_by"] != "interrupted":
+                if time.monotonic() < deadline:
+                    return
+                state["stopped_by"] = "minutes"
             for i, rec in enumerate(task_scheduler.tasks_):
                 if not rec.is_terminated:
                     task_scheduler.terminate_task(i)
@@ -166,41 +177,100 @@ def _time_limit_callback(deadline: float, state: dict[str, Any]):
     return StopAtDeadline()
 
 
-class _BudgetSpent(Exception):
-    """Raised from the builder to end tune_tasks when the time budget is spent."""
+class _StopTuning(Exception):
+    """Raised from the builder to end tune_tasks: the time budget is spent, or Ctrl-C was pressed."""
 
 
-def _in_process_builder(deadline: float, state: dict[str, Any]):
-    """Build candidates in this process, and end tuning at the deadline.
+def _interrupt_at_batch(state: dict[str, Any]):
+    """A SIGINT handler for the tuning run: the first Ctrl-C marks the run interrupted, and the builder ends it
+    before the next batch (`_pool_builder`); a second one interrupts at once.
 
-    MetaSchedule's LocalBuilder starts a fresh pool of worker processes for every batch (a memory-leak
-    work-around), and each worker imports TVM and its tensor intrinsics before building anything:
-    24 s on an idle 2-core machine, several minutes on a shared one, per batch. Building in this process,
-    where all of that is already imported, removes that cost; the price is that a crashing build would
-    take the tuning process with it (none seen with LLVM CPU targets).
-    The builder is also the one hook MetaSchedule calls before every batch, in every round, so it is where
-    the time budget is enforced: past the deadline it raises, tune_tasks unwinds, and what was already
-    measured stays in the database.
+    While tuning, the main thread is mostly inside MetaSchedule's C++ search or in its runner, which turns a
+    KeyboardInterrupt raised there into a failed measurement and goes on tuning; the builder is the one place where
+    raising reliably unwinds tune_tasks. Returns the handler to restore, or None where none was installed (a
+    signal handler can only be set from the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigint(signum, frame) -> None:
+        state["stopped_by"] = "interrupted"
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    return signal.signal(signal.SIGINT, on_sigint)
+
+
+def build_candidate(mod, target) -> str:
+    """Build one scheduled TIR module and export it for MetaSchedule's runner; returns the artifact's path.
+
+    MetaSchedule's `default_build` first imports every tensor intrinsic TVM ships (50 s on this 2-core machine);
+    CPU candidates tensorize nothing that needs them at build time (a tensorized block already holds the
+    intrinsic's body), so this builds without that import. Runs in the build workers (`_pool_builder`) and in
+    `commit_measured`."""
+    import tvm
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_export
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return default_export(tvm.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target))
+
+
+def _build_job(job: tuple[Any, Any]) -> str:
+    """`build_candidate` on a (module, target) pair: the function a build worker is sent."""
+    return build_candidate(*job)
+
+
+def _warm_build_worker() -> None:
+    """A build worker's initializer: import what `build_candidate` needs once, before the first timed build."""
+    import tvm.driver  # noqa: F401
+    import tvm.s_tir.meta_schedule.builder.local_builder  # noqa: F401
+
+
+def _pool_builder(deadline: float, state: dict[str, Any], workers: int):
+    """Build candidates in a pool of worker processes that lives as long as the tuning run, one per core, each
+    build limited to `BUILD_TIMEOUT_S`; and end tuning at the deadline.
+
+    Building is most of a trial's time on a small CPU (efficientformer_l1 on 2 cores: 0.5 s of a 0.9 s trial), and
+    a candidate's build time varies 50x with its unrolling: most build in under 2 s, a few that unroll 512 steps
+    of a large tile keep LLVM busy for minutes. So: one worker per core (the batch builds in parallel; measuring
+    starts only when the whole batch is built, so nothing is built while a candidate is timed), and a build past
+    the timeout is killed and recorded as a failed candidate (its worker restarts, ~4 s) instead of stalling the
+    run. MetaSchedule's LocalBuilder also uses worker processes, but starts a fresh pool for every batch, and each
+    of its workers imports TVM's tensor intrinsics first (50 s here): the workers here import TVM once and build
+    without the intrinsics (`build_candidate`); they are recycled every `BUILD_WORKER_USES` builds, which bounds
+    the memory a long-lived worker leaks (the reason LocalBuilder restarts its pool).
+    The builder is also the one hook MetaSchedule calls before every batch, in every round, so it is where the
+    time budget and Ctrl-C are enforced (`_interrupt_at_batch`): past the deadline or after Ctrl-C it raises,
+    tune_tasks unwinds, and what was already measured stays in the database.
     """
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
-    from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    pool = PopenPoolExecutor(max_workers=max(1, workers), timeout=BUILD_TIMEOUT_S, initializer=_warm_build_worker,
+                             maximum_process_uses=BUILD_WORKER_USES)
 
     @derived_object
-    class InProcessBuilder(PyBuilder):
+    class PoolBuilder(PyBuilder):
         def build(self, build_inputs):
-            if time.monotonic() >= deadline:
+            if state["stopped_by"] != "interrupted" and time.monotonic() >= deadline:
                 state["stopped_by"] = "minutes"
-                raise _BudgetSpent("tuning time budget spent")
+            if state["stopped_by"] in ("minutes", "interrupted"):
+                raise _StopTuning(state["stopped_by"])
             out = []
-            for bi in build_inputs:
-                try:
-                    out.append(BuilderResult(default_export(default_build(bi.mod, bi.target, None)), None))
-                except Exception as e:  # noqa: BLE001 - a failed candidate is a result, not a crash
-                    out.append(BuilderResult(None, f"in-process build failed: {type(e).__name__}: {e}"))
+            jobs = [(bi.mod, bi.target) for bi in build_inputs]
+            for res in pool.map_with_error_catching(_build_job, jobs):
+                if res.status == StatusKind.COMPLETE:
+                    out.append(BuilderResult(res.value, None))
+                elif res.status == StatusKind.TIMEOUT:
+                    state["build_timeouts"] += 1
+                    out.append(BuilderResult(None, f"build killed after {BUILD_TIMEOUT_S:g} s"))
+                else:  # a failed candidate is a result, not a crash
+                    out.append(BuilderResult(None, f"build failed: {last_line(res.value, 200)}"))
             return out
 
-    return InProcessBuilder()
+    return PoolBuilder(), pool
 
 
 def tune(
@@ -212,7 +282,6 @@ def tune(
     num_cores: int,
     progress=None,
     seed: int | None = None,
-    in_process_build: bool = True,
 ) -> TuneReport:
     """Tune every task of a prepared module within the budgets; records accumulate in db_dir."""
     from tvm.s_tir import meta_schedule as ms
@@ -239,7 +308,8 @@ def tune(
     # of the rest, those without any record first (the heaviest first within each group).
     left = [(t, k) for t, k in zip(tasks, have, strict=True) if not (trial_cap and k >= per_task)]
     todo = [t for t, _ in sorted(left, key=lambda tk: tk[1] > 0)]  # stable: cost order kept within each group
-    state: dict[str, Any] = {"measured": 0, "stopped_by": "trials", "defaults": 0, "defaults_failed": []}
+    state: dict[str, Any] = {"measured": 0, "stopped_by": "trials", "defaults": 0, "defaults_failed": [], "small": 0,
+                             "build_timeouts": 0}
     reused = n - len(todo)
     with_records = sum(k > 0 for k in have)
 
@@ -250,7 +320,8 @@ def tune(
             records_before=before, records_after=count_records(db_dir), trials_measured=state["measured"],
             seconds=time.monotonic() - t0, setup_seconds=setup_s, stopped_by=state["stopped_by"], tasks_reused=reused,
             tasks_with_records=with_records, defaults_measured=state["defaults"],
-            defaults_failed=state["defaults_failed"] or None,
+            defaults_failed=state["defaults_failed"] or None, tasks_small=state["small"],
+            build_timeouts=state["build_timeouts"],
         )
         (db_dir / "last_run.json").write_text(json.dumps(rep.to_dict(), indent=2))
         return rep
@@ -265,21 +336,30 @@ def tune(
     t_defaults = time.monotonic()
     state["defaults"], state["defaults_failed"] = commit_default_records(todo, target, db, db_dir)
     defaults_s = time.monotonic() - t_defaults
+    small = _small_tasks(db, tasks)
+    state["small"] = sum(_defaults_key(t) in small for t in todo)
+    todo = [t for t in todo if _defaults_key(t) not in small]
+    if not todo:
+        say(f"the tasks left each take under {MIN_TASK_SHARE:.0%} of the model's time: nothing worth tuning")
+        state["stopped_by"] = "reused"
+        return report(time.monotonic() - t0 - defaults_s)
     work_dir = db_dir / "logs"
     work_dir.mkdir(parents=True, exist_ok=True)
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        todo, work_dir=str(work_dir), num_threads=num_cores, seed=seed, strategy=_strategy(per_task, minutes)
-    )
+    contexts = _tune_contexts(todo, target, work_dir, num_cores, seed, _strategy(per_task, minutes))
+    weights = [float(t.weight) for t in todo]
     setup_s = time.monotonic() - t0 - defaults_s
     # The minutes budget is measure-and-search time (the default schedules' measuring included): set-up
     # (minutes on a loaded 2-core machine) is reported separately, so a short budget is not eaten before
     # the first trial.
     deadline = time.monotonic() + 60.0 * minutes - defaults_s if minutes else float("inf")
     callbacks = [*ms.measure_callback.MeasureCallback.create("default"), _time_limit_callback(deadline, state)]
-    builder = _in_process_builder(deadline, state) if in_process_build else ms.builder.LocalBuilder(timeout_sec=BUILDER_TIMEOUT_S)
-    say(f"tuning {len(todo)} of {n} tasks ({with_records} with records already, {reused} tuned to this budget before; budget: {trials if trial_cap else 'unlimited'} trials, {minutes or 'no'} minutes; set-up took {setup_s:.0f} s)")
+    builder, pool = _pool_builder(deadline, state, num_cores)
+    say(f"tuning {len(todo)} of {n} tasks ({with_records} with records already, {reused} tuned to this budget before, "
+        f"{state['small']} under {MIN_TASK_SHARE:.0%} of the time left as they are; budget: "
+        f"{trials if trial_cap else 'unlimited'} trials, {minutes or 'no'} minutes; set-up took {setup_s:.0f} s)")
     _quiet_metaschedule()
     scheduler = ms.TaskScheduler.create("gradient")
+    previous_sigint = _interrupt_at_batch(state)
     try:
         ms.tune.tune_tasks(
             task_scheduler=scheduler,
@@ -298,7 +378,7 @@ def tune(
         state["stopped_by"] = "interrupted"
         raise
     except Exception:
-        if state["stopped_by"] != "minutes":  # the builder ended the run at the deadline: not an error
+        if state["stopped_by"] not in ("minutes", "interrupted"):  # the builder ended the run: not an error
             raise
         # The scheduler's first round only sends batches to the runner; results are joined (and committed
         # to the database) later. Join what is in flight so the measured candidates are not lost.
@@ -309,7 +389,14 @@ def tune(
                 except Exception:  # noqa: BLE001 - a task whose runs failed keeps no record; the rest do
                     continue
     finally:
+        if previous_sigint is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, previous_sigint)
+        pool.shutdown(wait=False)
         rep = report(setup_s)
+    if state["stopped_by"] == "interrupted":
+        raise KeyboardInterrupt
     return rep
 
 
@@ -323,6 +410,65 @@ def _records_per_task(db, tasks, defaults: set[str]) -> list[int]:
 
     counts = Counter(str(int(structural_hash(r.workload.mod))) for r in db.get_all_tuning_records())
     return [max(0, counts[k] - (k in defaults)) for k in map(_defaults_key, tasks)]
+
+
+def _small_tasks(db, tasks) -> set[str]:
+    """The tasks (by `_defaults_key`) whose best record, times their occurrences, is under MIN_TASK_SHARE of the
+    sum over every task that has a record. Tasks without a record are never small (their cost is unknown)."""
+    cost: dict[str, float] = {}
+    for t in tasks:
+        mod = t.dispatched[0]
+        if not db.has_workload(mod):
+            continue
+        top = db.get_top_k(db.commit_workload(mod), 1)
+        secs = [float(x) for x in top[0].run_secs] if top and top[0].run_secs else []
+        if secs:
+            cost[_defaults_key(t)] = sum(secs) / len(secs) * float(t.weight)
+    total = sum(cost.values())
+    return {k for k, c in cost.items() if total > 0 and c < MIN_TASK_SHARE * total}
+
+
+def _tune_contexts(tasks, target, work_dir: Path, num_cores: int, seed: int | None, strategy) -> list:
+    """One TuneContext per task, as `ms.relax_integration.extracted_tasks_to_tune_contexts` makes them (one log file
+    per task, seeds forked from `seed`), searching `cpu_space()` and without the tensor-intrinsic import of
+    `ms.TuneContext` (`_tune_context`)."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    if isinstance(strategy, str):
+        strategy = ms.SearchStrategy.create(strategy)
+    loggers = _task_loggers(work_dir / "logs", [t.task_name for t in tasks])
+    return [
+        _tune_context(t.dispatched[0], target, cpu_space(), num_cores, strategy=strategy,
+                      task_name=t.task_name, logger=logger, rand_state=rs).clone()
+        for t, logger, rs in zip(tasks, loggers, fork_seed(seed, n=len(tasks)), strict=True)
+    ]
+
+
+def _task_loggers(log_dir: Path, names: list[str]) -> list[logging.Logger]:
+    """One logger per task writing to its own file in log_dir (MetaSchedule logs each search round there).
+
+    MetaSchedule's own helper (`get_loggers_from_work_dir`) reconfigures the whole logging module through
+    `dictConfig` on every call, taking along the names of whatever handlers its global logger holds: in a process
+    that had tuned before (a test session, a sweep), an unnamed handler there makes it fail. These are plain
+    loggers with one file handler each, replaced on every call."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S")
+    width = len(str(max(0, len(names) - 1)))
+    out = []
+    for i, name in enumerate(names):
+        stem = f"task_{i:0{width}d}_{name[:100]}"
+        lg = logging.getLogger(f"edgeopt.tvm.tune.{stem}")
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+            h.close()
+        fh = logging.FileHandler(log_dir / f"{stem}.log", mode="a")
+        fh.setFormatter(fmt)
+        lg.addHandler(fh)
+        lg.setLevel(logging.DEBUG)
+        lg.propagate = False
+        out.append(lg)
+    return out
 
 
 def _defaults_key(task) -> str:
@@ -390,18 +536,12 @@ def commit_measured(db, target, schedules: list[tuple[str, Any, Any]]) -> tuple[
     its workload. Returns the names committed and the failures with why."""
     import shutil
 
-    import tvm
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.builder.local_builder import default_export
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     built, failed = [], []
     for name, mod, sch in schedules:
         try:
-            # MetaSchedule's default_build without its import of every tensor intrinsic (minutes on 2 cores):
-            # these schedules tensorize nothing.
-            lib = tvm.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(sch.mod), target=target)
-            artifact = default_export(lib)
+            artifact = build_candidate(sch.mod, target)
         except Exception as e:  # noqa: BLE001 - a schedule that does not build is a result, not a crash
             failed.append(f"{name}: build failed: {type(e).__name__}: {last_line(e, 160)}")
             continue
@@ -494,15 +634,9 @@ def default_schedule(sch, target) -> bool:
     is empty or a postprocessor rejects the result: the function then keeps its loop nest. (On
     efficientformer_l1 the sketch's own seeded samples ran about 3x slower than these rules; docs/tvm.md has the
     figures of the default build.)"""
-    from tvm.s_tir import meta_schedule as ms
 
     cores = int(target.attrs.get("num-cores", 1) or 1)
-    # ApplyCustomRule looks up per-op rules (TOPI's "meta_schedule.pool_avg") that no CPU build registers, and
-    # warns once per function; it adds nothing here.
-    rules = [r for r in ms.ScheduleRule.create("llvm") if not isinstance(r, ms.schedule_rule.ApplyCustomRule)]
-    space = ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=ms.Postproc.create("llvm"),
-                                              mutator_probs=ms.Mutator.create("llvm"))
-    ctx = _tune_context(sch.mod, target, space, cores)
+    ctx = _tune_context(sch.mod, target, cpu_space(), cores)
     spaces = ctx.space_generator.generate_design_space(sch.mod)
     if not spaces:
         return False
@@ -526,6 +660,19 @@ def default_schedule(sch, target) -> bool:
     return all(p.apply(sch) for p in ctx.space_generator.postprocs)
 
 
+def cpu_space():
+    """The design space that default schedules are drawn from and tuning searches: MetaSchedule's generic CPU rules,
+    postprocessors and mutators ("llvm"). Its x86 space differs only by a rule that tensorizes int8 dot products
+    with VNNI, which needs every tensor intrinsic TVM ships imported (50 s here) and matches no workload edgeopt
+    builds (TVM int8 computes in float: docs/tvm.md). ApplyCustomRule is left out: it looks up per-op rules (TOPI's
+    "meta_schedule.pool_avg") that no CPU build registers and warns once per function."""
+    from tvm.s_tir import meta_schedule as ms
+
+    rules = [r for r in ms.ScheduleRule.create("llvm") if not isinstance(r, ms.schedule_rule.ApplyCustomRule)]
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=ms.Postproc.create("llvm"),
+                                             mutator_probs=ms.Mutator.create("llvm"))
+
+
 def _sketch(spaces):
     """The trace of the first design space that moves the epilogue into the tiles (a ReverseComputeAt), else the
     first one (a function without an elementwise consumer)."""
@@ -535,18 +682,19 @@ def _sketch(spaces):
     return spaces[0].trace
 
 
-def _tune_context(mod, target, space, cores: int):
-    """A TuneContext for design-space generation only. `ms.TuneContext(...)` first imports every tensor intrinsic
-    TVM ships (35 s on this 2-core machine, paid by each compile), which the CPU rules used here never need; this
-    calls the same constructor without that import (TVM is pinned in constraints.txt; tests/test_tvm.py builds
-    through it)."""
+def _tune_context(mod, target, space, cores: int, strategy=None, task_name: str = "default", logger=None,
+                  rand_state: int = 0):
+    """A TuneContext, for design-space generation (`default_schedule`) or tuning (`_tune_contexts`).
+    `ms.TuneContext(...)` first imports every tensor intrinsic TVM ships (50 s on this 2-core machine, paid by each
+    compile), which the CPU rules used here never need; this calls the same constructor without that import (TVM
+    is pinned in constraints.txt; tests/test_tvm.py builds and tunes through it)."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule import _ffi_api
     from tvm.s_tir.meta_schedule.logging import get_logger, get_logging_func
 
     ctx = ms.TuneContext.__new__(ms.TuneContext)
-    ctx.__init_handle_by_constructor__(_ffi_api.TuneContext, mod, target, space, None, "default", cores, 0,
-                                       get_logging_func(get_logger(__name__)))
+    ctx.__init_handle_by_constructor__(_ffi_api.TuneContext, mod, target, space, strategy, task_name, cores, rand_state,
+                                       get_logging_func(logger or get_logger(__name__)))
     _ffi_api.TuneContextInitialize(ctx)
     return ctx
 
