@@ -303,14 +303,11 @@ def test_truncated_database_line_is_dropped(tmp_path):
     assert rec.read_text() == '[0, [[["a"], 1]]]\n'
 
 
-def test_tuned_record_wins_only_when_faster(tiny, tmp_path):
-    """A record in the database no longer overrides the default schedule just by being there: the default is
-    measured and committed beside it, and the build takes whichever ran faster. The slower record here is the
-    bare loop nest, measured by the same runner."""
+def _tiny_tasks(tiny):
+    """The tiny model prepared for tuning, its tuning tasks (heaviest first) and the host target."""
     import onnx
     import tvm
     from tvm import relax
-    from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
 
     from edgeopt.runtimes.tvm import import_onnx
@@ -318,7 +315,16 @@ def test_tuned_record_wins_only_when_faster(tiny, tmp_path):
     tgt = tvm.target.Target(tt.resolve_target("host").target)
     mod, _ = relax.frontend.detach_params(import_onnx(onnx.load(str(tiny["onnx"]))))
     fused = tune.prepare(mod, tgt)
-    heavy = tune._by_cost(ms.relax_integration.extract_tasks(fused, tgt))[0]
+    return fused, tune._by_cost(ms.relax_integration.extract_tasks(fused, tgt)), tgt
+
+
+def test_tuned_record_wins_only_when_faster(tiny, tmp_path):
+    """A record in the database no longer overrides the default schedule just by being there: the default is
+    measured and committed beside it, and the build takes whichever ran faster. The slower record here is the
+    bare loop nest, measured by the same runner."""
+    from tvm.s_tir import Schedule
+
+    fused, (heavy, *_), tgt = _tiny_tasks(tiny)
     work = heavy.dispatched[0]
     db_dir = tmp_path / "db"
     db = tune.open_database(db_dir)
@@ -353,21 +359,6 @@ def test_tuned_record_wins_only_when_faster(tiny, tmp_path):
     assert tune._records_per_task(db, [heavy], tune._defaults_done(db_dir)) == [1]
 
 
-def _heavy_task(tiny):
-    """The tiny model's heaviest tuning task and its target."""
-    import onnx
-    import tvm
-    from tvm import relax
-    from tvm.s_tir import meta_schedule as ms
-
-    from edgeopt.runtimes.tvm import import_onnx
-
-    tgt = tvm.target.Target(tt.resolve_target("host").target)
-    mod, _ = relax.frontend.detach_params(import_onnx(onnx.load(str(tiny["onnx"]))))
-    tasks = tune._by_cost(ms.relax_integration.extract_tasks(tune.prepare(mod, tgt), tgt))
-    return tasks, tgt
-
-
 def test_pool_builder_builds_kills_slow_builds_and_stops_at_deadline(tiny, monkeypatch):
     """The tuning builder: a candidate builds in a worker into an artifact the runner can load; a build past the
     timeout is killed and comes back as a failed candidate (the run goes on); past the deadline the next batch
@@ -378,8 +369,8 @@ def test_pool_builder_builds_kills_slow_builds_and_stops_at_deadline(tiny, monke
     from tvm.s_tir import Schedule
     from tvm.s_tir.meta_schedule.builder import BuilderInput
 
-    tasks, tgt = _heavy_task(tiny)
-    sch = Schedule(tasks[0].dispatched[0])
+    _, (heavy, *_), tgt = _tiny_tasks(tiny)
+    sch = Schedule(heavy.dispatched[0])
     assert tune.default_schedule(sch, tgt)
     batch = [BuilderInput(sch.mod, tgt)]
     state = {"stopped_by": "trials", "build_timeouts": 0}
@@ -411,15 +402,9 @@ def test_pool_builder_builds_kills_slow_builds_and_stops_at_deadline(tiny, monke
 def test_tasks_under_one_percent_are_not_searched(tiny, tmp_path):
     """A task whose default schedule takes under MIN_TASK_SHARE of the model's time (run time x occurrences) keeps
     its measured default and gets no trials; the heavy ones are searched."""
-    tasks, tgt = _heavy_task(tiny)
+    fused, tasks, tgt = _tiny_tasks(tiny)
     db_dir = tmp_path / "db"
-    import onnx
-    from tvm import relax
-
-    from edgeopt.runtimes.tvm import import_onnx
-
-    mod, _ = relax.frontend.detach_params(import_onnx(onnx.load(str(tiny["onnx"]))))
-    rep = tune.tune(tune.prepare(mod, tgt), tgt, db_dir, 8 * len(tasks), None, 2)
+    rep = tune.tune(fused, tgt, db_dir, 8 * len(tasks), None, 2)
     db = tune.open_database(db_dir)
 
     def cost(t) -> float:

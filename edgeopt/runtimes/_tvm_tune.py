@@ -144,7 +144,7 @@ class TuneReport:
     trials_measured: int
     seconds: float  # total, set-up included
     setup_seconds: float
-    stopped_by: str  # "trials" | "minutes" | "interrupted" | "reused" (every task already tuned to this budget)
+    stopped_by: str  # "trials" | "minutes" | "interrupted" | "reused" (every task tuned to this budget, or small)
     tasks_reused: int = 0  # tasks skipped: the database already held the trials this budget gives a task
     tasks_with_records: int = 0  # tasks that had tuned records before this run (this model's or another's)
     defaults_measured: int = 0  # tasks whose default schedule this run measured and committed as a record
@@ -166,15 +166,21 @@ def _time_limit_callback(deadline: float, state: dict[str, Any]):
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
             state["measured"] += len(runner_results)
-            if state["stopped_by"] != "interrupted":
-                if time.monotonic() < deadline:
-                    return
-                state["stopped_by"] = "minutes"
+            if not _stopping(state, deadline):
+                return
             for i, rec in enumerate(task_scheduler.tasks_):
                 if not rec.is_terminated:
                     task_scheduler.terminate_task(i)
 
     return StopAtDeadline()
+
+
+def _stopping(state: dict[str, Any], deadline: float) -> bool:
+    """Whether the run is to end now: Ctrl-C was pressed (`_interrupt_at_batch`), or the deadline has passed (which
+    marks the run stopped by "minutes")."""
+    if state["stopped_by"] != "interrupted" and time.monotonic() >= deadline:
+        state["stopped_by"] = "minutes"
+    return state["stopped_by"] in ("minutes", "interrupted")
 
 
 class _StopTuning(Exception):
@@ -187,19 +193,20 @@ def _interrupt_at_batch(state: dict[str, Any]):
 
     While tuning, the main thread is mostly inside MetaSchedule's C++ search or in its runner, which turns a
     KeyboardInterrupt raised there into a failed measurement and goes on tuning; the builder is the one place where
-    raising reliably unwinds tune_tasks. Returns the handler to restore, or None where none was installed (a
-    signal handler can only be set from the main thread)."""
+    raising reliably unwinds tune_tasks. Returns the call that puts the previous handler back (nothing to put back
+    off the main thread, where a signal handler cannot be set)."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return lambda: None
 
     def on_sigint(signum, frame) -> None:
         state["stopped_by"] = "interrupted"
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    return signal.signal(signal.SIGINT, on_sigint)
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 def build_candidate(mod, target) -> str:
@@ -254,9 +261,7 @@ def _pool_builder(deadline: float, state: dict[str, Any], workers: int):
     @derived_object
     class PoolBuilder(PyBuilder):
         def build(self, build_inputs):
-            if state["stopped_by"] != "interrupted" and time.monotonic() >= deadline:
-                state["stopped_by"] = "minutes"
-            if state["stopped_by"] in ("minutes", "interrupted"):
+            if _stopping(state, deadline):
                 raise _StopTuning(state["stopped_by"])
             out = []
             jobs = [(bi.mod, bi.target) for bi in build_inputs]
@@ -345,7 +350,7 @@ def tune(
         return report(time.monotonic() - t0 - defaults_s)
     work_dir = db_dir / "logs"
     work_dir.mkdir(parents=True, exist_ok=True)
-    contexts = _tune_contexts(todo, target, work_dir, num_cores, seed, _strategy(per_task, minutes))
+    contexts, loggers = _tune_contexts(todo, target, work_dir, num_cores, seed, _strategy(per_task, minutes))
     weights = [float(t.weight) for t in todo]
     setup_s = time.monotonic() - t0 - defaults_s
     # The minutes budget is measure-and-search time (the default schedules' measuring included): set-up
@@ -359,7 +364,7 @@ def tune(
         f"{trials if trial_cap else 'unlimited'} trials, {minutes or 'no'} minutes; set-up took {setup_s:.0f} s)")
     _quiet_metaschedule()
     scheduler = ms.TaskScheduler.create("gradient")
-    previous_sigint = _interrupt_at_batch(state)
+    restore_sigint = _interrupt_at_batch(state)
     try:
         ms.tune.tune_tasks(
             task_scheduler=scheduler,
@@ -389,11 +394,9 @@ def tune(
                 except Exception:  # noqa: BLE001 - a task whose runs failed keeps no record; the rest do
                     continue
     finally:
-        if previous_sigint is not None:
-            import signal
-
-            signal.signal(signal.SIGINT, previous_sigint)
+        restore_sigint()
         pool.shutdown(wait=False)
+        _close_loggers(loggers)
         rep = report(setup_s)
     if state["stopped_by"] == "interrupted":
         raise KeyboardInterrupt
@@ -428,21 +431,22 @@ def _small_tasks(db, tasks) -> set[str]:
     return {k for k, c in cost.items() if total > 0 and c < MIN_TASK_SHARE * total}
 
 
-def _tune_contexts(tasks, target, work_dir: Path, num_cores: int, seed: int | None, strategy) -> list:
+def _tune_contexts(tasks, target, work_dir: Path, num_cores: int, seed: int | None, strategy) -> tuple[list, list]:
     """One TuneContext per task, as `ms.relax_integration.extracted_tasks_to_tune_contexts` makes them (one log file
     per task, seeds forked from `seed`), searching `cpu_space()` and without the tensor-intrinsic import of
-    `ms.TuneContext` (`_tune_context`)."""
+    `ms.TuneContext` (`_tune_context`). Returns the contexts and their loggers (`_close_loggers` after the run)."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
     if isinstance(strategy, str):
         strategy = ms.SearchStrategy.create(strategy)
     loggers = _task_loggers(work_dir / "logs", [t.task_name for t in tasks])
-    return [
+    contexts = [
         _tune_context(t.dispatched[0], target, cpu_space(), num_cores, strategy=strategy,
                       task_name=t.task_name, logger=logger, rand_state=rs).clone()
         for t, logger, rs in zip(tasks, loggers, fork_seed(seed, n=len(tasks)), strict=True)
     ]
+    return contexts, loggers
 
 
 def _task_loggers(log_dir: Path, names: list[str]) -> list[logging.Logger]:
@@ -451,7 +455,7 @@ def _task_loggers(log_dir: Path, names: list[str]) -> list[logging.Logger]:
     MetaSchedule's own helper (`get_loggers_from_work_dir`) reconfigures the whole logging module through
     `dictConfig` on every call, taking along the names of whatever handlers its global logger holds: in a process
     that had tuned before (a test session, a sweep), an unnamed handler there makes it fail. These are plain
-    loggers with one file handler each, replaced on every call."""
+    loggers with one file handler each."""
     log_dir.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S")
     width = len(str(max(0, len(names) - 1)))
@@ -459,9 +463,7 @@ def _task_loggers(log_dir: Path, names: list[str]) -> list[logging.Logger]:
     for i, name in enumerate(names):
         stem = f"task_{i:0{width}d}_{name[:100]}"
         lg = logging.getLogger(f"edgeopt.tvm.tune.{stem}")
-        for h in list(lg.handlers):
-            lg.removeHandler(h)
-            h.close()
+        _close_loggers([lg])  # a logger of the same name left by an earlier run in this process
         fh = logging.FileHandler(log_dir / f"{stem}.log", mode="a")
         fh.setFormatter(fmt)
         lg.addHandler(fh)
@@ -469,6 +471,14 @@ def _task_loggers(log_dir: Path, names: list[str]) -> list[logging.Logger]:
         lg.propagate = False
         out.append(lg)
     return out
+
+
+def _close_loggers(loggers: list[logging.Logger]) -> None:
+    """Detach and close the loggers' handlers (their log files)."""
+    for lg in loggers:
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+            h.close()
 
 
 def _defaults_key(task) -> str:
