@@ -107,6 +107,12 @@ def _bundle(tiny, out: Path, target: str, options: dict | None = None) -> Path:
     return out
 
 
+def _host_target():
+    import tvm
+
+    return tvm.target.Target(tt.resolve_target("host").target)
+
+
 @pytest.fixture(scope="module")
 def host_bundle(tiny):
     return _bundle(tiny, tiny["dir"] / "host.bundle", "x86-host" if tt._host_arch() == "x86_64" else "host")
@@ -134,7 +140,6 @@ def test_default_schedules_replace_the_bare_loop_nests(tiny, host_bundle, tmp_pa
     """The untuned build schedules every function by rule (parallel outer loops, vectorized inner ones) without
     measuring; `-O schedule=none` keeps the bare loop nests; both give torch's outputs."""
     import onnx
-    import tvm
     from tvm import relax
 
     from edgeopt.runtimes.tvm import import_onnx
@@ -146,8 +151,7 @@ def test_default_schedules_replace_the_bare_loop_nests(tiny, host_bundle, tmp_pa
     s = get_backend("tvm").load(bare.path, bare.manifest)
     assert output_metrics(tiny["refs"], [s.run(x) for x in tiny["samples"]])["cosine"] > 0.99999
     # what the rules did to the heaviest kernel: threads and vectors where the bare nest had neither
-    info = tt.resolve_target("host")
-    tgt = tvm.target.Target(info.target)
+    tgt = _host_target()
     mod, _ = relax.frontend.detach_params(import_onnx(onnx.load(str(tiny["onnx"]))))
     fused = tune.prepare(mod, tgt)
     scheduled = tune.apply_database(fused, tgt, None)
@@ -161,18 +165,24 @@ def test_default_schedules_replace_the_bare_loop_nests(tiny, host_bundle, tmp_pa
     assert tune.apply_database(fused, tgt, None)[conv].script() == text
 
 
-def test_convolutions_run_nhwc_with_weights_transposed_at_compile_time(tiny, host_bundle, tmp_path):
-    """The default build converts the convolutions to NHWC and stores their weights OHWI in params.npz (the device
-    side does no layout work); `-O layout=NCHW` keeps the graph's layout; both give torch's outputs, and the GELU's
-    erf is the fast polynomial form."""
-    b = load_bundle(host_bundle)
+@pytest.fixture(scope="module")
+def unpacked_bundle(tiny):
+    return _bundle(tiny, tiny["dir"] / "unpacked.bundle", "host", {"prepack": False})
+
+
+def test_convolutions_run_nhwc_with_weights_transposed_at_compile_time(tiny, unpacked_bundle, tmp_path):
+    """The default build converts the convolutions to NHWC; without pre-packing (`-O prepack=false`) params.npz holds
+    their weights OHWI (the device side does no layout work); `-O layout=NCHW` keeps the graph's layout; both give
+    torch's outputs, and the GELU's erf is the fast polynomial form."""
+    b = load_bundle(unpacked_bundle)
     d = b.manifest["backend_details"]
     assert any(s.startswith("ConvertLayout(conv2d: NHWC, OHWI)") for s in d["pipeline"]) and "FastMathTransform" in d["pipeline"]
+    assert d["prepacked"] is False and tune.LAYOUT_FREE_STEP not in d["pipeline"]
     with np.load(b.path / d["params_file"]) as z:
         shapes = {z[k].shape for k in z.files}
     assert {(16, 3, 3, 1), (32, 1, 1, 16)} <= shapes  # the depthwise and pointwise weights as OHWI
     assert not {(16, 1, 3, 3), (32, 16, 1, 1)} & shapes  # their OIHW originals are gone
-    nchw = load_bundle(_bundle(tiny, tmp_path / "nchw.bundle", "host", {"layout": "nchw"}))
+    nchw = load_bundle(_bundle(tiny, tmp_path / "nchw.bundle", "host", {"layout": "nchw", "prepack": False}))
     assert not any(s.startswith("ConvertLayout") for s in nchw.manifest["backend_details"]["pipeline"])
     with np.load(nchw.path / PARAMS) as z:
         assert (32, 16, 1, 1) in {z[k].shape for k in z.files}
@@ -181,6 +191,36 @@ def test_convolutions_run_nhwc_with_weights_transposed_at_compile_time(tiny, hos
         assert output_metrics(tiny["refs"], [s.run(x) for x in tiny["samples"]])["cosine"] > 0.99999
     with pytest.raises(EdgeoptError, match="unknown TVM layout"):
         _bundle(tiny, tmp_path / "x.bundle", "host", {"layout": "NCWH"})
+
+
+def test_weights_prepacked_in_tile_order_at_compile_time(tiny, host_bundle, unpacked_bundle, tmp_path):
+    """By default each kernel's weights are stored in the order its schedule reads them: the scheduled kernels
+    begin by re-laying out their weights (RewriteLayout), `pack_weights` moves those re-layouts out and runs them
+    once at compile time, so no kernel of the built module re-lays out anything per call. The packed bundle gives
+    the unpacked one's outputs."""
+    import onnx
+
+    from edgeopt.runtimes.tvm import pack_weights, relax_graph
+
+    packed = load_bundle(host_bundle)
+    d = packed.manifest["backend_details"]
+    assert d["prepacked"] is True and tune.LAYOUT_FREE_STEP in d["pipeline"]
+    with np.load(packed.path / PARAMS) as z:
+        shapes = [z[k].shape for k in z.files]
+    assert (32, 1, 1, 16) not in shapes and any(int(np.prod(s)) == 512 and len(s) > 2 for s in shapes)  # pw conv re-laid
+    mod, weights, _ = relax_graph(onnx.load(str(tiny["onnx"])))
+    tgt = _host_target()
+    scheduled = tune.apply_database(tune.prepare(mod, tgt), tgt, None)
+    assert "layout_rewrite_preproc" in scheduled.script()
+    built, new = pack_weights(scheduled, weights)
+    assert "layout_rewrite_preproc" not in built.script() and [w.shape for w in new] == shapes
+    unpacked = load_bundle(unpacked_bundle)
+    a = get_backend("tvm").load(packed.path, packed.manifest)
+    b = get_backend("tvm").load(unpacked.path, unpacked.manifest)
+    for x in tiny["samples"]:
+        np.testing.assert_allclose(a.run(x)["logits"], b.run(x)["logits"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(EdgeoptError, match="prepack takes true or false"):
+        _bundle(tiny, tmp_path / "x.bundle", "host", {"prepack": "sometimes"})
 
 
 def test_tile_plan_vector_rows_and_reduction():
@@ -286,7 +326,7 @@ def test_shape_held_in_an_initializer_builds():
     shape = numpy_helper.from_array(np.array([1, 4], dtype=np.int64), "shape")
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], initializer=[shape]),
                               opset_imports=[helper.make_opsetid("", 13)])
-    tgt = tvm.target.Target(tt.resolve_target("host").target)
+    tgt = _host_target()
     mod, params = relax.frontend.detach_params(import_onnx(model))
     assert not params.get("main")  # the shape is a constant, not a parameter
     with tvm.transform.PassContext(opt_level=3):
@@ -306,13 +346,12 @@ def test_truncated_database_line_is_dropped(tmp_path):
 def _tiny_tasks(tiny):
     """The tiny model prepared for tuning, its tuning tasks (heaviest first) and the host target."""
     import onnx
-    import tvm
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
     from edgeopt.runtimes.tvm import import_onnx
 
-    tgt = tvm.target.Target(tt.resolve_target("host").target)
+    tgt = _host_target()
     mod, _ = relax.frontend.detach_params(import_onnx(onnx.load(str(tiny["onnx"]))))
     fused = tune.prepare(mod, tgt)
     return fused, tune._by_cost(ms.relax_integration.extract_tasks(fused, tgt)), tgt

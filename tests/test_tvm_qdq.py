@@ -48,6 +48,7 @@ def test_qdq_pipeline_through_tvm_matches_ort(qdq, tmp_path):
     # the same deterministic pipeline wrote the same QDQ graph for both backends
     assert m["passes"][-1]["nodes_after"] == ort_b.manifest["passes"][-1]["nodes_after"]
     assert 0.99 < m["fidelity"]["cosine"] < 0.999999  # int8, not silently fp32
+    assert m["backend_details"]["prepacked"] is False  # packing would lift the weights' dequantize: floats stored
     with np.load(b.path / m["backend_details"]["params_file"]) as z:  # the int8 weights stay outside the .so
         assert any(z[k].dtype == np.int8 for k in z.files)
     assert m["fidelity"]["cosine"] == pytest.approx(ort_b.manifest["fidelity"]["cosine"], abs=1e-5)

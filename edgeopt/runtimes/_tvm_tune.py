@@ -67,11 +67,15 @@ def default_db_dir(target_name: str) -> Path:
 # The passes of `prepare`, by name, as a build's manifest lists them.
 PREPARE_STEPS = ("DecomposeOpsForInference", "CanonicalizeBindings", "FastMathTransform",
                  "zero(LegalizeOps,AnnotateTIROpPattern,FoldConstant,FuseOps,FuseTIR)")
+LAYOUT_FREE_STEP = "AttachAttrLayoutFreeBuffers (weights laid out by each kernel's schedule: edgeopt.runtimes.tvm.pack_weights)"
 
 
-def prepare(mod, target):
+def prepare(mod, target, layout_free: bool = True):
     """Decompose inference-only ops, swap erf/exp/tanh/softmax for their fast approximations, legalize to TIR and
-    fuse (`PREPARE_STEPS`): the form both tuning and building use.
+    fuse (`PREPARE_STEPS`), and with `layout_free` mark the weights each TIR function takes as free to re-lay out
+    (`LAYOUT_FREE_STEP`): the form both tuning and building use. A module prepared with `layout_free` is built
+    after `edgeopt.runtimes.tvm.pack_weights`, which runs the re-layouts once on the weights; without it, each
+    kernel would re-lay out its weight on every call.
 
     The fast forms (`FastMathTransform`: TOPI's polynomial `fast_erf`, `fast_exp`, ...) are plain arithmetic that
     vectorizes inside a fused kernel; the exact ones are calls to libm, one scalar call per element, which on
@@ -80,15 +84,12 @@ def prepare(mod, target):
     import tvm
     from tvm import relax
 
+    passes = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
+              relax.transform.FastMathTransform(), relax.get_pipeline("zero")]
+    if layout_free:
+        passes.append(relax.transform.AttachAttrLayoutFreeBuffers())
     with target:
-        return tvm.transform.Sequential(
-            [
-                relax.transform.DecomposeOpsForInference(),
-                relax.transform.CanonicalizeBindings(),
-                relax.transform.FastMathTransform(),
-                relax.get_pipeline("zero"),
-            ]
-        )(mod)
+        return tvm.transform.Sequential(passes)(mod)
 
 
 def _repair_jsonl(path: Path) -> int:

@@ -3,8 +3,9 @@ where a tuning database has one, else a default schedule from its rules, nothing
 
 Bundle layout: `model.so` (the Relax VM executable and all kernels, linked for the target; cross-linked
 with aarch64-linux-gnu-gcc for arm boards) + `params.npz` (the weights, in the order `main` takes them,
-after the inputs). Weights stay outside the .so so that one tuned kernel library can be paired with
-retrained weights, and so the device side needs only numpy to read them.
+after the inputs, already in the layouts its kernels read: NHWC convolutions, pre-packed tiles). Weights stay
+outside the .so so the device side needs only numpy to read them; retrained weights need a recompile (with the
+same tuning_db it measures nothing) because their layout is part of the build.
 
 The device side (`load`) needs `tvm.runtime` + `tvm.relax.VirtualMachine` and numpy: never torch.
 """
@@ -39,6 +40,8 @@ SCHEDULES = ("default", "none")
 # Layout of the convolutions (option layout): "NHWC" converts them (activations NHWC, weights OHWI) and transforms
 # the weights once at compile time (`to_nhwc`); "NCHW" keeps the ONNX graph's layout.
 LAYOUTS = ("NHWC", "NCHW")
+# Weight pre-packing (option prepack, default true for float graphs): each kernel's weights laid out in the order
+# its schedule reads them, once at compile time (`pack_weights`); false keeps the layout above.
 _TRANSFORM_PARAMS = "main_transform_params"
 _RUNS_ON = "the target CPU it was built for"
 EM_AARCH64 = 183
@@ -204,27 +207,59 @@ def import_onnx(model) -> Any:
         ) from e
 
 
+def run_lifted(mod, weights: list[np.ndarray]) -> tuple[Any, list[np.ndarray]]:
+    """`LiftTransformParams`: every computation of `main` that depends on its weights alone moves into a function of
+    its own, which is built for this host and run here once. Returns the module without that function and the
+    weights the new `main` takes. The artifact keeps its weights outside the .so (params.npz) in their final form,
+    and the device side does no weight work (`to_nhwc`, `pack_weights`)."""
+    import tvm
+    from tvm import relax
+
+    mod = relax.transform.LiftTransformParams()(mod)
+    if not any(gv.name_hint == _TRANSFORM_PARAMS for gv in mod.functions):
+        return mod, weights
+    dce = relax.transform.DeadCodeElimination
+    lifted = dce([_TRANSFORM_PARAMS])(tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint != "main"}))
+    dev = tvm.cpu(0)
+    vm = relax.VirtualMachine(tvm.compile(lifted, target="llvm"), dev)
+    out = vm[_TRANSFORM_PARAMS]([tvm.runtime.tensor(np.asarray(w, order="C"), dev) for w in weights])
+    new = [o.numpy() for o in ([out] if hasattr(out, "numpy") else out)]
+    rest = dce(["main"])(tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint != _TRANSFORM_PARAMS}))
+    return rest, new
+
+
 def to_nhwc(mod, weights: list[np.ndarray]) -> tuple[Any, list[np.ndarray]]:
     """The module with its convolutions in NHWC (weights OHWI), and its weights in the layout the new `main` takes.
 
     In NCHW the innermost loop of a convolution runs along the image width (56 down to 7 pixels here), too short
     for the default schedule's 16-lane vectors; in NHWC it runs along the output channels (48 to 448), and a 1x1
     convolution becomes a plain matrix product. `ConvertLayout` inserts the transposes at the boundaries of the
-    NHWC regions; the weight transposes depend only on weights, so `LiftTransformParams` moves them into a
-    function of their own, which runs here once, on the host. The artifact keeps its weights outside the .so
-    (params.npz) in the new layout, and the device side does no layout work."""
-    import tvm
+    NHWC regions; the weight transposes depend only on weights and run once at compile time (`run_lifted`)."""
     from tvm import relax
 
     # conv2d_transpose stays NCHW: Relax legalizes it in no other layout (mobile_r2l's upsampling tail)
     mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"], "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]})(mod)
-    mod = relax.transform.LiftTransformParams()(mod)
-    lifted = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint == _TRANSFORM_PARAMS})
-    dev = tvm.cpu(0)
-    vm = relax.VirtualMachine(tvm.compile(lifted, target="llvm"), dev)
-    out = vm[_TRANSFORM_PARAMS]([tvm.runtime.tensor(np.asarray(w, order="C"), dev) for w in weights])
-    new = [o.numpy() for o in ([out] if hasattr(out, "numpy") else out)]
-    return tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint != _TRANSFORM_PARAMS}), new
+    return run_lifted(mod, weights)
+
+
+def pack_weights(mod, weights: list[np.ndarray]) -> tuple[Any, list[np.ndarray]]:
+    """Weights pre-packed in the order each kernel reads them. A module prepared with `layout_free` marks the
+    weights its TIR functions take as layout-free (`AttachAttrLayoutFreeBuffers`); MetaSchedule's `RewriteLayout`
+    postprocessor, part of both the default schedules and the tuned ones, then gives a convolution or matmul
+    weight the layout of its tiles (the block of the reduction and output-channel loops the inner kernel walks
+    contiguous) and puts the rewrite at the top of the kernel. `SplitLayoutRewritePreproc` moves these rewrites out
+    of the kernels and `run_lifted` runs them once at compile time, so at run time a kernel reads its weights
+    sequentially instead of with one stride per tile level. A module without such marks comes back as it was."""
+    import tvm
+    from tvm import relax
+
+    return run_lifted(tvm.transform.Sequential([relax.transform.SplitLayoutRewritePreproc(),
+                                                relax.transform.FoldConstant()])(mod), weights)
+
+
+def is_qdq(model) -> bool:
+    """Whether an ONNX graph holds quantize/dequantize nodes (the quantize pass's QDQ format)."""
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
 def relax_graph(model, layout: str = "NHWC") -> tuple[Any, list[np.ndarray], list[str]]:
@@ -237,13 +272,12 @@ def relax_graph(model, layout: str = "NHWC") -> tuple[Any, list[np.ndarray], lis
 
     if layout not in LAYOUTS:
         raise EdgeoptError(f"unknown TVM layout {layout!r}", f"use -O layout={' or -O layout='.join(LAYOUTS)}")
-    ops = {n.op_type for n in model.graph.node}
     mod = import_onnx(model)
     mod, params = relax.frontend.detach_params(mod)
     weights = [p.numpy() for p in params.get("main", [])]
     steps = ["relax ONNX frontend"]
-    if layout == "NHWC" and "Conv" in ops:
-        if ops & {"QuantizeLinear", "DequantizeLinear"}:
+    if layout == "NHWC" and any(n.op_type == "Conv" for n in model.graph.node):
+        if is_qdq(model):
             steps.append("convolutions kept NCHW (a QDQ graph: its int8 weights stay int8)")
         else:
             mod, weights = to_nhwc(mod, weights)
@@ -258,7 +292,8 @@ class TvmBackend(Backend):
     consumes = "onnx"
     # The quantize pass rewrites the ONNX graph; its QDQ nodes are imported as quantize/dequantize ops.
     modes = (
-        Mode("fp32", None, ARTIFACT, "Relax build for this CPU: convolutions NHWC, default schedules (MetaSchedule's rules, no measurement), untuned",
+        Mode("fp32", None, ARTIFACT, "Relax build for this CPU: convolutions NHWC, default schedules (MetaSchedule's rules, no measurement), "
+             "weights pre-packed in each kernel's tile order at compile time, untuned",
              runs_on=_RUNS_ON, auto_rank=11),
         Mode("int8", "quantize:int8", ARTIFACT,
              "ORT's QDQ graph imported into Relax; Relax has no integer kernels for it, so quantize/dequantize are lowered to "
@@ -315,8 +350,16 @@ class TvmBackend(Backend):
         import_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        mod = tune.prepare(mod, tgt)
+        prepack = opts.pop("prepack", True)
+        if not isinstance(prepack, bool):
+            raise EdgeoptError(f"-O prepack takes true or false, not {prepack!r}", "e.g. -O prepack=false (weights in the graph's layout)")
+        if prepack and is_qdq(model):
+            prepack = False  # packing lifts the weights' dequantize with their re-layout: int8 weights stored as floats
+            pipeline.append("weights not pre-packed (a QDQ graph: its int8 weights stay int8)")
+        mod = tune.prepare(mod, tgt, layout_free=prepack)
         pipeline += tune.PREPARE_STEPS
+        if prepack:
+            pipeline.append(tune.LAYOUT_FREE_STEP)
         details: dict[str, Any] = {}
         db_dir: Path | None = None
         if tuning:
@@ -345,6 +388,9 @@ class TvmBackend(Backend):
                 import shutil
 
                 shutil.copytree(db_dir, out_dir / TUNING_DIR, ignore=shutil.ignore_patterns("logs", "*.repair"))
+        if prepack:
+            mod, weights = pack_weights(mod, weights)
+            pipeline.append("SplitLayoutRewritePreproc + LiftTransformParams (weights pre-packed at compile time)")
         pipeline.append("tvm.compile default build pipeline (opt_level 3)")
         with tvm.transform.PassContext(opt_level=3):
             ex = tvm.compile(mod, target=tgt)
@@ -375,6 +421,7 @@ class TvmBackend(Backend):
                 "linker": info.cross_cc or "host cc",
                 "pipeline": pipeline,
                 "tuned": db_dir is not None,
+                "prepacked": prepack,
                 "tune_trials": trials,
                 "tune_minutes": minutes,
                 "params_file": PARAMS,
