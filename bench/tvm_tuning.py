@@ -408,7 +408,9 @@ def _write(a, rows, top, target: str, target_desc: str, model: str, when: str) -
         "(`tests/test_tvm_qdq.py`; efficientformer_l1 after reparam: artifact cosine 0.99981 on TVM and on ORT). "
         "Integer kernels (what makes int8 fast on ORT and LiteRT) would need a QNN-style integer lowering, which the "
         "Relax frontend does not do; whatever the untuned int8 build gains or loses against untuned fp32 comes from "
-        "the different graph, not from int8 arithmetic. docs/capabilities.md has the tvm int8 column.",
+        "the different graph (NCHW convolutions, weights not pre-packed: packing would lift each weight's dequantize "
+        "with its re-layout and store the int8 weights as floats), not from int8 arithmetic. docs/capabilities.md "
+        "has the tvm int8 column.",
         "",
         "## Reproduce",
         "",
