@@ -40,8 +40,6 @@ SCHEDULES = ("default", "none")
 # Layout of the convolutions (option layout): "NHWC" converts them (activations NHWC, weights OHWI) and transforms
 # the weights once at compile time (`to_nhwc`); "NCHW" keeps the ONNX graph's layout.
 LAYOUTS = ("NHWC", "NCHW")
-# Weight pre-packing (option prepack, default true for float graphs): each kernel's weights laid out in the order
-# its schedule reads them, once at compile time (`pack_weights`); false keeps the layout above.
 _TRANSFORM_PARAMS = "main_transform_params"
 _RUNS_ON = "the target CPU it was built for"
 EM_AARCH64 = 183
@@ -350,6 +348,8 @@ class TvmBackend(Backend):
         import_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        # Weight pre-packing (option prepack, true by default): each kernel's weights laid out in the order its
+        # schedule reads them, once at compile time (`pack_weights`); false keeps the layout option's layout.
         prepack = opts.pop("prepack", True)
         if not isinstance(prepack, bool):
             raise EdgeoptError(f"-O prepack takes true or false, not {prepack!r}", "e.g. -O prepack=false (weights in the graph's layout)")
