@@ -54,28 +54,41 @@ def _cos(refs, outs) -> float:
     return float(output_metrics(refs, outs)["cosine"])
 
 
-def _profile_top(so: Path, params: list, x, n: int = 8) -> list[tuple[str, float, float]]:
-    """(kernel, ms, share) of the n most expensive kernels in one call, timed by a VM instrument hook."""
+def _kernel_profile(mod, target, n: int = 8) -> dict[str, Any]:
+    """Where a scheduled, packed module's time goes: each TIR function built alone and timed hot (its weights and
+    inputs in cache) on random inputs of its argument shapes, times the number of calls `main` makes to it. The n
+    heaviest as (kernel, calls, ms per call, ms per inference), and the sum over all. The VM's own work between
+    the kernels, and the kernels' cold reads inside a whole inference, are what the model's p50 adds to that sum."""
+    import re
+
+    import numpy as np
     import tvm
-    from tvm import relax
+    from tvm import tirx
+    from tvm.s_tir import meta_schedule as ms
 
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(so)), tvm.cpu())
-    per: dict[str, float] = {}
-    started: dict[str, float] = {}
-
-    def instrument(func, name, before, ret, *args):
-        if before:
-            started[name] = time.perf_counter()
-        else:
-            per[name] = per.get(name, 0.0) + time.perf_counter() - started.pop(name, time.perf_counter())
-        return 0
-
-    vm["main"](x, *params)  # warm
-    vm.set_instrument(tvm.runtime.convert(instrument) if hasattr(tvm.runtime, "convert") else instrument)
-    vm["main"](x, *params)
-    total = sum(per.values()) or 1.0
-    top = sorted(per.items(), key=lambda kv: -kv[1])[:n]
-    return [(k, v * 1e3, v / total) for k, v in top]
+    calls: dict[str, int] = {}
+    for m in re.finditer(r"call_tir\((?:cls\.)?(\w+)", mod.script()):
+        calls[m.group(1)] = calls.get(m.group(1), 0) + 1
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    rows = []
+    for gv, f in mod.functions_items():
+        if not isinstance(f, tirx.PrimFunc) or not calls.get(gv.name_hint):
+            continue
+        fn = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)["main"]
+        args = [tvm.runtime.tensor(rng.random([int(d) for d in a.shape]).astype(str(a.dtype)), dev)
+                for a in ms.arg_info.ArgInfo.from_prim_func(f)]
+        fn(*args)
+        reps = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(10):
+                fn(*args)
+            reps.append((time.perf_counter() - t0) / 10 * 1e3)
+        per = float(np.median(reps))
+        rows.append((gv.name_hint, calls[gv.name_hint], per, per * calls[gv.name_hint]))
+    rows.sort(key=lambda r: -r[3])
+    return {"top": rows[:n], "sum_ms": sum(r[3] for r in rows), "kernels": len(rows), "calls": sum(calls.values())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tune-minutes", default="3,10", help="cumulative tuning budgets, comma-separated (0 or '' to skip)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (every row in every round)")
     ap.add_argument("--seconds", type=float, default=1.0, help="calls per row and round: about this many seconds, at least one call")
-    ap.add_argument("--skip", default="", help="comma-separated variants to skip (raw,noprepack,nchw,dlight)")
+    ap.add_argument("--skip", default="", help="comma-separated variants to skip (raw,noprepack,topipool,nchw,dlight)")
     ap.add_argument("--out", default=str(REPO / "docs" / "tvm.md"))
     ap.add_argument("--render", metavar="JSON", help="only re-render the markdown from a previous run's .json")
     ap.add_argument("--note", default=None, help="a paragraph on the run's conditions, printed under the findings")
@@ -199,10 +212,18 @@ def measure(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     default = tune.apply_database(fused, tgt, None)
     sched_s = time.perf_counter() - t0
-    so_default, packed = vm_variant("tvm default schedules, untuned", default,
-                                    "edgeopt's untuned build: MetaSchedule's rules, tiles by rule, nothing measured, "
-                                    "weights pre-packed at compile time", extra_build=front_s + prep_s + sched_s)
-    top = _profile_top(so_default, packed, tvm.runtime.tensor(x0[in_names[0]], dev))
+    vm_variant("tvm default schedules, untuned", default,
+               "edgeopt's untuned build: MetaSchedule's rules, tiles by rule, nothing measured, "
+               "weights pre-packed at compile time", extra_build=front_s + prep_s + sched_s)
+    con.print("[bold]profile[/] every kernel of the untuned build, built and timed alone")
+    top = _kernel_profile(pack_weights(default, weights)[0], tgt)
+
+    if "topipool" not in skip:  # the same default schedules with TOPI's pooling: what the written-out windows buy
+        t0 = time.perf_counter()
+        topi_pool = tune.apply_database(tune.prepare(mod, tgt, window_pooling=False), tgt, None)
+        vm_variant("tvm default schedules, TOPI pooling", topi_pool,
+                   "as above with TOPI's pool2d (a reduction over a padded window) instead of written-out windows",
+                   extra_build=front_s + time.perf_counter() - t0)
 
     if "noprepack" not in skip:  # the same default schedules reading the weights in the graph's layout: what packing buys
         t0 = time.perf_counter()
@@ -305,11 +326,22 @@ def _write(a, rows, top, target: str, target_desc: str, model: str, when: str) -
             f"| {r['variant']} | {r['p50']:.2f} | {r['p90']:.2f} | {r['runs']} | {r['p50'] / ort:.1f}x | {r['cosine']:.6f} | "
             f"{r['tune_min']:.1f} | {r['trials']} | {r['build_s']:.1f} | {r.get('load1', float('nan')):.1f} | {r['note']} |"
         )
-    lines += ["", "## Where the untuned time goes", "",
-              "Per-kernel times of the untuned build, default schedules (one call, timed through the VM's instrument hook):", "",
-              "| kernel | ms | share |", "|---|---:|---:|"]
-    for k, ms_, share in top:
-        lines.append(f"| `{k}` | {ms_:.1f} | {100 * share:.0f}% |")
+    lines += ["", "## Where the untuned time goes", ""]
+    if isinstance(top, dict) and default:
+        lines += [
+            f"Each of the untuned build's {top['kernels']} kernels (TIR functions; `main` makes {top['calls']} calls) built "
+            "alone and timed hot (its weights and inputs in cache, random inputs of its shapes), times its calls: "
+            f"{top['sum_ms']:.1f} ms in all, against the build's p50 of {default['p50']:.1f} ms above. The other "
+            f"{default['p50'] - top['sum_ms']:.1f} ms are the VM's work between kernels (calls, allocation) and the kernels' "
+            "cold reads within a whole inference (a model's weights and activations do not all stay in cache).", "",
+            "| kernel | calls | ms per call | ms per inference | share of the sum |", "|---|---:|---:|---:|---:|"]
+        for k, n, per, total in top["top"]:
+            lines.append(f"| `{k}` | {n} | {per:.3f} | {total:.2f} | {100 * total / top['sum_ms']:.0f}% |")
+    else:  # a record written before the kernel profile: one call timed through the VM's instrument hook
+        lines += ["Per-kernel times of the untuned build, default schedules (one call, timed through the VM's instrument hook):", "",
+                  "| kernel | ms | share |", "|---|---:|---:|"]
+        for k, ms_, share in top:
+            lines.append(f"| `{k}` | {ms_:.1f} | {100 * share:.0f}% |")
     lines += ["", "## Findings", ""]
     if fused:
         lines.append(
@@ -339,6 +371,18 @@ def _write(a, rows, top, target: str, target_desc: str, model: str, when: str) -
             "(the preparation marks weights layout-free: `AttachAttrLayoutFreeBuffers`) and `edgeopt.runtimes.tvm.pack_weights` "
             "runs those re-layouts once at compile time, so params.npz holds the weights as the kernels read them "
             "(the same values in other shapes; a weight two kernels read in different orders is stored once for each)."
+        )
+    topi_pool = next((r for r in rows if r["variant"].startswith("tvm default schedules, TOPI pooling")), None)
+    if default and topi_pool:
+        lines.append(
+            f"- Pooling: the same default schedules with TOPI's pool2d take {topi_pool['p50']:.1f} ms, "
+            f"{topi_pool['p50'] / default['p50']:.2f}x the build's time. TOPI pools through a reduction over a "
+            "zero-padded window, and an average that leaves the padding out divides by a window size computed per "
+            "element; MetaSchedule's CPU rules give that reduction no vector loop over the channels. edgeopt "
+            "legalizes channels-last pooling as written-out windows instead (`edgeopt.runtimes._tvm_pool`): each "
+            "position of the window a load at a row and column clamped into the image, masked by whether it lies "
+            "inside, so the loop over the channels is a plain vector loop, and the pool fuses with its elementwise "
+            "consumers (here the token mixer's subtract and layer scale) into one kernel."
         )
     if default and nchw:
         lines.append(

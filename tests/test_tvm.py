@@ -336,6 +336,55 @@ def test_shape_held_in_an_initializer_builds():
     np.testing.assert_allclose(out, v / 5.0, rtol=1e-6)
 
 
+def test_channels_last_pooling_as_clamped_windows():
+    """Pooling after a convolution runs NHWC and is legalized as written-out windows (`_tvm_pool`) wherever that is
+    exact: averages with and without the padding counted, strides, ceil_mode, a dilated max pool and a chain of
+    max pools (SPPF), each matching ONNX Runtime. The one case it does not cover (an average counting the padding
+    with ceil_mode) keeps TOPI's pool2d, and a pool feeding a pool stays a kernel of its own."""
+    import onnxruntime as ort
+    import tvm
+    from onnx import TensorProto, helper, numpy_helper
+    from tvm import relax
+
+    from edgeopt.runtimes import _tvm_pool
+    from edgeopt.runtimes.tvm import relax_graph
+
+    pools = {  # output -> (op, attributes)
+        "avg_excl": ("AveragePool", dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], count_include_pad=0)),
+        "avg_incl_s2": ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1)),
+        "avg_ceil": ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)),
+        "avg_ceil_incl": ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1)),
+        "max_dil": ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 2], dilations=[2, 1], ceil_mode=1)),
+    }
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"])]
+    nodes += [helper.make_node(op, ["c"], [name], **attrs) for name, (op, attrs) in pools.items()]
+    nodes += [helper.make_node("MaxPool", [a], [b], kernel_shape=[5, 5], pads=[2, 2, 2, 2]) for a, b in (("c", "m1"), ("m1", "m2"))]
+    outs = [*pools, "m2"]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 11, 13])
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph(nodes, "pools", [x], [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    xv = rng.standard_normal((1, 3, 11, 13)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(outs, {"x": xv})
+
+    tgt = _host_target()
+    mod, weights, _ = relax_graph(model)
+    prepared = tune.prepare(mod, tgt, layout_free=False)
+    names = [gv.name_hint for gv in prepared.functions]
+    assert sum(_tvm_pool.KERNEL_NAMES["avg"] in n for n in names) == 3, names
+    assert sum(_tvm_pool.KERNEL_NAMES["max"] in n for n in names) >= 2, names  # the dilated one and the 5x5 (called twice)
+    assert not any(n.count("pool2d") > 1 for n in names), names  # no pool fused into another
+    assert any("avg_pool2d" in n and "clamped" not in n for n in names), names  # ceil_mode counting the padding: TOPI
+    with tvm.transform.PassContext(opt_level=3):
+        ex = tvm.compile(tune.apply_database(prepared, tgt, None), target=tgt)
+    dev = tvm.cpu()
+    got = relax.VirtualMachine(ex, dev)["main"](tvm.runtime.tensor(xv, dev), *[tvm.runtime.tensor(a, dev) for a in weights])
+    for name, a, b in zip(outs, got, want, strict=True):
+        assert a.numpy().shape == b.shape, name
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
 def test_truncated_database_line_is_dropped(tmp_path):
     rec = tmp_path / tune.RECORD_FILE
     rec.write_text('[0, [[["a"], 1]]]\n[1, [[["b"], 2' )

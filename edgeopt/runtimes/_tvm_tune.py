@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt.errors import EdgeoptError, last_line
+from edgeopt.runtimes import _tvm_pool
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -65,14 +66,15 @@ def default_db_dir(target_name: str) -> Path:
 
 
 # The passes of `prepare`, by name, as a build's manifest lists them.
-PREPARE_STEPS = ("DecomposeOpsForInference", "CanonicalizeBindings", "FastMathTransform",
+PREPARE_STEPS = ("DecomposeOpsForInference", "CanonicalizeBindings", "FastMathTransform", _tvm_pool.STEP,
                  "zero(LegalizeOps,AnnotateTIROpPattern,FoldConstant,FuseOps,FuseTIR)")
 LAYOUT_FREE_STEP = "AttachAttrLayoutFreeBuffers (weights laid out by each kernel's schedule: edgeopt.runtimes.tvm.pack_weights)"
 
 
-def prepare(mod, target, layout_free: bool = True):
-    """Decompose inference-only ops, swap erf/exp/tanh/softmax for their fast approximations, legalize to TIR and
-    fuse (`PREPARE_STEPS`), and with `layout_free` mark the weights each TIR function takes as free to re-lay out
+def prepare(mod, target, layout_free: bool = True, window_pooling: bool = True):
+    """Decompose inference-only ops, swap erf/exp/tanh/softmax for their fast approximations, legalize to TIR (with
+    `window_pooling`, channels-last pooling as written-out windows: `edgeopt.runtimes._tvm_pool`; without it,
+    TOPI's pool2d) and fuse (`PREPARE_STEPS`), and with `layout_free` mark the weights each TIR function takes as free to re-lay out
     (`LAYOUT_FREE_STEP`): the form both tuning and building use. A module prepared with `layout_free` is built
     after `edgeopt.runtimes.tvm.pack_weights`, which runs the re-layouts once on the weights; without it, each
     kernel would re-lay out its weight on every call.
@@ -85,7 +87,10 @@ def prepare(mod, target, layout_free: bool = True):
     from tvm import relax
 
     passes = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
-              relax.transform.FastMathTransform(), relax.get_pipeline("zero")]
+              relax.transform.FastMathTransform()]
+    if window_pooling:  # the other ops keep Relax's legalization; `zero` then finds nothing left to legalize
+        passes.append(relax.transform.LegalizeOps(customize_legalize_map=_tvm_pool.legalize_map()))
+    passes.append(relax.get_pipeline("zero"))
     if layout_free:
         passes.append(relax.transform.AttachAttrLayoutFreeBuffers())
     with target:
