@@ -287,7 +287,7 @@ def measure(a: argparse.Namespace) -> int:
         t.add_column(c)
     ort = rows[0]["p50"]
     for r in rows:
-        t.add_row(r["variant"], f"{r['p50']:.2f}", f"{r['p50'] / ort:.1f}x", f"{r['cosine']:.6f}", f"{r['tune_min']:.1f}",
+        t.add_row(r["variant"], f"{r['p50']:.2f}", f"{r['p50'] / ort:.2f}x", f"{r['cosine']:.6f}", f"{r['tune_min']:.1f}",
                   str(r["trials"]), f"{r['build_s']:.1f}")
     Console().print(t)
     return 0
@@ -323,7 +323,7 @@ def _write(a, rows, top, target: str, target_desc: str, model: str, when: str) -
     ]
     for r in rows:
         lines.append(
-            f"| {r['variant']} | {r['p50']:.2f} | {r['p90']:.2f} | {r['runs']} | {r['p50'] / ort:.1f}x | {r['cosine']:.6f} | "
+            f"| {r['variant']} | {r['p50']:.2f} | {r['p90']:.2f} | {r['runs']} | {r['p50'] / ort:.2f}x | {r['cosine']:.6f} | "
             f"{r['tune_min']:.1f} | {r['trials']} | {r['build_s']:.1f} | {r.get('load1', float('nan')):.1f} | {r['note']} |"
         )
     lines += ["", "## Where the untuned time goes", ""]
@@ -356,7 +356,7 @@ def _write(a, rows, top, target: str, target_desc: str, model: str, when: str) -
             "anchor convolution or matmul with its elementwise epilogue computed inside the tiles, parallel outer loops, "
             "vectorized inner ones) with tile sizes chosen by rule (the last spatial loop a 16-lane vector tile, the one "
             "before it a register tile of up to 8 rows, up to 4 reduction iterations inside) and explicit unrolling up to "
-            f"64 steps, instead of sampled. {default['p50']:.0f} ms, {default['p50'] / ort:.1f}x ONNX Runtime "
+            f"64 steps, instead of sampled. {default['p50']:.1f} ms, {default['p50'] / ort:.2f}x ONNX Runtime "
             f"and {fused['p50'] / default['p50']:.1f}x faster than the bare loop nests, for "
             f"{default['build_s'] - fused['build_s']:+.0f} s of build time. Every build, this one included, runs the "
             "convolutions in NHWC (weights transposed once at compile time: `edgeopt.runtimes.tvm.to_nhwc`) and GELU's "
@@ -415,7 +415,7 @@ def _write(a, rows, top, target: str, target_desc: str, model: str, when: str) -
         lines.append(
             f"- {r['variant']}: {r['p50']:.1f} ms after {r['tune_min']:.1f} min of tuning (set-up included) and "
             f"{r['trials']} measured trials: {(default['p50'] / r['p50']) if default else float('nan'):.2f}x the speed of "
-            f"the default schedules, {r['p50'] / ort:.1f}x ONNX Runtime's time. {r['note']}. Each function runs the fastest of "
+            f"the default schedules, {r['p50'] / ort:.2f}x ONNX Runtime's time. {r['note']}. Each function runs the fastest of "
             "its measured default schedule and its tuned candidates."
         )
     lines += [
