@@ -3,16 +3,16 @@
 TOPI's pool2d (Relax's default legalization of `relax.nn.avg_pool2d` / `max_pool2d`) reads a zero-padded input
 through a reduction over the window, and with `count_include_pad=False` divides each output by a window size
 computed in integer arithmetic per element. MetaSchedule's CPU rules give that reduction block no vector loop
-over the channels (its innermost loops are the window's), so the default schedule runs it close to scalar:
-efficientformer_l1's 3x3 pooling token mixers took 4.8 ms of a 32 ms model (docs/tvm.md).
+over the channels (its innermost loops are the window's), so the default schedule runs it close to scalar
+(docs/tvm.md has efficientformer_l1's pooling token mixers built both ways).
 
 Here a pooling window is written out instead: every output element is the sum (or max) of `kh x kw` loads, each
 from a row and column index clamped into the image, each masked by whether the unclamped position lies inside it
 (a select on a value already loaded, never a conditional load), and an average is divided by the count of
 positions inside the image (or the whole window with `count_include_pad`). With the channels innermost (NHWC)
-the clamped indices and the mask depend only on the pixel, so the loop over the channels is a plain vector loop;
-the function is elementwise-shaped (no reduction block), so `FuseOps` fuses it with its elementwise consumers
-and the default schedule parallelizes the pixels and vectorizes the channels.
+the clamped indices and the mask depend only on the pixel, so the loop over the channels is a plain vector loop:
+the default schedule parallelizes the pixels and vectorizes the channels. The function has no reduction block;
+marked `OUT_EWISE_FUSABLE`, it takes its elementwise consumers into its kernel and is never inlined into another.
 
 Only what this covers exactly is rewritten: layout and output layout NHWC, static shapes, float data, windows of
 at most `MAX_WINDOW` positions, and for averages dilation 1 and no `ceil_mode` with `count_include_pad`. Any
