@@ -180,7 +180,7 @@ def measure(a: argparse.Namespace) -> int:
     def vm_variant(name: str, m, note: str, tune_min: float = 0.0, trials: int = 0, extra_build: float = 0.0,
                    params: list | None = None):
         """Build `m` as the backend does (weights pre-packed where its kernels re-lay them out: `pack_weights`),
-        check its outputs, queue it for timing; returns the .so and the weights it takes."""
+        check its outputs, queue it for timing; returns the module as built (packed)."""
         t0 = time.perf_counter()
         m, w = pack_weights(m, weights if params is None else params)
         params = [tvm.runtime.tensor(x, dev) for x in w]
@@ -200,7 +200,7 @@ def measure(a: argparse.Namespace) -> int:
         xt = tvm.runtime.tensor(x0[in_names[0]], dev)
         add(name, lambda: f(xt, *params), outs, note, build_s=build_s, tune_min=tune_min, trials=trials,
             so_mb=so.stat().st_size / 2**20)
-        return so, params
+        return m
 
     if "raw" not in skip:
         vm_variant("tvm raw (tvm.compile, no fusion)", mod, "default relax pipeline on the imported graph", extra_build=front_s)
@@ -212,11 +212,11 @@ def measure(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     default = tune.apply_database(fused, tgt, None)
     sched_s = time.perf_counter() - t0
-    vm_variant("tvm default schedules, untuned", default,
-               "edgeopt's untuned build: MetaSchedule's rules, tiles by rule, nothing measured, "
-               "weights pre-packed at compile time", extra_build=front_s + prep_s + sched_s)
+    built = vm_variant("tvm default schedules, untuned", default,
+                       "edgeopt's untuned build: MetaSchedule's rules, tiles by rule, nothing measured, "
+                       "weights pre-packed at compile time", extra_build=front_s + prep_s + sched_s)
     con.print("[bold]profile[/] every kernel of the untuned build, built and timed alone")
-    top = _kernel_profile(pack_weights(default, weights)[0], tgt)
+    top = _kernel_profile(built, tgt)
 
     if "topipool" not in skip:  # the same default schedules with TOPI's pooling: what the written-out windows buy
         t0 = time.perf_counter()
